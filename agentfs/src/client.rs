@@ -1,0 +1,210 @@
+//! The client side of gatewayd's socket API: HTTP/1.1 + JSON over a Unix socket.
+//!
+//! Connections are kept and reused (one request at a time each); a connection that
+//! gatewayd closed is replaced transparently, so a restarted gatewayd is reconnected to.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+use crate::wire::{ErrorBody, ErrorCode};
+
+/// Idle connections kept for reuse.
+const MAX_IDLE: usize = 16;
+
+/// Why a call to gatewayd failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// gatewayd is not listening on the socket.
+    #[error("gateway client: cannot connect to gatewayd at {socket}: {source} (is it running? try `nkmc up`)")]
+    Connect {
+        /// The socket path.
+        socket: PathBuf,
+        /// The connect error.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange broke off.
+    #[error("gateway client: the connection to gatewayd failed: {0}")]
+    Http(#[from] hyper::Error),
+    /// gatewayd answered with an error.
+    #[error("{}", .body.message)]
+    Api {
+        /// The HTTP status of the answer.
+        status: u16,
+        /// The error body.
+        body: ErrorBody,
+    },
+    /// gatewayd's answer was not what the API describes.
+    #[error("gateway client: unexpected answer from gatewayd: {0}")]
+    Decode(String),
+    /// No answer within the client's timeout.
+    #[error("gateway client: gatewayd did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl ClientError {
+    /// The error class, for mapping to an errno or an exit code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ClientError::Api { body, .. } => body.code,
+            ClientError::Timeout(_) => ErrorCode::Timeout,
+            ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Decode(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A client of one gatewayd socket.
+#[derive(Debug)]
+pub struct GatewayClient {
+    socket: PathBuf,
+    timeout: Duration,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+impl GatewayClient {
+    /// A client for the socket at `socket`; every call gives up after `timeout`.
+    pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
+        GatewayClient { socket: socket.into(), timeout, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            // The connection ends when gatewayd closes it or the sender is dropped.
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, s: SendRequest<Full<Bytes>>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(s);
+        }
+    }
+
+    /// Sends one request; returns the status and the whole body.
+    pub async fn call(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, &'static str)>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        match tokio::time::timeout(self.timeout, self.call_inner(method, path_and_query, body)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::Timeout(self.timeout)),
+        }
+    }
+
+    async fn call_inner(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, &'static str)>,
+    ) -> Result<(StatusCode, Bytes), ClientError> {
+        let build = || {
+            let mut req = Request::builder().method(method.clone()).uri(path_and_query).header("host", "gatewayd");
+            let payload = match &body {
+                Some((bytes, content_type)) => {
+                    req = req.header("content-type", *content_type);
+                    Full::new(bytes.clone())
+                }
+                None => Full::new(Bytes::new()),
+            };
+            req.body(payload).map_err(|e| ClientError::Decode(format!("bad request line: {e}")))
+        };
+        // A reused connection may have been closed by gatewayd meanwhile: retry once on a fresh one.
+        let mut sender = match self.take_idle() {
+            Some(s) => s,
+            None => self.connect().await?,
+        };
+        let resp = match sender.ready().await {
+            Ok(()) => sender.send_request(build()?).await,
+            Err(e) => Err(e),
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) if e.is_canceled() || e.is_closed() || e.is_incomplete_message() => {
+                sender = self.connect().await?;
+                sender.send_request(build()?).await?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        self.put_idle(sender);
+        Ok((status, bytes))
+    }
+
+    /// Sends a request and returns the body of a success; an error status becomes
+    /// [`ClientError::Api`].
+    pub async fn call_ok(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, &'static str)>,
+    ) -> Result<Bytes, ClientError> {
+        let (status, bytes) = self.call(method, path_and_query, body).await?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let body = serde_json::from_slice::<ErrorBody>(&bytes).map_err(|_| {
+            ClientError::Decode(format!("status {status} with a body that is not an error: {}", String::from_utf8_lossy(&bytes)))
+        })?;
+        Err(ClientError::Api { status: status.as_u16(), body })
+    }
+
+    /// `GET` a JSON value.
+    pub async fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, ClientError> {
+        let bytes = self.call_ok(Method::GET, path_and_query, None).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Sends a JSON body and reads a JSON answer.
+    pub async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let payload = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let bytes = self.call_ok(method, path_and_query, Some((payload.into(), "application/json"))).await?;
+        if bytes.is_empty() {
+            return serde_json::from_slice(b"null").map_err(|e| ClientError::Decode(e.to_string()));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+/// The route for a file-system operation on a virtual path: `/v1/fs/{op}?path=...`.
+pub fn fs_route(op: &str, path: &str) -> String {
+    let encoded: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
+    format!("{}/fs/{op}?path={encoded}", crate::wire::API_PREFIX)
+}

@@ -1,0 +1,29 @@
+//! Templated path segments: `{id}`, `{id}.json`, `v{version}`.
+
+/// A segment with one `{param}` between a literal prefix and suffix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Pattern {
+    prefix: String,
+    suffix: String,
+}
+
+impl Pattern {
+    /// `None` for a literal segment.
+    pub(super) fn parse(seg: &str) -> Option<Self> {
+        let open = seg.find('{')?;
+        let close = seg[open..].find('}')? + open;
+        Some(Pattern { prefix: seg[..open].to_owned(), suffix: seg[close + 1..].to_owned() })
+    }
+
+    /// Two templates that accept the same names share one node.
+    pub(super) fn same_shape(&self, other: &Pattern) -> bool {
+        self.prefix == other.prefix && self.suffix == other.suffix
+    }
+
+    /// Whether `name` fits, with a non-empty value for the parameter.
+    pub(super) fn matches(&self, name: &str) -> bool {
+        name.len() > self.prefix.len() + self.suffix.len()
+            && name.starts_with(&self.prefix)
+            && name.ends_with(&self.suffix)
+    }
+}

@@ -1,0 +1,176 @@
+//! Types that cross gatewayd's socket API (JSON bodies), shared by gatewayd, mountd and nkmc.
+//!
+//! Requests are strict (`deny_unknown_fields`) so a typo is an error, not a silent default.
+
+use serde::{Deserialize, Serialize};
+
+/// API version prefix of every route.
+pub const API_PREFIX: &str = "/v1";
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+}
+
+/// What `stat` and each listing entry say of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// The name (escaped form).
+    pub name: String,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Permission bits: 0o444 read-only, 0o644 readable and writable, 0o755 directory.
+    pub mode: u32,
+    /// Size in bytes, when known without a request upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// A directory listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listing {
+    /// The entries, sorted by name.
+    pub entries: Vec<Entry>,
+}
+
+/// The machine-readable class of an error; each maps to one errno in mountd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The path is malformed (`..`, NUL, control characters).
+    InvalidPath,
+    /// A name or path is too long.
+    NameTooLong,
+    /// Nothing by that name (also: not visible to this caller).
+    NotFound,
+    /// A file used as a directory.
+    NotADirectory,
+    /// A directory used as a file.
+    IsADirectory,
+    /// The upstream refused the credential (401/403), or the caller may not do this.
+    PermissionDenied,
+    /// The request was malformed (400/422, or a bad body).
+    InvalidInput,
+    /// The node has no operation for this (a write to a read-only file, 405).
+    NotSupported,
+    /// The item exists already (409).
+    Conflict,
+    /// A body over a size limit (413, or the gateway's cap).
+    TooLarge,
+    /// The upstream asked to slow down (429).
+    RateLimited,
+    /// The upstream failed (5xx, or an unexpected status).
+    UpstreamFailed,
+    /// The upstream did not answer within the configured timeout.
+    Timeout,
+    /// The upstream could not be reached (connection refused, no route).
+    Unreachable,
+    /// The request to gatewayd itself was refused (bad admin input, unknown service).
+    BadRequest,
+    /// gatewayd failed internally (its database, its vault).
+    Internal,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    /// The class.
+    pub code: ErrorCode,
+    /// What failed and what to do, naming the layer.
+    pub message: String,
+    /// The upstream's HTTP status, when the upstream answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+}
+
+/// `POST /v1/services`: register a service from a document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The document text (OpenAPI JSON or YAML).
+    pub document: String,
+    /// The domain (folder name); defaults to the host of the document's first server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// The base URL; defaults to the document's first server URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+}
+
+/// A registered service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInfo {
+    /// The domain (folder name under the mount).
+    pub domain: String,
+    /// The base URL every request goes to.
+    pub base_url: String,
+    /// The document's title.
+    pub title: String,
+    /// Number of operations.
+    pub operations: usize,
+}
+
+/// `GET /v1/services`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceList {
+    /// Registered services, sorted by domain.
+    pub services: Vec<ServiceInfo>,
+}
+
+/// `PUT /v1/keys/{domain}`: store a credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetKeyRequest {
+    /// The secret. Travels only over the owner-only socket; never echoed back.
+    pub secret: String,
+}
+
+/// What `keys list` shows of a stored key: never the secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyInfo {
+    /// The domain the key is for.
+    pub domain: String,
+    /// `pool` (the owner's) or `byok` (an agent's own).
+    pub scope: String,
+    /// The key's id (random, not derived from the secret).
+    pub key_id: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: i64,
+}
+
+/// `GET /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyList {
+    /// Stored keys, sorted by domain.
+    pub keys: Vec<KeyInfo>,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Status {
+    /// gatewayd's version.
+    pub version: String,
+    /// gatewayd's process id.
+    pub pid: u32,
+    /// The data directory.
+    pub data_dir: String,
+    /// The socket path.
+    pub socket: String,
+    /// Number of registered services.
+    pub services: usize,
+    /// Seconds since gatewayd started.
+    pub uptime_secs: u64,
+}
