@@ -1,1 +1,22 @@
-//! gatewayd
+//! gatewayd: the only place where secrets exist.
+//!
+//! - [`config`]: where things live on disk and the tunables.
+//! - [`db`]: the SQLite database (WAL, versioned migrations) and the single-instance lock.
+//! - [`vault`]: the master key and the encrypted credentials.
+//! - [`registry`]: registered services, their specs and trees.
+//! - [`upstream`]: outbound HTTP with credential injection.
+//! - [`ops`]: the file-system operations (stat, list, read) as plain async logic.
+//! - [`api`]: the HTTP/1.1 + JSON API on the Unix socket.
+//! - [`cli`]: the `nkmc` command-line client.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod gateway;
+pub mod ops;
+pub mod registry;
+pub mod upstream;
+pub mod vault;
+
+pub use gateway::Gateway;

@@ -1,0 +1,68 @@
+//! `/v1/fs/*`: stat, list and read on canonical virtual paths.
+
+use std::sync::Arc;
+
+use agentfs::path::VPath;
+use agentfs::wire::{Entry, Listing};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::{ops, Gateway};
+
+/// `?path=/domain/...`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathQuery {
+    path: String,
+}
+
+fn parse(q: Result<Query<PathQuery>, QueryRejection>) -> Result<VPath, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("gatewayd: {e}")))?;
+    Ok(VPath::parse(&q.path)?)
+}
+
+pub async fn stat(State(gw): State<Arc<Gateway>>, q: Result<Query<PathQuery>, QueryRejection>) -> Result<Json<Entry>, ApiError> {
+    let path = parse(q)?;
+    Ok(Json(ops::stat(&gw, &path)?))
+}
+
+pub async fn list(State(gw): State<Arc<Gateway>>, q: Result<Query<PathQuery>, QueryRejection>) -> Result<Json<Listing>, ApiError> {
+    let path = parse(q)?;
+    Ok(Json(ops::list(&gw, &path)?))
+}
+
+/// Streams the upstream body; a body that grows past the cap is cut off with an error.
+pub async fn read(State(gw): State<Arc<Gateway>>, q: Result<Query<PathQuery>, QueryRejection>) -> Result<Response, ApiError> {
+    let path = parse(q)?;
+    let started = std::time::Instant::now();
+    let resp = ops::read(&gw, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "read failed"))?;
+    tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
+    let mut builder = Response::builder().status(200);
+    if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
+        builder = builder.header(CONTENT_TYPE, ct.clone());
+    }
+    if let Some(len) = resp.content_length() {
+        builder = builder.header(CONTENT_LENGTH, len);
+    }
+    let limit = gw.upstream.config().max_body_bytes;
+    let mut seen: u64 = 0;
+    let stream = resp.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            return Err(std::io::Error::other(format!("upstream body over the limit of {limit} bytes")));
+        }
+        Ok(chunk)
+    });
+    builder
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")))
+        .map(IntoResponse::into_response)
+}

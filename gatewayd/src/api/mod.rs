@@ -1,0 +1,57 @@
+//! gatewayd's API: HTTP/1.1 + JSON, versioned under `/v1`, strict request types.
+//! Every route is described in `schemas/gatewayd.openapi.yaml`.
+
+mod admin;
+pub mod error;
+mod fs;
+pub mod socket;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post, put};
+use axum::Router;
+
+use crate::Gateway;
+use error::ApiError;
+
+/// Every route, for the socket.
+pub fn router(gw: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/status", get(admin::status))
+        .route("/v1/shutdown", post(admin::shutdown))
+        .route("/v1/services", get(admin::list_services).post(admin::register))
+        .route("/v1/services/{domain}", axum::routing::delete(admin::remove_service))
+        .route("/v1/keys", get(admin::list_keys))
+        .route("/v1/keys/{domain}", put(admin::set_key).delete(admin::remove_key))
+        .route("/v1/fs/stat", get(fs::stat))
+        .route("/v1/fs/list", get(fs::list))
+        .route("/v1/fs/read", get(fs::read))
+        .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")
+        })
+        .with_state(gw)
+}
+
+/// Serves the API on the socket until a shutdown is requested or SIGTERM/SIGINT arrives.
+pub async fn serve(gw: Arc<Gateway>, listener: socket::OwnerOnly) -> std::io::Result<()> {
+    let app = router(gw.clone());
+    let stop = {
+        let gw = gw.clone();
+        async move {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return gw.shutdown_requested().await;
+                }
+            };
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                _ = gw.shutdown_requested() => tracing::info!("shutdown requested over the API"),
+            }
+        }
+    };
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
+}

@@ -1,0 +1,176 @@
+//! Where nkmc keeps its files, and its tunables.
+//!
+//! Defaults follow DESIGN ("Files and folders on disk"): data in `~/.local/share/nkmc`
+//! (`NKMC_DATA_DIR`), config in `~/.config/nkmc/config.toml` (`NKMC_CONFIG`), socket in
+//! `$XDG_RUNTIME_DIR/nkmc/gatewayd.sock` (`NKMC_SOCKET`). When `NKMC_DATA_DIR` is set and
+//! `NKMC_SOCKET` is not, the socket lives under the data dir (`run/gatewayd.sock`), so two
+//! gateways with different data dirs never share a socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No home directory to derive defaults from.
+    #[error("config: cannot find a home directory; set NKMC_DATA_DIR")]
+    NoHome,
+    /// The config file exists but cannot be read.
+    #[error("config: cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("config: {path} is invalid: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The files and folders nkmc uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The data directory (database, master key, logs, run state).
+    pub data_dir: PathBuf,
+    /// gatewayd's Unix socket.
+    pub socket: PathBuf,
+    /// The config file (may not exist).
+    pub config_file: PathBuf,
+    /// The default mount point.
+    pub mount: PathBuf,
+}
+
+impl Paths {
+    /// Paths from the environment, falling back to DESIGN's defaults.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let explicit_data = var("NKMC_DATA_DIR");
+        let data_dir = match &explicit_data {
+            Some(d) => absolute(d),
+            None => dirs::data_dir().ok_or(ConfigError::NoHome)?.join("nkmc"),
+        };
+        let socket = match var("NKMC_SOCKET") {
+            Some(s) => absolute(&s),
+            None => match (&explicit_data, dirs::runtime_dir()) {
+                (None, Some(rt)) => rt.join("nkmc").join("gatewayd.sock"),
+                _ => data_dir.join("run").join("gatewayd.sock"),
+            },
+        };
+        let config_file = match var("NKMC_CONFIG") {
+            Some(c) => absolute(&c),
+            None => dirs::config_dir().ok_or(ConfigError::NoHome)?.join("nkmc").join("config.toml"),
+        };
+        let mount = match var("NKMC_MOUNT") {
+            Some(m) => absolute(&m),
+            None if nix::unistd::geteuid().is_root() => PathBuf::from("/mnt/nkmc"),
+            None => dirs::home_dir().ok_or(ConfigError::NoHome)?.join("nkmc"),
+        };
+        Ok(Paths { data_dir, socket, config_file, mount })
+    }
+
+    /// The SQLite database.
+    pub fn database(&self) -> PathBuf {
+        self.data_dir.join("nkmc.db")
+    }
+
+    /// The master-key file.
+    pub fn master_key(&self) -> PathBuf {
+        self.data_dir.join("master.key")
+    }
+
+    /// The lock that keeps a second gatewayd off this data dir.
+    pub fn lock_file(&self) -> PathBuf {
+        self.data_dir.join("gatewayd.lock")
+    }
+
+    /// gatewayd's log when started by `nkmc`.
+    pub fn gatewayd_log(&self) -> PathBuf {
+        self.data_dir.join("gatewayd.log")
+    }
+
+    /// Where `nkmc` records the mounts it started.
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.data_dir.join("run").join("mounts")
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Tunables from `config.toml`; every field has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Outbound calls.
+    pub upstream: UpstreamConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { upstream: UpstreamConfig::default() }
+    }
+}
+
+/// `[upstream]`: outbound HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Whole-request deadline, in milliseconds.
+    pub timeout_ms: u64,
+    /// TCP/TLS connect deadline, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Largest response body passed on, in bytes.
+    pub max_body_bytes: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig { timeout_ms: 30_000, connect_timeout_ms: 5_000, max_body_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+impl UpstreamConfig {
+    /// The whole-request deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+impl Config {
+    /// Reads the config file; a missing file means defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_defaults_and_strictness() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = Config::load(&dir.path().join("none.toml")).unwrap();
+        assert_eq!(missing.upstream.timeout_ms, 30_000);
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[upstream]\ntimeout_ms = 1500\n").unwrap();
+        assert_eq!(Config::load(&f).unwrap().upstream.timeout(), Duration::from_millis(1500));
+        std::fs::write(&f, "[upstream]\ntimeout = 1\n").unwrap();
+        let err = Config::load(&f).unwrap_err().to_string();
+        assert!(err.contains("unknown field"), "{err}");
+    }
+}

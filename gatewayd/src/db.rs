@@ -1,0 +1,118 @@
+//! The SQLite database: WAL, full sync, versioned migrations, and the lock that keeps a
+//! second gatewayd off the same data dir.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+/// Why the database could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// SQLite failed.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Another gatewayd holds the lock.
+    #[error("database: another gatewayd is already running on {0} (stop it with `nkmc gateway stop`)")]
+    Locked(PathBuf),
+    /// The lock file cannot be opened.
+    #[error("database: cannot open the lock file {path}: {source}")]
+    LockFile {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The database is newer than this gatewayd.
+    #[error("database: schema version {0} is newer than this gatewayd understands ({LATEST}); upgrade nkmc")]
+    TooNew(i64),
+}
+
+/// Migrations, in order; `user_version` counts how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: services and credentials.
+    "CREATE TABLE services (
+        domain     TEXT PRIMARY KEY,
+        base_url   TEXT NOT NULL,
+        title      TEXT NOT NULL,
+        spec_json  TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE keys (
+        key_id     TEXT PRIMARY KEY,
+        domain     TEXT NOT NULL,
+        scope      TEXT NOT NULL CHECK (scope IN ('pool', 'byok')),
+        owner      TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (domain, scope, owner)
+    );",
+];
+
+const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Holds the single-instance lock for as long as it lives.
+#[derive(Debug)]
+pub struct InstanceLock {
+    _lock: nix::fcntl::Flock<File>,
+}
+
+/// Takes the data dir's exclusive lock, or says who holds it.
+pub fn lock_instance(lock_path: &Path, data_dir: &Path) -> Result<InstanceLock, DbError> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path)
+        .map_err(|source| DbError::LockFile { path: lock_path.to_path_buf(), source })?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(InstanceLock { _lock: lock }),
+        Err((_, _)) => Err(DbError::Locked(data_dir.to_path_buf())),
+    }
+}
+
+/// Opens (creating if needed) and migrates the database.
+pub fn open(path: &Path) -> Result<Connection, DbError> {
+    let conn = Connection::open(path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "secure_delete", "ON")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> Result<(), DbError> {
+    let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > LATEST {
+        return Err(DbError::TooNew(version));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("t.db");
+        drop(open(&db).unwrap());
+        let conn = open(&db).unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(v, LATEST);
+        let lock = dir.path().join("l");
+        let held = lock_instance(&lock, dir.path()).unwrap();
+        assert!(matches!(lock_instance(&lock, dir.path()), Err(DbError::Locked(_))));
+        drop(held);
+        lock_instance(&lock, dir.path()).unwrap();
+    }
+}

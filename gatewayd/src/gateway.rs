@@ -1,0 +1,119 @@
+//! The gateway's state: database, vault, registry, outbound client.
+
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+use rusqlite::Connection;
+use tokio::sync::Notify;
+
+use crate::config::{Config, Paths};
+use crate::db::{self, DbError, InstanceLock};
+use crate::registry::{Registry, RegistryError};
+use crate::upstream::Upstream;
+use crate::vault::{Vault, VaultError};
+
+/// Why gatewayd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory cannot be created.
+    #[error("gatewayd: cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The vault failed.
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    /// The registry failed to load.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The HTTP client could not be built.
+    #[error("gatewayd: cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Everything the API handlers share.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where things live.
+    pub paths: Paths,
+    /// Tunables.
+    pub config: Config,
+    /// Outbound HTTP.
+    pub upstream: Upstream,
+    /// The vault.
+    pub vault: Vault,
+    db: Mutex<Connection>,
+    registry: RwLock<Registry>,
+    started: Instant,
+    shutdown: Notify,
+    _lock: InstanceLock,
+}
+
+impl Gateway {
+    /// Opens the data dir: lock, database, vault, registry.
+    pub fn open(paths: Paths, config: Config) -> Result<Arc<Self>, StartError> {
+        create_private_dir(&paths.data_dir)?;
+        let lock = db::lock_instance(&paths.lock_file(), &paths.data_dir)?;
+        let conn = db::open(&paths.database())?;
+        let vault = Vault::open(&paths.master_key())?;
+        let registry = Registry::load(&conn)?;
+        let upstream = Upstream::new(config.upstream.clone())?;
+        Ok(Arc::new(Gateway {
+            paths,
+            config,
+            upstream,
+            vault,
+            db: Mutex::new(conn),
+            registry: RwLock::new(registry),
+            started: Instant::now(),
+            shutdown: Notify::new(),
+            _lock: lock,
+        }))
+    }
+
+    /// The database connection (short, synchronous uses only).
+    pub fn db(&self) -> MutexGuard<'_, Connection> {
+        self.db.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The registry, for reading.
+    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The registry, for changing.
+    pub fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Time since start.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+
+    /// Asks the server to stop.
+    pub fn request_shutdown(&self) {
+        self.shutdown.notify_one();
+    }
+
+    /// Resolves when a shutdown was requested.
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.notified().await;
+    }
+}
+
+/// Creates `dir` (and parents) with mode 0700 when missing.
+pub fn create_private_dir(dir: &std::path::Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| StartError::DataDir { path: dir.to_path_buf(), source })
+}

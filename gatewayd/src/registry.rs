@@ -1,0 +1,221 @@
+//! Registered services: each one's spec, base URL and tree, loaded once and kept in memory.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agentfs::path::Name;
+use agentfs::spec::{self, ServiceSpec, SpecError};
+use agentfs::tree::Tree;
+use agentfs::wire::{RegisterRequest, ServiceInfo};
+use rusqlite::{params, Connection};
+use url::Url;
+
+/// Why a registration failed or the registry could not load.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The document could not be ingested.
+    #[error("registry: {0}")]
+    Spec(#[from] SpecError),
+    /// The domain is not a valid folder name / host.
+    #[error("registry: `{0}` is not a valid domain (a host name, optionally with :port)")]
+    InvalidDomain(String),
+    /// The base URL is unusable.
+    #[error("registry: base URL `{url}`: {why}")]
+    InvalidBaseUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// No such service.
+    #[error("registry: no service `{0}` is registered (see `nkmc services list`)")]
+    Unknown(String),
+    /// The database failed.
+    #[error("registry: database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A stored spec no longer reads (written by another version).
+    #[error("registry: the stored spec of {domain} is unreadable: {message}")]
+    Stored {
+        /// The service.
+        domain: String,
+        /// The decode error.
+        message: String,
+    },
+}
+
+/// One registered service.
+#[derive(Debug)]
+pub struct Service {
+    /// The folder name and identity of the service.
+    pub domain: String,
+    /// Every request goes to this origin, under this path.
+    pub base_url: Url,
+    /// The ingested document.
+    pub spec: ServiceSpec,
+    /// The tree, built once.
+    pub tree: Tree,
+}
+
+impl Service {
+    fn new(domain: String, base_url: Url, spec: ServiceSpec) -> Self {
+        let tree = Tree::build(&spec);
+        Service { domain, base_url, spec, tree }
+    }
+
+    /// What listings say of it.
+    pub fn info(&self) -> ServiceInfo {
+        ServiceInfo {
+            domain: self.domain.clone(),
+            base_url: self.base_url.to_string(),
+            title: self.spec.title.clone(),
+            operations: self.spec.operations.len(),
+        }
+    }
+}
+
+/// All services, by domain.
+#[derive(Debug, Default)]
+pub struct Registry {
+    services: BTreeMap<String, Arc<Service>>,
+}
+
+impl Registry {
+    /// Loads every stored service and builds its tree.
+    pub fn load(conn: &Connection) -> Result<Self, RegistryError> {
+        let mut stmt = conn.prepare("SELECT domain, base_url, spec_json FROM services")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        let mut services = BTreeMap::new();
+        for row in rows {
+            let (domain, base, json) = row?;
+            let stored = |message: String| RegistryError::Stored { domain: domain.clone(), message };
+            let spec: ServiceSpec = serde_json::from_str(&json).map_err(|e| stored(e.to_string()))?;
+            let base_url = Url::parse(&base).map_err(|e| stored(e.to_string()))?;
+            services.insert(domain.clone(), Arc::new(Service::new(domain, base_url, spec)));
+        }
+        Ok(Registry { services })
+    }
+
+    /// Parses, validates and stores a service; replaces one of the same domain.
+    pub fn register(&mut self, conn: &Connection, req: &RegisterRequest) -> Result<ServiceInfo, RegistryError> {
+        let spec = spec::parse_openapi(req.document.as_bytes())?;
+        let base = match &req.base_url {
+            Some(b) => b.clone(),
+            None => spec.servers.first().cloned().ok_or(SpecError::NoServer)?,
+        };
+        let base_url = parse_base_url(&base)?;
+        let domain = match &req.domain {
+            Some(d) => validate_domain(d)?,
+            None => domain_of(&base_url)?,
+        };
+        let json = serde_json::to_string(&spec).map_err(|e| RegistryError::Stored { domain: domain.clone(), message: e.to_string() })?;
+        conn.execute(
+            "INSERT INTO services (domain, base_url, title, spec_json, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (domain) DO UPDATE SET base_url = excluded.base_url, title = excluded.title, spec_json = excluded.spec_json",
+            params![domain, base_url.as_str(), spec.title, json, unix_now()],
+        )?;
+        let service = Arc::new(Service::new(domain.clone(), base_url, spec));
+        let info = service.info();
+        self.services.insert(domain, service);
+        Ok(info)
+    }
+
+    /// Removes a service.
+    pub fn remove(&mut self, conn: &Connection, domain: &str) -> Result<(), RegistryError> {
+        if self.services.remove(domain).is_none() {
+            return Err(RegistryError::Unknown(domain.to_owned()));
+        }
+        conn.execute("DELETE FROM services WHERE domain = ?1", params![domain])?;
+        Ok(())
+    }
+
+    /// The service of `domain`.
+    pub fn get(&self, domain: &str) -> Option<Arc<Service>> {
+        self.services.get(domain).cloned()
+    }
+
+    /// Every service, sorted by domain.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    /// Number of services.
+    pub fn len(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Whether none is registered.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// An absolute http(s) URL without credentials, query or fragment.
+fn parse_base_url(s: &str) -> Result<Url, RegistryError> {
+    let bad = |why: &str| RegistryError::InvalidBaseUrl { url: s.to_owned(), why: why.to_owned() };
+    let url = Url::parse(s).map_err(|e| match e {
+        url::ParseError::RelativeUrlWithoutBase => bad("is relative; pass an absolute --base-url"),
+        e => bad(&e.to_string()),
+    })?;
+    if url.scheme() != "https" && url.scheme() != "http" {
+        return Err(bad("only http and https are supported"));
+    }
+    if url.host_str().is_none() {
+        return Err(bad("has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("must not carry credentials; store them with `nkmc keys set`"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("must not carry a query or fragment"));
+    }
+    Ok(url)
+}
+
+/// `host` or `host:port` of a URL (the port only when not the scheme's default).
+fn domain_of(url: &Url) -> Result<String, RegistryError> {
+    let host = url.host_str().unwrap_or_default();
+    let d = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    validate_domain(&d)
+}
+
+/// A domain is a lower-case host name or address, optionally with `:port`.
+fn validate_domain(d: &str) -> Result<String, RegistryError> {
+    let bad = || RegistryError::InvalidDomain(d.to_owned());
+    let d = d.to_ascii_lowercase();
+    Name::parse(&d).map_err(|_| bad())?;
+    let ok_chars = d.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if d.is_empty() || !ok_chars || d.starts_with('.') || d.starts_with('-') {
+        return Err(bad());
+    }
+    let parsed = Url::parse(&format!("http://{d}/")).map_err(|_| bad())?;
+    if parsed.host_str().is_none() {
+        return Err(bad());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domains_and_base_urls() {
+        assert_eq!(domain_of(&parse_base_url("https://api.openai.com/v1").unwrap()).unwrap(), "api.openai.com");
+        assert_eq!(domain_of(&parse_base_url("http://127.0.0.1:8080/").unwrap()).unwrap(), "127.0.0.1:8080");
+        assert!(parse_base_url("/v3").unwrap_err().to_string().contains("relative"));
+        assert!(parse_base_url("file:///etc/passwd").is_err());
+        assert!(parse_base_url("https://u:p@x.example/").is_err());
+        for bad in ["..", "a/b", "", "-x", "a b", "x\0"] {
+            assert!(validate_domain(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(validate_domain("API.Example.test").unwrap(), "api.example.test");
+    }
+}

@@ -1,0 +1,235 @@
+//! Outbound HTTP: the request URL built from the registered base URL and canonical
+//! segments only, the credential injected by the spec's security scheme, and upstream
+//! failures classified.
+
+
+use agentfs::spec::{KeyLocation, Method, SecurityScheme};
+use reqwest::header::{HeaderValue, AUTHORIZATION, COOKIE};
+use url::Url;
+
+use crate::config::UpstreamConfig;
+use crate::vault::Secret;
+
+/// Longest upstream error body kept for a message, in bytes.
+const ERROR_BODY_EXCERPT: usize = 2048;
+
+/// Why an upstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No answer within the deadline.
+    #[error("upstream {domain}: no answer within {timeout_ms} ms")]
+    Timeout {
+        /// The service.
+        domain: String,
+        /// The deadline.
+        timeout_ms: u64,
+    },
+    /// The connection could not be made.
+    #[error("upstream {domain}: cannot connect: {message}")]
+    Unreachable {
+        /// The service.
+        domain: String,
+        /// Why (never with the URL, which may carry a key).
+        message: String,
+    },
+    /// The exchange failed after connecting.
+    #[error("upstream {domain}: {message}")]
+    Transport {
+        /// The service.
+        domain: String,
+        /// Why.
+        message: String,
+    },
+    /// The upstream answered with an error status.
+    #[error("upstream {domain}: HTTP {status}: {body}")]
+    Status {
+        /// The service.
+        domain: String,
+        /// The status.
+        status: u16,
+        /// The start of the body, with any credential masked.
+        body: String,
+    },
+    /// The body is larger than the configured cap.
+    #[error("upstream {domain}: the response is {size} bytes, over the limit of {limit} (upstream.max_body_bytes)")]
+    TooLarge {
+        /// The service.
+        domain: String,
+        /// The announced size.
+        size: u64,
+        /// The cap.
+        limit: u64,
+    },
+    /// The request could not be built.
+    #[error("upstream {domain}: invalid request: {message}")]
+    Invalid {
+        /// The service.
+        domain: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A request to send: everything derived from validated input.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The service's domain (for messages).
+    pub domain: &'a str,
+    /// The method.
+    pub method: Method,
+    /// The registered base URL.
+    pub base_url: &'a Url,
+    /// Raw path segments below the base URL.
+    pub segments: &'a [String],
+    /// The operation's fixed query and the name's query, joined.
+    pub query: Option<String>,
+    /// How to present the credential, in preference order.
+    pub schemes: Vec<&'a SecurityScheme>,
+    /// The credential, if one is stored.
+    pub credential: Option<Secret>,
+}
+
+/// The outbound HTTP client.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: reqwest::Client,
+    config: UpstreamConfig,
+}
+
+impl Upstream {
+    /// A pooled client with the configured deadlines; no system proxy; redirects
+    /// followed only within the same origin (a credential never leaves its origin).
+    pub fn new(config: UpstreamConfig) -> Result<Self, reqwest::Error> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(config.timeout())
+            .connect_timeout(std::time::Duration::from_millis(config.connect_timeout_ms))
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                let same = attempt.previous().first().map(|first| first.origin() == attempt.url().origin()).unwrap_or(false);
+                if same && attempt.previous().len() < 5 {
+                    attempt.follow()
+                } else {
+                    attempt.stop()
+                }
+            }))
+            .user_agent(concat!("nkmc-gatewayd/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Upstream { client, config })
+    }
+
+    /// The configured limits.
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.config
+    }
+
+    /// Sends the call; a non-2xx status becomes [`UpstreamError::Status`].
+    pub async fn send(&self, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
+        let domain = call.domain.to_owned();
+        let mut url = call.base_url.clone();
+        {
+            let mut segs = url.path_segments_mut().map_err(|_| UpstreamError::Invalid {
+                domain: domain.clone(),
+                message: "the base URL cannot take a path".into(),
+            })?;
+            segs.pop_if_empty();
+            segs.extend(call.segments);
+        }
+        url.set_query(call.query.as_deref().filter(|q| !q.is_empty()));
+        let method = match call.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Patch => reqwest::Method::PATCH,
+            Method::Delete => reqwest::Method::DELETE,
+        };
+        let scheme = call.schemes.iter().copied().find(|s| !matches!(s, SecurityScheme::Unsupported { .. }));
+        if let (Some(SecurityScheme::ApiKey { location: KeyLocation::Query, name }), Some(secret)) = (scheme, &call.credential) {
+            url.query_pairs_mut().append_pair(name, secret.expose());
+        }
+        let mut req = self.client.request(method, url);
+        if let Some(secret) = &call.credential {
+            req = inject(req, scheme, secret).map_err(|message| UpstreamError::Invalid { domain: domain.clone(), message })?;
+        }
+        let resp = req.send().await.map_err(|e| self.classify(&domain, e))?;
+        let status = resp.status();
+        if status.is_success() {
+            if let Some(len) = resp.content_length() {
+                if len > self.config.max_body_bytes {
+                    return Err(UpstreamError::TooLarge { domain, size: len, limit: self.config.max_body_bytes });
+                }
+            }
+            return Ok(resp);
+        }
+        let body = error_excerpt(resp, call.credential.as_ref()).await;
+        Err(UpstreamError::Status { domain, status: status.as_u16(), body })
+    }
+
+    fn classify(&self, domain: &str, e: reqwest::Error) -> UpstreamError {
+        let domain = domain.to_owned();
+        let e = e.without_url();
+        if e.is_timeout() {
+            return UpstreamError::Timeout { domain, timeout_ms: self.config.timeout_ms };
+        }
+        let message = chain(&e);
+        if e.is_connect() {
+            UpstreamError::Unreachable { domain, message }
+        } else {
+            UpstreamError::Transport { domain, message }
+        }
+    }
+}
+
+/// Puts the credential where the scheme says; with no usable scheme, as a bearer token.
+fn inject(req: reqwest::RequestBuilder, scheme: Option<&SecurityScheme>, secret: &Secret) -> Result<reqwest::RequestBuilder, String> {
+    let sensitive = |v: String| {
+        HeaderValue::from_str(&v).map(|mut h| {
+            h.set_sensitive(true);
+            h
+        })
+    };
+    let bad = |_| "the stored credential is not a valid header value".to_owned();
+    Ok(match scheme {
+        Some(SecurityScheme::Basic) => {
+            let (user, pass) = secret.expose().split_once(':').unwrap_or((secret.expose(), ""));
+            req.basic_auth(user, Some(pass))
+        }
+        Some(SecurityScheme::ApiKey { location: KeyLocation::Header, name }) => {
+            req.header(name.as_str(), sensitive(secret.expose().to_owned()).map_err(bad)?)
+        }
+        Some(SecurityScheme::ApiKey { location: KeyLocation::Cookie, name }) => {
+            req.header(COOKIE, sensitive(format!("{name}={}", secret.expose())).map_err(bad)?)
+        }
+        Some(SecurityScheme::ApiKey { location: KeyLocation::Query, .. }) => req,
+        Some(SecurityScheme::Bearer)
+        | Some(SecurityScheme::OAuth2ClientCredentials { .. })
+        | Some(SecurityScheme::Unsupported { .. })
+        | None => req.header(AUTHORIZATION, sensitive(format!("Bearer {}", secret.expose())).map_err(bad)?),
+    })
+}
+
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+async fn error_excerpt(resp: reqwest::Response, credential: Option<&Secret>) -> String {
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let cut = &bytes[..bytes.len().min(ERROR_BODY_EXCERPT)];
+    let text = String::from_utf8_lossy(cut).into_owned();
+    mask(text, credential)
+}
+
+/// Replaces every occurrence of the credential with `****`.
+pub fn mask(text: String, credential: Option<&Secret>) -> String {
+    match credential {
+        Some(s) if !s.expose().is_empty() && text.contains(s.expose()) => text.replace(s.expose(), "****"),
+        _ => text,
+    }
+}
