@@ -57,7 +57,9 @@ impl ClientError {
         match self {
             ClientError::Api { body, .. } => body.code,
             ClientError::Timeout(_) => ErrorCode::Timeout,
-            ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Decode(_) => ErrorCode::Internal,
+            ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Decode(_) => {
+                ErrorCode::Internal
+            }
         }
     }
 }
@@ -73,7 +75,11 @@ pub struct GatewayClient {
 impl GatewayClient {
     /// A client for the socket at `socket`; every call gives up after `timeout`.
     pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
-        GatewayClient { socket: socket.into(), timeout, idle: Mutex::new(Vec::new()) }
+        GatewayClient {
+            socket: socket.into(),
+            timeout,
+            idle: Mutex::new(Vec::new()),
+        }
     }
 
     /// The socket path.
@@ -82,9 +88,13 @@ impl GatewayClient {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+        let stream =
+            UnixStream::connect(&self.socket)
+                .await
+                .map_err(|source| ClientError::Connect {
+                    socket: self.socket.clone(),
+                    source,
+                })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             // The connection ends when gatewayd closes it or the sender is dropped.
@@ -117,7 +127,9 @@ impl GatewayClient {
         path_and_query: &str,
         body: Option<(Bytes, &'static str)>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        match tokio::time::timeout(self.timeout, self.call_inner(method, path_and_query, body)).await {
+        match tokio::time::timeout(self.timeout, self.call_inner(method, path_and_query, body))
+            .await
+        {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(self.timeout)),
         }
@@ -130,7 +142,10 @@ impl GatewayClient {
         body: Option<(Bytes, &'static str)>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let build = || {
-            let mut req = Request::builder().method(method.clone()).uri(path_and_query).header("host", "gatewayd");
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(path_and_query)
+                .header("host", "gatewayd");
             let payload = match &body {
                 Some((bytes, content_type)) => {
                     req = req.header("content-type", *content_type);
@@ -138,7 +153,8 @@ impl GatewayClient {
                 }
                 None => Full::new(Bytes::new()),
             };
-            req.body(payload).map_err(|e| ClientError::Decode(format!("bad request line: {e}")))
+            req.body(payload)
+                .map_err(|e| ClientError::Decode(format!("bad request line: {e}")))
         };
         // A reused connection may have been closed by gatewayd meanwhile: retry once on a fresh one.
         let mut sender = match self.take_idle() {
@@ -176,13 +192,22 @@ impl GatewayClient {
             return Ok(bytes);
         }
         let body = serde_json::from_slice::<ErrorBody>(&bytes).map_err(|_| {
-            ClientError::Decode(format!("status {status} with a body that is not an error: {}", String::from_utf8_lossy(&bytes)))
+            ClientError::Decode(format!(
+                "status {status} with a body that is not an error: {}",
+                String::from_utf8_lossy(&bytes)
+            ))
         })?;
-        Err(ClientError::Api { status: status.as_u16(), body })
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            body,
+        })
     }
 
     /// `GET` a JSON value.
-    pub async fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, ClientError> {
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        path_and_query: &str,
+    ) -> Result<T, ClientError> {
         let bytes = self.call_ok(Method::GET, path_and_query, None).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -195,7 +220,13 @@ impl GatewayClient {
         body: &B,
     ) -> Result<T, ClientError> {
         let payload = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let bytes = self.call_ok(method, path_and_query, Some((payload.into(), "application/json"))).await?;
+        let bytes = self
+            .call_ok(
+                method,
+                path_and_query,
+                Some((payload.into(), "application/json")),
+            )
+            .await?;
         if bytes.is_empty() {
             return serde_json::from_slice(b"null").map_err(|e| ClientError::Decode(e.to_string()));
         }

@@ -7,10 +7,8 @@
 //! - [`upstream`]: outbound HTTP with credential injection.
 //! - [`ops`]: the file-system operations (stat, list, read) as plain async logic.
 //! - [`api`]: the HTTP/1.1 + JSON API on the Unix socket.
-//! - [`cli`]: the `nkmc` command-line client.
 
 pub mod api;
-pub mod cli;
 pub mod config;
 pub mod db;
 pub mod gateway;

@@ -1,1 +1,89 @@
-fn main(){}
+//! `mountd`: the nkmc FUSE daemon. Kernel file operations become requests to gatewayd.
+
+mod fs;
+mod fuse;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use fuser::{Config, MountOption};
+
+/// Mounts the gateway's tree at MOUNTPOINT until SIGTERM, SIGINT or an unmount.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Where to mount (an existing, empty directory).
+    mountpoint: PathBuf,
+    /// gatewayd's socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// Give up on a gatewayd call after this many milliseconds.
+    #[arg(long, default_value_t = 35_000)]
+    timeout_ms: u64,
+    /// FUSE worker threads.
+    #[arg(long, default_value_t = 4)]
+    threads: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NKMC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("mountd: cannot start the runtime")?;
+    let client =
+        agentfs::client::GatewayClient::new(&args.socket, Duration::from_millis(args.timeout_ms));
+    let filesystem = Arc::new(fs::Fs::new(client));
+    let uid = nix::unistd::geteuid().as_raw();
+    let gid = nix::unistd::getegid().as_raw();
+    let adapter = fuse::NkmcFuse::new(filesystem, rt.handle().clone(), uid, gid);
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("nkmc".into()),
+        MountOption::Subtype("nkmc".into()),
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoExec,
+        MountOption::NoAtime,
+    ];
+    config.n_threads = Some(args.threads.max(1));
+    let session = fuser::spawn_mount(adapter, &args.mountpoint, &config)
+        .with_context(|| format!("mountd: cannot mount at {}", args.mountpoint.display()))?;
+    tracing::info!(mountpoint = %args.mountpoint.display(), socket = %args.socket.display(), "mounted");
+
+    let externally_unmounted = rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok::<bool, std::io::Error>(false),
+                _ = tokio::signal::ctrl_c() => return Ok(false),
+                _ = tick.tick() => if session.guard.is_finished() { return Ok(true) },
+            }
+        }
+    })?;
+    if externally_unmounted {
+        tracing::info!("the file system was unmounted; exiting");
+        session.join().context("mountd: the FUSE session failed")?;
+    } else {
+        tracing::info!("unmounting");
+        session
+            .umount_and_join()
+            .context("mountd: unmount failed")?;
+    }
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use openapiv3::{OpenAPI, ReferenceOr};
 use serde_json::Value;
 
-use super::{openapi31, KeyLocation, Method, Operation, SecurityScheme, ServiceSpec, SpecError, MAX_DOCUMENT_BYTES};
+use super::{
+    openapi31, KeyLocation, Method, Operation, SecurityScheme, ServiceSpec, SpecError,
+    MAX_DOCUMENT_BYTES,
+};
 
 /// Parses an OpenAPI 3.0 or 3.1 document, JSON or YAML.
 pub fn parse_openapi(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
@@ -16,15 +19,22 @@ pub fn parse_openapi(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
         .map(str::to_owned)
         .ok_or_else(|| {
             if doc.get("swagger").is_some() {
-                SpecError::Unsupported("Swagger 2.0 documents are not supported; convert the document to OpenAPI 3".into())
+                SpecError::Unsupported(
+                    "Swagger 2.0 documents are not supported; convert the document to OpenAPI 3"
+                        .into(),
+                )
             } else {
-                SpecError::Unsupported("not an OpenAPI document: the `openapi` version field is missing".into())
+                SpecError::Unsupported(
+                    "not an OpenAPI document: the `openapi` version field is missing".into(),
+                )
             }
         })?;
     if version.starts_with("3.1") {
         openapi31::downgrade(&mut doc);
     } else if !version.starts_with("3.0") {
-        return Err(SpecError::Unsupported(format!("OpenAPI version {version} is not supported (3.0 and 3.1 are)")));
+        return Err(SpecError::Unsupported(format!(
+            "OpenAPI version {version} is not supported (3.0 and 3.1 are)"
+        )));
     }
     match serde_path_to_error::deserialize::<_, OpenAPI>(&doc) {
         Ok(api) => Ok(to_spec(api)),
@@ -44,7 +54,10 @@ fn locate_error(doc: &Value) -> Option<SpecError> {
             continue;
         }
         if let Err(e) = serde_path_to_error::deserialize::<_, openapiv3::PathItem>(item) {
-            return Some(SpecError::Invalid { path: format!("paths.{key}.{}", e.path()), message: e.inner().to_string() });
+            return Some(SpecError::Invalid {
+                path: format!("paths.{key}.{}", e.path()),
+                message: e.inner().to_string(),
+            });
         }
     }
     None
@@ -142,7 +155,9 @@ impl<'de> serde::de::Visitor<'de> for LenientVisitor {
 }
 
 fn float(v: f64) -> Value {
-    serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
+    serde_json::Number::from_f64(v)
+        .map(Value::Number)
+        .unwrap_or(Value::Null)
 }
 
 fn to_spec(api: OpenAPI) -> ServiceSpec {
@@ -237,12 +252,20 @@ fn scheme(s: &openapiv3::SecurityScheme) -> SecurityScheme {
         },
         S::HTTP { scheme, .. } if scheme.eq_ignore_ascii_case("bearer") => SecurityScheme::Bearer,
         S::HTTP { scheme, .. } if scheme.eq_ignore_ascii_case("basic") => SecurityScheme::Basic,
-        S::HTTP { scheme, .. } => SecurityScheme::Unsupported { description: format!("http scheme `{scheme}`") },
-        S::OAuth2 { flows, .. } => match &flows.client_credentials {
-            Some(cc) => SecurityScheme::OAuth2ClientCredentials { token_url: cc.token_url.clone() },
-            None => SecurityScheme::Unsupported { description: "oauth2 without a client-credentials flow".into() },
+        S::HTTP { scheme, .. } => SecurityScheme::Unsupported {
+            description: format!("http scheme `{scheme}`"),
         },
-        S::OpenIDConnect { .. } => SecurityScheme::Unsupported { description: "openIdConnect".into() },
+        S::OAuth2 { flows, .. } => match &flows.client_credentials {
+            Some(cc) => SecurityScheme::OAuth2ClientCredentials {
+                token_url: cc.token_url.clone(),
+            },
+            None => SecurityScheme::Unsupported {
+                description: "oauth2 without a client-credentials flow".into(),
+            },
+        },
+        S::OpenIDConnect { .. } => SecurityScheme::Unsupported {
+            description: "openIdConnect".into(),
+        },
     }
 }
 
@@ -275,8 +298,19 @@ paths:
     fn petstore_30_with_numeric_response_keys() {
         let spec = parse_openapi(PETSTORE.as_bytes()).unwrap();
         assert_eq!(spec.servers, vec!["http://petstore.swagger.io/v1"]);
-        let ops: Vec<_> = spec.operations.iter().map(|o| (o.method, o.path.as_str())).collect();
-        assert_eq!(ops, vec![(Method::Get, "/pets"), (Method::Post, "/pets"), (Method::Get, "/pets/{petId}")]);
+        let ops: Vec<_> = spec
+            .operations
+            .iter()
+            .map(|o| (o.method, o.path.as_str()))
+            .collect();
+        assert_eq!(
+            ops,
+            vec![
+                (Method::Get, "/pets"),
+                (Method::Post, "/pets"),
+                (Method::Get, "/pets/{petId}")
+            ]
+        );
     }
 
     #[test]
@@ -297,7 +331,10 @@ paths:
         assert!(err.contains("paths./a.get.responses"), "{err}");
         let err = parse_openapi(b"swagger: '2.0'").unwrap_err().to_string();
         assert!(err.contains("Swagger 2.0"), "{err}");
-        assert!(matches!(parse_openapi(b"{ nope"), Err(SpecError::Syntax(_))));
+        assert!(matches!(
+            parse_openapi(b"{ nope"),
+            Err(SpecError::Syntax(_))
+        ));
     }
 }
 
@@ -306,7 +343,9 @@ mod fixture_tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/openapi").join(name);
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/openapi")
+            .join(name);
         std::fs::read(p).unwrap()
     }
 
@@ -315,8 +354,14 @@ mod fixture_tests {
         let spec = parse_openapi(&fixture("openai.yaml")).unwrap();
         assert_eq!(spec.servers, vec!["https://api.openai.com/v1"]);
         assert!(spec.operations.len() > 200, "{}", spec.operations.len());
-        assert!(spec.operations.iter().any(|o| o.path == "/models" && o.method == Method::Get));
-        assert_eq!(spec.security_schemes.get("ApiKeyAuth"), Some(&SecurityScheme::Bearer));
+        assert!(spec
+            .operations
+            .iter()
+            .any(|o| o.path == "/models" && o.method == Method::Get));
+        assert_eq!(
+            spec.security_schemes.get("ApiKeyAuth"),
+            Some(&SecurityScheme::Bearer)
+        );
         assert_eq!(spec.security, vec![vec!["ApiKeyAuth".to_string()]]);
     }
 

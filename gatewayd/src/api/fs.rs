@@ -28,21 +28,32 @@ fn parse(q: Result<Query<PathQuery>, QueryRejection>) -> Result<VPath, ApiError>
     Ok(VPath::parse(&q.path)?)
 }
 
-pub async fn stat(State(gw): State<Arc<Gateway>>, q: Result<Query<PathQuery>, QueryRejection>) -> Result<Json<Entry>, ApiError> {
+pub async fn stat(
+    State(gw): State<Arc<Gateway>>,
+    q: Result<Query<PathQuery>, QueryRejection>,
+) -> Result<Json<Entry>, ApiError> {
     let path = parse(q)?;
     Ok(Json(ops::stat(&gw, &path)?))
 }
 
-pub async fn list(State(gw): State<Arc<Gateway>>, q: Result<Query<PathQuery>, QueryRejection>) -> Result<Json<Listing>, ApiError> {
+pub async fn list(
+    State(gw): State<Arc<Gateway>>,
+    q: Result<Query<PathQuery>, QueryRejection>,
+) -> Result<Json<Listing>, ApiError> {
     let path = parse(q)?;
     Ok(Json(ops::list(&gw, &path)?))
 }
 
 /// Streams the upstream body; a body that grows past the cap is cut off with an error.
-pub async fn read(State(gw): State<Arc<Gateway>>, q: Result<Query<PathQuery>, QueryRejection>) -> Result<Response, ApiError> {
+pub async fn read(
+    State(gw): State<Arc<Gateway>>,
+    q: Result<Query<PathQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
     let path = parse(q)?;
     let started = std::time::Instant::now();
-    let resp = ops::read(&gw, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "read failed"))?;
+    let resp = ops::read(&gw, &path)
+        .await
+        .inspect_err(|e| tracing::info!(path = %path, error = %e, "read failed"))?;
     tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
     let mut builder = Response::builder().status(200);
     if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
@@ -54,10 +65,13 @@ pub async fn read(State(gw): State<Arc<Gateway>>, q: Result<Query<PathQuery>, Qu
     let limit = gw.upstream.config().max_body_bytes;
     let mut seen: u64 = 0;
     let stream = resp.bytes_stream().map(move |chunk| {
-        let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
+        let chunk = chunk
+            .map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
         seen += chunk.len() as u64;
         if seen > limit {
-            return Err(std::io::Error::other(format!("upstream body over the limit of {limit} bytes")));
+            return Err(std::io::Error::other(format!(
+                "upstream body over the limit of {limit} bytes"
+            )));
         }
         Ok(chunk)
     });

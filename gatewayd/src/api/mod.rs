@@ -19,16 +19,33 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/status", get(admin::status))
         .route("/v1/shutdown", post(admin::shutdown))
-        .route("/v1/services", get(admin::list_services).post(admin::register))
-        .route("/v1/services/{domain}", axum::routing::delete(admin::remove_service))
+        .route(
+            "/v1/services",
+            get(admin::list_services).post(admin::register),
+        )
+        .route(
+            "/v1/services/{domain}",
+            axum::routing::delete(admin::remove_service),
+        )
         .route("/v1/keys", get(admin::list_keys))
-        .route("/v1/keys/{domain}", put(admin::set_key).delete(admin::remove_key))
+        .route(
+            "/v1/keys/{domain}",
+            put(admin::set_key).delete(admin::remove_key),
+        )
         .route("/v1/fs/stat", get(fs::stat))
         .route("/v1/fs/list", get(fs::list))
         .route("/v1/fs/read", get(fs::read))
-        .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
+        .fallback(|| async {
+            ApiError::new(
+                agentfs::wire::ErrorCode::BadRequest,
+                "gatewayd: no such route",
+            )
+        })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")
+            ApiError::new(
+                agentfs::wire::ErrorCode::BadRequest,
+                "gatewayd: method not allowed on this route",
+            )
         })
         .with_state(gw)
 }
@@ -39,13 +56,14 @@ pub async fn serve(gw: Arc<Gateway>, listener: socket::OwnerOnly) -> std::io::Re
     let stop = {
         let gw = gw.clone();
         async move {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return gw.shutdown_requested().await;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot listen for SIGTERM");
+                        return gw.shutdown_requested().await;
+                    }
+                };
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
@@ -53,5 +71,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: socket::OwnerOnly) -> std::io::Re
             }
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(stop).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
 }

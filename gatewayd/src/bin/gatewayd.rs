@@ -20,7 +20,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NKMC_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("NKMC_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -33,7 +34,10 @@ fn main() -> anyhow::Result<()> {
         paths.socket = std::path::absolute(s)?;
     }
     let config = Config::load(&paths.config_file)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("gatewayd: cannot start the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("gatewayd: cannot start the runtime")?;
     rt.block_on(async {
         let gw = gatewayd::Gateway::open(paths.clone(), config)?;
         let listener = gatewayd::api::socket::bind(&paths.socket)?;

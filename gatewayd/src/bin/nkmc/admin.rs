@@ -1,0 +1,111 @@
+//! `register`, `services`, `keys`: owner commands.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::ExitCode;
+
+use agentfs::wire::{KeyInfo, KeyList, RegisterRequest, ServiceInfo, ServiceList, SetKeyRequest};
+use anyhow::Context;
+use hyper::Method;
+
+use crate::Ctx;
+
+pub async fn register(
+    ctx: &Ctx,
+    spec: &Path,
+    domain: Option<String>,
+    base_url: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let document = std::fs::read_to_string(spec)
+        .with_context(|| format!("cannot read the spec {}", spec.display()))?;
+    let req = RegisterRequest {
+        document,
+        domain,
+        base_url,
+    };
+    let info: ServiceInfo = ctx
+        .client()
+        .send_json(Method::POST, "/v1/services", &req)
+        .await?;
+    println!(
+        "registered {} → {} ({} operations, \"{}\")",
+        info.domain, info.base_url, info.operations, info.title
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn services_list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let list: ServiceList = ctx.client().get_json("/v1/services").await?;
+    if list.services.is_empty() {
+        println!("no services registered (add one with `nkmc register --spec FILE`)");
+    }
+    for s in list.services {
+        println!(
+            "{}\t{}\t{} operations\t{}",
+            s.domain, s.base_url, s.operations, s.title
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn services_remove(ctx: &Ctx, domain: &str) -> anyhow::Result<ExitCode> {
+    ctx.client()
+        .call_ok(
+            Method::DELETE,
+            &format!("/v1/services/{}", segment(domain)),
+            None,
+        )
+        .await?;
+    println!("removed {domain}");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn keys_set(ctx: &Ctx, domain: &str, token: &str) -> anyhow::Result<ExitCode> {
+    let secret = if token == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the secret from stdin")?;
+        s.trim_end_matches(['\n', '\r']).to_owned()
+    } else {
+        token.to_owned()
+    };
+    let req = SetKeyRequest { secret };
+    let info: KeyInfo = ctx
+        .client()
+        .send_json(Method::PUT, &format!("/v1/keys/{}", segment(domain)), &req)
+        .await?;
+    println!(
+        "stored the key for {} (key id {})",
+        info.domain, info.key_id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn keys_list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let list: KeyList = ctx.client().get_json("/v1/keys").await?;
+    if list.keys.is_empty() {
+        println!("no keys stored (add one with `nkmc keys set DOMAIN --token -`)");
+    }
+    for k in list.keys {
+        println!("{}\t{}\t{}", k.domain, k.scope, k.key_id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn keys_remove(ctx: &Ctx, domain: &str) -> anyhow::Result<ExitCode> {
+    ctx.client()
+        .call_ok(
+            Method::DELETE,
+            &format!("/v1/keys/{}", segment(domain)),
+            None,
+        )
+        .await?;
+    println!("removed the keys of {domain}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A domain as one URL path segment.
+fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

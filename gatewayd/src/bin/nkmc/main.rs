@@ -1,0 +1,206 @@
+//! `nkmc`: the command-line client of gatewayd.
+
+mod admin;
+mod daemons;
+mod files;
+mod mounts;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use agentfs::client::GatewayClient;
+use clap::{Parser, Subcommand};
+use gatewayd::config::{Config, Paths};
+
+/// nkmc: use any HTTP API through plain files, without ever seeing its key.
+#[derive(Debug, Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start gatewayd (if it is not running) and a mount; prints the mount point.
+    Up {
+        /// Where to mount (default: $NKMC_MOUNT, or /mnt/nkmc as root, ~/nkmc otherwise).
+        #[arg(long)]
+        mount: Option<PathBuf>,
+    },
+    /// Unmount every mount started by nkmc and stop gatewayd.
+    Down,
+    /// Control gatewayd.
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
+    /// Mount a view of the gateway at DIR; returns once the mount answers.
+    Mount {
+        /// The mount point (created if missing).
+        dir: PathBuf,
+    },
+    /// Unmount a mount started by nkmc.
+    Umount {
+        /// The mount point.
+        dir: PathBuf,
+    },
+    /// Register a service from an OpenAPI 3.0 or 3.1 document.
+    Register {
+        /// The document (JSON or YAML).
+        #[arg(long)]
+        spec: PathBuf,
+        /// The folder name (default: the host of the document's first server).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Where requests go (default: the document's first server URL).
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+    /// Registered services.
+    Services {
+        #[command(subcommand)]
+        command: ServicesCommand,
+    },
+    /// Credentials in the vault.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// List a directory of the tree (as `ls` on the mount).
+    Ls {
+        /// A path such as `/` or `/api.openai.com/models.d`.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Print a file of the tree (as `cat` on the mount).
+    Cat {
+        /// A path such as `/api.openai.com/models`.
+        path: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GatewayCommand {
+    /// Start gatewayd (in the foreground unless --daemon).
+    Start {
+        /// Run in the background and return once it answers.
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Stop gatewayd.
+    Stop,
+    /// Say what runs, where, with which data dir.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum ServicesCommand {
+    /// List registered services.
+    List,
+    /// Remove a service.
+    Remove {
+        /// Its domain.
+        domain: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Store the key of DOMAIN (encrypted), replacing any previous one.
+    Set {
+        /// The service's domain.
+        domain: String,
+        /// The secret, or `-` to read it from stdin (keeps it out of shell history).
+        #[arg(long)]
+        token: String,
+    },
+    /// List stored keys (domains, never secrets).
+    List,
+    /// Remove the keys of DOMAIN.
+    Remove {
+        /// The service's domain.
+        domain: String,
+    },
+}
+
+/// What every command needs: where things are and a client for the socket.
+pub struct Ctx {
+    /// Resolved paths.
+    pub paths: Paths,
+    /// Tunables (for timeouts).
+    pub config: Config,
+}
+
+impl Ctx {
+    /// A client whose timeout outlasts one upstream call.
+    pub fn client(&self) -> GatewayClient {
+        let timeout = self.config.upstream.timeout() + Duration::from_secs(5);
+        GatewayClient::new(&self.paths.socket, timeout)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nkmc: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("nkmc: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let paths = Paths::from_env()?;
+    let config = Config::load(&paths.config_file)?;
+    let ctx = Ctx { paths, config };
+    match cli.command {
+        Command::Up { mount } => daemons::up(&ctx, mount).await,
+        Command::Down => daemons::down(&ctx).await,
+        Command::Gateway {
+            command: GatewayCommand::Start { daemon },
+        } => daemons::gateway_start(&ctx, daemon).await,
+        Command::Gateway {
+            command: GatewayCommand::Stop,
+        } => daemons::gateway_stop(&ctx).await,
+        Command::Gateway {
+            command: GatewayCommand::Status,
+        } => daemons::status(&ctx).await,
+        Command::Mount { dir } => daemons::mount(&ctx, &dir).await,
+        Command::Umount { dir } => daemons::umount(&ctx, &dir).await,
+        Command::Register {
+            spec,
+            domain,
+            base_url,
+        } => admin::register(&ctx, &spec, domain, base_url).await,
+        Command::Services {
+            command: ServicesCommand::List,
+        } => admin::services_list(&ctx).await,
+        Command::Services {
+            command: ServicesCommand::Remove { domain },
+        } => admin::services_remove(&ctx, &domain).await,
+        Command::Keys {
+            command: KeysCommand::Set { domain, token },
+        } => admin::keys_set(&ctx, &domain, &token).await,
+        Command::Keys {
+            command: KeysCommand::List,
+        } => admin::keys_list(&ctx).await,
+        Command::Keys {
+            command: KeysCommand::Remove { domain },
+        } => admin::keys_remove(&ctx, &domain).await,
+        Command::Ls { path } => files::ls(&ctx, &path).await,
+        Command::Cat { path } => files::cat(&ctx, &path).await,
+    }
+}

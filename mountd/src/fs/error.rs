@@ -1,0 +1,69 @@
+//! Every failure becomes one errno; one exhaustive mapping, no catch-all arm.
+
+use agentfs::client::ClientError;
+use agentfs::path::PathError;
+use agentfs::wire::ErrorCode;
+
+/// Why a file-system operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    /// gatewayd refused or failed.
+    #[error(transparent)]
+    Gateway(#[from] ClientError),
+    /// A name the kernel handed over is not a valid name.
+    #[error("mountd: {0}")]
+    Name(#[from] PathError),
+    /// An inode or handle the kernel named is unknown (forgotten or never issued).
+    #[error("mountd: unknown inode or handle")]
+    Stale,
+    /// A file used as a directory.
+    #[error("mountd: not a directory")]
+    NotADirectory,
+    /// A directory used as a file.
+    #[error("mountd: is a directory")]
+    IsADirectory,
+}
+
+impl FsError {
+    /// The errno the kernel passes to the caller.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::Gateway(ClientError::Connect { .. }) => libc::EIO,
+            FsError::Gateway(ClientError::Http(_)) => libc::EIO,
+            FsError::Gateway(ClientError::Decode(_)) => libc::EIO,
+            FsError::Gateway(ClientError::Timeout(_)) => libc::ETIMEDOUT,
+            FsError::Gateway(ClientError::Api { body, .. }) => errno_of(body.code),
+            FsError::Name(PathError::DotSegment(_)) | FsError::Name(PathError::ControlChar) => {
+                libc::EINVAL
+            }
+            FsError::Name(PathError::NameTooLong(_)) | FsError::Name(PathError::PathTooLong(_)) => {
+                libc::ENAMETOOLONG
+            }
+            FsError::Stale => libc::ESTALE,
+            FsError::NotADirectory => libc::ENOTDIR,
+            FsError::IsADirectory => libc::EISDIR,
+        }
+    }
+}
+
+/// DESIGN's errno table ("Reads, writes, errors").
+pub fn errno_of(code: ErrorCode) -> i32 {
+    match code {
+        ErrorCode::InvalidPath => libc::EINVAL,
+        ErrorCode::NameTooLong => libc::ENAMETOOLONG,
+        ErrorCode::NotFound => libc::ENOENT,
+        ErrorCode::NotADirectory => libc::ENOTDIR,
+        ErrorCode::IsADirectory => libc::EISDIR,
+        ErrorCode::PermissionDenied => libc::EACCES,
+        ErrorCode::InvalidInput => libc::EINVAL,
+        ErrorCode::NotSupported => libc::ENOTSUP,
+        ErrorCode::Conflict => libc::EEXIST,
+        ErrorCode::TooLarge => libc::EFBIG,
+        ErrorCode::RateLimited => libc::EAGAIN,
+        ErrorCode::UpstreamFailed => libc::EIO,
+        ErrorCode::Timeout => libc::ETIMEDOUT,
+        ErrorCode::Unreachable => libc::ECONNREFUSED,
+        ErrorCode::BadRequest => libc::EINVAL,
+        ErrorCode::Internal => libc::EIO,
+    }
+}

@@ -1,0 +1,129 @@
+//! The inode table: numbers the kernel holds, mapped to canonical virtual paths, with
+//! lookup counts so `forget` releases them.
+
+use std::collections::HashMap;
+
+use agentfs::wire::EntryKind;
+
+/// The root's inode number (FUSE's fixed value).
+pub const ROOT: u64 = 1;
+
+/// What mountd knows of a node without asking gatewayd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inode {
+    /// The canonical path, e.g. `/api.openai.com/models`.
+    pub path: String,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Size in bytes once a read has told it.
+    pub size: Option<u64>,
+    lookups: u64,
+}
+
+/// Inode numbers ↔ paths.
+#[derive(Debug)]
+pub struct Inodes {
+    by_ino: HashMap<u64, Inode>,
+    by_path: HashMap<String, u64>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        let root = Inode {
+            path: "/".into(),
+            kind: EntryKind::Dir,
+            mode: 0o755,
+            size: None,
+            lookups: 1,
+        };
+        Inodes {
+            by_ino: HashMap::from([(ROOT, root)]),
+            by_path: HashMap::from([("/".into(), ROOT)]),
+            next: ROOT + 1,
+        }
+    }
+}
+
+impl Inodes {
+    /// The inode of `ino`.
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.by_ino.get(&ino)
+    }
+
+    /// Records a lookup of `path`: the same path keeps its number while the kernel holds it.
+    pub fn remember(&mut self, path: String, kind: EntryKind, mode: u32) -> (u64, Inode) {
+        if let Some(&ino) = self.by_path.get(&path) {
+            if let Some(node) = self.by_ino.get_mut(&ino) {
+                node.lookups += 1;
+                if node.kind != kind {
+                    node.size = None;
+                }
+                node.kind = kind;
+                node.mode = mode;
+                return (ino, node.clone());
+            }
+        }
+        let ino = self.next;
+        self.next += 1;
+        let node = Inode {
+            path: path.clone(),
+            kind,
+            mode,
+            size: None,
+            lookups: 1,
+        };
+        self.by_path.insert(path, ino);
+        self.by_ino.insert(ino, node.clone());
+        (ino, node)
+    }
+
+    /// The kernel dropped `n` references.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let gone = match self.by_ino.get_mut(&ino) {
+            Some(node) => {
+                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups == 0
+            }
+            None => false,
+        };
+        if gone {
+            if let Some(node) = self.by_ino.remove(&ino) {
+                self.by_path.remove(&node.path);
+            }
+        }
+    }
+
+    /// Records the size learnt from a read.
+    pub fn set_size(&mut self, ino: u64, size: u64) {
+        if let Some(node) = self.by_ino.get_mut(&ino) {
+            node.size = Some(size);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_stable_until_forgotten() {
+        let mut t = Inodes::default();
+        let (a, _) = t.remember("/x".into(), EntryKind::Dir, 0o755);
+        let (b, _) = t.remember("/x".into(), EntryKind::Dir, 0o755);
+        assert_eq!(a, b);
+        t.forget(a, 1);
+        assert!(t.get(a).is_some());
+        t.forget(a, 1);
+        assert!(t.get(a).is_none());
+        let (c, _) = t.remember("/x".into(), EntryKind::Dir, 0o755);
+        assert_ne!(a, c);
+        t.forget(ROOT, 100);
+        assert!(t.get(ROOT).is_some());
+    }
+}
