@@ -57,9 +57,7 @@ impl ClientError {
         match self {
             ClientError::Api { body, .. } => body.code,
             ClientError::Timeout(_) => ErrorCode::Timeout,
-            ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Decode(_) => {
-                ErrorCode::Internal
-            }
+            ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Decode(_) => ErrorCode::Internal,
         }
     }
 }
@@ -75,11 +73,7 @@ pub struct GatewayClient {
 impl GatewayClient {
     /// A client for the socket at `socket`; every call gives up after `timeout`.
     pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
-        GatewayClient {
-            socket: socket.into(),
-            timeout,
-            idle: Mutex::new(Vec::new()),
-        }
+        GatewayClient { socket: socket.into(), timeout, idle: Mutex::new(Vec::new()) }
     }
 
     /// The socket path.
@@ -88,13 +82,9 @@ impl GatewayClient {
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
-        let stream =
-            UnixStream::connect(&self.socket)
-                .await
-                .map_err(|source| ClientError::Connect {
-                    socket: self.socket.clone(),
-                    source,
-                })?;
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             // The connection ends when gatewayd closes it or the sender is dropped.
@@ -127,9 +117,7 @@ impl GatewayClient {
         path_and_query: &str,
         body: Option<(Bytes, &'static str)>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
-        match tokio::time::timeout(self.timeout, self.call_inner(method, path_and_query, body))
-            .await
-        {
+        match tokio::time::timeout(self.timeout, self.call_inner(method, path_and_query, body)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(self.timeout)),
         }
@@ -142,10 +130,7 @@ impl GatewayClient {
         body: Option<(Bytes, &'static str)>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
         let build = || {
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(path_and_query)
-                .header("host", "gatewayd");
+            let mut req = Request::builder().method(method.clone()).uri(path_and_query).header("host", "gatewayd");
             let payload = match &body {
                 Some((bytes, content_type)) => {
                     req = req.header("content-type", *content_type);
@@ -153,8 +138,7 @@ impl GatewayClient {
                 }
                 None => Full::new(Bytes::new()),
             };
-            req.body(payload)
-                .map_err(|e| ClientError::Decode(format!("bad request line: {e}")))
+            req.body(payload).map_err(|e| ClientError::Decode(format!("bad request line: {e}")))
         };
         // A reused connection may have been closed by gatewayd meanwhile: retry once on a fresh one.
         let mut sender = match self.take_idle() {
@@ -197,17 +181,11 @@ impl GatewayClient {
                 String::from_utf8_lossy(&bytes)
             ))
         })?;
-        Err(ClientError::Api {
-            status: status.as_u16(),
-            body,
-        })
+        Err(ClientError::Api { status: status.as_u16(), body })
     }
 
     /// `GET` a JSON value.
-    pub async fn get_json<T: DeserializeOwned>(
-        &self,
-        path_and_query: &str,
-    ) -> Result<T, ClientError> {
+    pub async fn get_json<T: DeserializeOwned>(&self, path_and_query: &str) -> Result<T, ClientError> {
         let bytes = self.call_ok(Method::GET, path_and_query, None).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -220,13 +198,7 @@ impl GatewayClient {
         body: &B,
     ) -> Result<T, ClientError> {
         let payload = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let bytes = self
-            .call_ok(
-                method,
-                path_and_query,
-                Some((payload.into(), "application/json")),
-            )
-            .await?;
+        let bytes = self.call_ok(method, path_and_query, Some((payload.into(), "application/json"))).await?;
         if bytes.is_empty() {
             return serde_json::from_slice(b"null").map_err(|e| ClientError::Decode(e.to_string()));
         }

@@ -127,11 +127,7 @@ impl VPath {
         if s.len() > PATH_MAX {
             return Err(PathError::PathTooLong(s.len()));
         }
-        let names = s
-            .split('/')
-            .filter(|c| !c.is_empty())
-            .map(Name::parse)
-            .collect::<Result<Vec<_>, _>>()?;
+        let names = s.split('/').filter(|c| !c.is_empty()).map(Name::parse).collect::<Result<Vec<_>, _>>()?;
         Ok(VPath { names })
     }
 
@@ -190,19 +186,10 @@ mod tests {
 
     #[test]
     fn dot_segments_nul_and_long_names_are_refused() {
-        assert!(matches!(
-            VPath::parse("/a/../b"),
-            Err(PathError::DotSegment(_))
-        ));
-        assert!(matches!(
-            VPath::parse("/a/./b"),
-            Err(PathError::DotSegment(_))
-        ));
+        assert!(matches!(VPath::parse("/a/../b"), Err(PathError::DotSegment(_))));
+        assert!(matches!(VPath::parse("/a/./b"), Err(PathError::DotSegment(_))));
         assert_eq!(VPath::parse("/a\0b"), Err(PathError::ControlChar));
-        assert_eq!(
-            VPath::parse(&"x".repeat(256)),
-            Err(PathError::NameTooLong(256))
-        );
+        assert_eq!(VPath::parse(&"x".repeat(256)), Err(PathError::NameTooLong(256)));
         assert!(VPath::parse(&"/x".repeat(2100)).is_err());
     }
 

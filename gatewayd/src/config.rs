@@ -51,11 +51,7 @@ pub struct Paths {
 impl Paths {
     /// Paths from the environment, falling back to DESIGN's defaults.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let var = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
+        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
         let explicit_data = var("NKMC_DATA_DIR");
         let data_dir = match &explicit_data {
             Some(d) => absolute(d),
@@ -70,22 +66,14 @@ impl Paths {
         };
         let config_file = match var("NKMC_CONFIG") {
             Some(c) => absolute(&c),
-            None => dirs::config_dir()
-                .ok_or(ConfigError::NoHome)?
-                .join("nkmc")
-                .join("config.toml"),
+            None => dirs::config_dir().ok_or(ConfigError::NoHome)?.join("nkmc").join("config.toml"),
         };
         let mount = match var("NKMC_MOUNT") {
             Some(m) => absolute(&m),
             None if nix::unistd::geteuid().is_root() => PathBuf::from("/mnt/nkmc"),
             None => dirs::home_dir().ok_or(ConfigError::NoHome)?.join("nkmc"),
         };
-        Ok(Paths {
-            data_dir,
-            socket,
-            config_file,
-            mount,
-        })
+        Ok(Paths { data_dir, socket, config_file, mount })
     }
 
     /// The SQLite database.
@@ -128,9 +116,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config {
-            upstream: UpstreamConfig::default(),
-        }
+        Config { upstream: UpstreamConfig::default() }
     }
 }
 
@@ -148,11 +134,7 @@ pub struct UpstreamConfig {
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
-        UpstreamConfig {
-            timeout_ms: 30_000,
-            connect_timeout_ms: 5_000,
-            max_body_bytes: 64 * 1024 * 1024,
-        }
+        UpstreamConfig { timeout_ms: 30_000, connect_timeout_ms: 5_000, max_body_bytes: 64 * 1024 * 1024 }
     }
 }
 
@@ -169,17 +151,9 @@ impl Config {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
         };
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })
     }
 }
 
@@ -194,10 +168,7 @@ mod tests {
         assert_eq!(missing.upstream.timeout_ms, 30_000);
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "[upstream]\ntimeout_ms = 1500\n").unwrap();
-        assert_eq!(
-            Config::load(&f).unwrap().upstream.timeout(),
-            Duration::from_millis(1500)
-        );
+        assert_eq!(Config::load(&f).unwrap().upstream.timeout(), Duration::from_millis(1500));
         std::fs::write(&f, "[upstream]\ntimeout = 1\n").unwrap();
         let err = Config::load(&f).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");

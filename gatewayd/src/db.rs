@@ -13,9 +13,7 @@ pub enum DbError {
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
     /// Another gatewayd holds the lock.
-    #[error(
-        "database: another gatewayd is already running on {0} (stop it with `nkmc gateway stop`)"
-    )]
+    #[error("database: another gatewayd is already running on {0} (stop it with `nkmc gateway stop`)")]
     Locked(PathBuf),
     /// The lock file cannot be opened.
     #[error("database: cannot open the lock file {path}: {source}")]
@@ -66,10 +64,7 @@ pub fn lock_instance(lock_path: &Path, data_dir: &Path) -> Result<InstanceLock, 
         .truncate(false)
         .write(true)
         .open(lock_path)
-        .map_err(|source| DbError::LockFile {
-            path: lock_path.to_path_buf(),
-            source,
-        })?;
+        .map_err(|source| DbError::LockFile { path: lock_path.to_path_buf(), source })?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(InstanceLock { _lock: lock }),
         Err((_, _)) => Err(DbError::Locked(data_dir.to_path_buf())),
@@ -112,16 +107,11 @@ mod tests {
         let db = dir.path().join("t.db");
         drop(open(&db).unwrap());
         let conn = open(&db).unwrap();
-        let v: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .unwrap();
+        let v: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(v, LATEST);
         let lock = dir.path().join("l");
         let held = lock_instance(&lock, dir.path()).unwrap();
-        assert!(matches!(
-            lock_instance(&lock, dir.path()),
-            Err(DbError::Locked(_))
-        ));
+        assert!(matches!(lock_instance(&lock, dir.path()), Err(DbError::Locked(_))));
         drop(held);
         lock_instance(&lock, dir.path()).unwrap();
     }

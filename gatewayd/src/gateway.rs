@@ -115,8 +115,5 @@ pub fn create_private_dir(dir: &std::path::Path) -> Result<(), StartError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| StartError::DataDir {
-            path: dir.to_path_buf(),
-            source,
-        })
+        .map_err(|source| StartError::DataDir { path: dir.to_path_buf(), source })
 }

@@ -65,10 +65,7 @@ fn locate(gw: &Gateway, path: &VPath) -> Result<Target, OpError> {
     let Some(domain) = path.service() else {
         return Ok(Target::Root);
     };
-    let service = gw
-        .registry()
-        .get(domain.as_str())
-        .ok_or_else(|| OpError::NoService(domain.to_string()))?;
+    let service = gw.registry().get(domain.as_str()).ok_or_else(|| OpError::NoService(domain.to_string()))?;
     if path.inside_service().is_empty() {
         return Ok(Target::Service(service));
     }
@@ -77,10 +74,7 @@ fn locate(gw: &Gateway, path: &VPath) -> Result<Target, OpError> {
 }
 
 fn file_mode(service: &Service, node: usize) -> u32 {
-    let writable = service
-        .tree
-        .methods(node)
-        .any(|m| matches!(m, Method::Post | Method::Put | Method::Patch));
+    let writable = service.tree.methods(node).any(|m| matches!(m, Method::Post | Method::Put | Method::Patch));
     if writable {
         WRITABLE_MODE
     } else {
@@ -89,30 +83,16 @@ fn file_mode(service: &Service, node: usize) -> u32 {
 }
 
 fn dir_entry(name: String) -> Entry {
-    Entry {
-        name,
-        kind: EntryKind::Dir,
-        mode: DIR_MODE,
-        size: None,
-    }
+    Entry { name, kind: EntryKind::Dir, mode: DIR_MODE, size: None }
 }
 
 /// `stat`: what a path is.
 pub fn stat(gw: &Gateway, path: &VPath) -> Result<Entry, OpError> {
-    let name = path
-        .names()
-        .last()
-        .map(|n| n.to_string())
-        .unwrap_or_else(|| "/".into());
+    let name = path.names().last().map(|n| n.to_string()).unwrap_or_else(|| "/".into());
     Ok(match locate(gw, path)? {
         Target::Root | Target::Service(_) => dir_entry(name),
         Target::Node(_, r) if r.view == View::Dir => dir_entry(name),
-        Target::Node(s, r) => Entry {
-            name,
-            kind: EntryKind::File,
-            mode: file_mode(&s, r.node),
-            size: None,
-        },
+        Target::Node(s, r) => Entry { name, kind: EntryKind::File, mode: file_mode(&s, r.node), size: None },
     })
 }
 
@@ -120,20 +100,14 @@ pub fn stat(gw: &Gateway, path: &VPath) -> Result<Entry, OpError> {
 pub fn list(gw: &Gateway, path: &VPath) -> Result<Listing, OpError> {
     let (service, node) = match locate(gw, path)? {
         Target::Root => {
-            let entries = gw
-                .registry()
-                .iter()
-                .map(|s| dir_entry(s.domain.clone()))
-                .collect();
+            let entries = gw.registry().iter().map(|s| dir_entry(s.domain.clone())).collect();
             return Ok(Listing { entries });
         }
         Target::Service(s) => {
             let root = s.tree.root();
             (s, root)
         }
-        Target::Node(_, r) if r.view == View::File => {
-            return Err(OpError::NotADirectory(path.to_string()))
-        }
+        Target::Node(_, r) if r.view == View::File => return Err(OpError::NotADirectory(path.to_string())),
         Target::Node(s, r) => (s, r.node),
     };
     let entries = service
@@ -142,12 +116,7 @@ pub fn list(gw: &Gateway, path: &VPath) -> Result<Listing, OpError> {
         .into_iter()
         .map(|e| match e.view {
             View::Dir => dir_entry(e.name),
-            View::File => Entry {
-                name: e.name,
-                kind: EntryKind::File,
-                mode: file_mode(&service, e.node),
-                size: None,
-            },
+            View::File => Entry { name: e.name, kind: EntryKind::File, mode: file_mode(&service, e.node), size: None },
         })
         .collect();
     Ok(Listing { entries })
@@ -157,18 +126,13 @@ pub fn list(gw: &Gateway, path: &VPath) -> Result<Listing, OpError> {
 pub async fn read(gw: &Gateway, path: &VPath) -> Result<reqwest::Response, OpError> {
     let (service, resolved) = match locate(gw, path)? {
         Target::Root | Target::Service(_) => return Err(OpError::IsADirectory(path.to_string())),
-        Target::Node(_, r) if r.view == View::Dir => {
-            return Err(OpError::IsADirectory(path.to_string()))
-        }
+        Target::Node(_, r) if r.view == View::Dir => return Err(OpError::IsADirectory(path.to_string())),
         Target::Node(s, r) => (s, r),
     };
     let op_index = service
         .tree
         .operation(resolved.node, Method::Get)
-        .ok_or_else(|| OpError::NoOperation {
-            path: path.to_string(),
-            method: "GET",
-        })?;
+        .ok_or_else(|| OpError::NoOperation { path: path.to_string(), method: "GET" })?;
     let op = &service.spec.operations[op_index];
     let credential = {
         let conn = gw.db();

@@ -60,12 +60,7 @@ pub struct Service {
 impl Service {
     fn new(domain: String, base_url: Url, spec: ServiceSpec) -> Self {
         let tree = Tree::build(&spec);
-        Service {
-            domain,
-            base_url,
-            spec,
-            tree,
-        }
+        Service { domain, base_url, spec, tree }
     }
 
     /// What listings say of it.
@@ -89,37 +84,21 @@ impl Registry {
     /// Loads every stored service and builds its tree.
     pub fn load(conn: &Connection) -> Result<Self, RegistryError> {
         let mut stmt = conn.prepare("SELECT domain, base_url, spec_json FROM services")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
         let mut services = BTreeMap::new();
         for row in rows {
             let (domain, base, json) = row?;
-            let stored = |message: String| RegistryError::Stored {
-                domain: domain.clone(),
-                message,
-            };
-            let spec: ServiceSpec =
-                serde_json::from_str(&json).map_err(|e| stored(e.to_string()))?;
+            let stored = |message: String| RegistryError::Stored { domain: domain.clone(), message };
+            let spec: ServiceSpec = serde_json::from_str(&json).map_err(|e| stored(e.to_string()))?;
             let base_url = Url::parse(&base).map_err(|e| stored(e.to_string()))?;
-            services.insert(
-                domain.clone(),
-                Arc::new(Service::new(domain, base_url, spec)),
-            );
+            services.insert(domain.clone(), Arc::new(Service::new(domain, base_url, spec)));
         }
         Ok(Registry { services })
     }
 
     /// Parses, validates and stores a service; replaces one of the same domain.
-    pub fn register(
-        &mut self,
-        conn: &Connection,
-        req: &RegisterRequest,
-    ) -> Result<ServiceInfo, RegistryError> {
+    pub fn register(&mut self, conn: &Connection, req: &RegisterRequest) -> Result<ServiceInfo, RegistryError> {
         let spec = spec::parse_openapi(req.document.as_bytes())?;
         let base = match &req.base_url {
             Some(b) => b.clone(),
@@ -130,10 +109,8 @@ impl Registry {
             Some(d) => validate_domain(d)?,
             None => domain_of(&base_url)?,
         };
-        let json = serde_json::to_string(&spec).map_err(|e| RegistryError::Stored {
-            domain: domain.clone(),
-            message: e.to_string(),
-        })?;
+        let json = serde_json::to_string(&spec)
+            .map_err(|e| RegistryError::Stored { domain: domain.clone(), message: e.to_string() })?;
         conn.execute(
             "INSERT INTO services (domain, base_url, title, spec_json, created_at) VALUES (?1, ?2, ?3, ?4, ?5)
              ON CONFLICT (domain) DO UPDATE SET base_url = excluded.base_url, title = excluded.title, spec_json = excluded.spec_json",
@@ -176,18 +153,12 @@ impl Registry {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// An absolute http(s) URL without credentials, query or fragment.
 fn parse_base_url(s: &str) -> Result<Url, RegistryError> {
-    let bad = |why: &str| RegistryError::InvalidBaseUrl {
-        url: s.to_owned(),
-        why: why.to_owned(),
-    };
+    let bad = |why: &str| RegistryError::InvalidBaseUrl { url: s.to_owned(), why: why.to_owned() };
     let url = Url::parse(s).map_err(|e| match e {
         url::ParseError::RelativeUrlWithoutBase => bad("is relative; pass an absolute --base-url"),
         e => bad(&e.to_string()),
@@ -199,9 +170,7 @@ fn parse_base_url(s: &str) -> Result<Url, RegistryError> {
         return Err(bad("has no host"));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad(
-            "must not carry credentials; store them with `nkmc keys set`",
-        ));
+        return Err(bad("must not carry credentials; store them with `nkmc keys set`"));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(bad("must not carry a query or fragment"));
@@ -224,9 +193,7 @@ fn validate_domain(d: &str) -> Result<String, RegistryError> {
     let bad = || RegistryError::InvalidDomain(d.to_owned());
     let d = d.to_ascii_lowercase();
     Name::parse(&d).map_err(|_| bad())?;
-    let ok_chars = d
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    let ok_chars = d.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
     if d.is_empty() || !ok_chars || d.starts_with('.') || d.starts_with('-') {
         return Err(bad());
     }
@@ -243,26 +210,14 @@ mod tests {
 
     #[test]
     fn domains_and_base_urls() {
-        assert_eq!(
-            domain_of(&parse_base_url("https://api.openai.com/v1").unwrap()).unwrap(),
-            "api.openai.com"
-        );
-        assert_eq!(
-            domain_of(&parse_base_url("http://127.0.0.1:8080/").unwrap()).unwrap(),
-            "127.0.0.1:8080"
-        );
-        assert!(parse_base_url("/v3")
-            .unwrap_err()
-            .to_string()
-            .contains("relative"));
+        assert_eq!(domain_of(&parse_base_url("https://api.openai.com/v1").unwrap()).unwrap(), "api.openai.com");
+        assert_eq!(domain_of(&parse_base_url("http://127.0.0.1:8080/").unwrap()).unwrap(), "127.0.0.1:8080");
+        assert!(parse_base_url("/v3").unwrap_err().to_string().contains("relative"));
         assert!(parse_base_url("file:///etc/passwd").is_err());
         assert!(parse_base_url("https://u:p@x.example/").is_err());
         for bad in ["..", "a/b", "", "-x", "a b", "x\0"] {
             assert!(validate_domain(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(
-            validate_domain("API.Example.test").unwrap(),
-            "api.example.test"
-        );
+        assert_eq!(validate_domain("API.Example.test").unwrap(), "api.example.test");
     }
 }

@@ -105,11 +105,8 @@ impl Upstream {
             .timeout(config.timeout())
             .connect_timeout(std::time::Duration::from_millis(config.connect_timeout_ms))
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
-                let same = attempt
-                    .previous()
-                    .first()
-                    .map(|first| first.origin() == attempt.url().origin())
-                    .unwrap_or(false);
+                let same =
+                    attempt.previous().first().map(|first| first.origin() == attempt.url().origin()).unwrap_or(false);
                 if same && attempt.previous().len() < 5 {
                     attempt.follow()
                 } else {
@@ -131,12 +128,10 @@ impl Upstream {
         let domain = call.domain.to_owned();
         let mut url = call.base_url.clone();
         {
-            let mut segs = url
-                .path_segments_mut()
-                .map_err(|_| UpstreamError::Invalid {
-                    domain: domain.clone(),
-                    message: "the base URL cannot take a path".into(),
-                })?;
+            let mut segs = url.path_segments_mut().map_err(|_| UpstreamError::Invalid {
+                domain: domain.clone(),
+                message: "the base URL cannot take a path".into(),
+            })?;
             segs.pop_if_empty();
             segs.extend(call.segments);
         }
@@ -148,58 +143,36 @@ impl Upstream {
             Method::Patch => reqwest::Method::PATCH,
             Method::Delete => reqwest::Method::DELETE,
         };
-        let scheme = call
-            .schemes
-            .iter()
-            .copied()
-            .find(|s| !matches!(s, SecurityScheme::Unsupported { .. }));
-        if let (
-            Some(SecurityScheme::ApiKey {
-                location: KeyLocation::Query,
-                name,
-            }),
-            Some(secret),
-        ) = (scheme, &call.credential)
+        let scheme = call.schemes.iter().copied().find(|s| !matches!(s, SecurityScheme::Unsupported { .. }));
+        if let (Some(SecurityScheme::ApiKey { location: KeyLocation::Query, name }), Some(secret)) =
+            (scheme, &call.credential)
         {
             url.query_pairs_mut().append_pair(name, secret.expose());
         }
         let mut req = self.client.request(method, url);
         if let Some(secret) = &call.credential {
-            req = inject(req, scheme, secret).map_err(|message| UpstreamError::Invalid {
-                domain: domain.clone(),
-                message,
-            })?;
+            req = inject(req, scheme, secret)
+                .map_err(|message| UpstreamError::Invalid { domain: domain.clone(), message })?;
         }
         let resp = req.send().await.map_err(|e| self.classify(&domain, e))?;
         let status = resp.status();
         if status.is_success() {
             if let Some(len) = resp.content_length() {
                 if len > self.config.max_body_bytes {
-                    return Err(UpstreamError::TooLarge {
-                        domain,
-                        size: len,
-                        limit: self.config.max_body_bytes,
-                    });
+                    return Err(UpstreamError::TooLarge { domain, size: len, limit: self.config.max_body_bytes });
                 }
             }
             return Ok(resp);
         }
         let body = error_excerpt(resp, call.credential.as_ref()).await;
-        Err(UpstreamError::Status {
-            domain,
-            status: status.as_u16(),
-            body,
-        })
+        Err(UpstreamError::Status { domain, status: status.as_u16(), body })
     }
 
     fn classify(&self, domain: &str, e: reqwest::Error) -> UpstreamError {
         let domain = domain.to_owned();
         let e = e.without_url();
         if e.is_timeout() {
-            return UpstreamError::Timeout {
-                domain,
-                timeout_ms: self.config.timeout_ms,
-            };
+            return UpstreamError::Timeout { domain, timeout_ms: self.config.timeout_ms };
         }
         let message = chain(&e);
         if e.is_connect() {
@@ -225,37 +198,20 @@ fn inject(
     let bad = |_| "the stored credential is not a valid header value".to_owned();
     Ok(match scheme {
         Some(SecurityScheme::Basic) => {
-            let (user, pass) = secret
-                .expose()
-                .split_once(':')
-                .unwrap_or((secret.expose(), ""));
+            let (user, pass) = secret.expose().split_once(':').unwrap_or((secret.expose(), ""));
             req.basic_auth(user, Some(pass))
         }
-        Some(SecurityScheme::ApiKey {
-            location: KeyLocation::Header,
-            name,
-        }) => req.header(
-            name.as_str(),
-            sensitive(secret.expose().to_owned()).map_err(bad)?,
-        ),
-        Some(SecurityScheme::ApiKey {
-            location: KeyLocation::Cookie,
-            name,
-        }) => req.header(
-            COOKIE,
-            sensitive(format!("{name}={}", secret.expose())).map_err(bad)?,
-        ),
-        Some(SecurityScheme::ApiKey {
-            location: KeyLocation::Query,
-            ..
-        }) => req,
+        Some(SecurityScheme::ApiKey { location: KeyLocation::Header, name }) => {
+            req.header(name.as_str(), sensitive(secret.expose().to_owned()).map_err(bad)?)
+        }
+        Some(SecurityScheme::ApiKey { location: KeyLocation::Cookie, name }) => {
+            req.header(COOKIE, sensitive(format!("{name}={}", secret.expose())).map_err(bad)?)
+        }
+        Some(SecurityScheme::ApiKey { location: KeyLocation::Query, .. }) => req,
         Some(SecurityScheme::Bearer)
         | Some(SecurityScheme::OAuth2ClientCredentials { .. })
         | Some(SecurityScheme::Unsupported { .. })
-        | None => req.header(
-            AUTHORIZATION,
-            sensitive(format!("Bearer {}", secret.expose())).map_err(bad)?,
-        ),
+        | None => req.header(AUTHORIZATION, sensitive(format!("Bearer {}", secret.expose())).map_err(bad)?),
     })
 }
 
@@ -280,9 +236,7 @@ async fn error_excerpt(resp: reqwest::Response, credential: Option<&Secret>) -> 
 /// Replaces every occurrence of the credential with `****`.
 pub fn mask(text: String, credential: Option<&Secret>) -> String {
     match credential {
-        Some(s) if !s.expose().is_empty() && text.contains(s.expose()) => {
-            text.replace(s.expose(), "****")
-        }
+        Some(s) if !s.expose().is_empty() && text.contains(s.expose()) => text.replace(s.expose(), "****"),
         _ => text,
     }
 }

@@ -8,9 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use agentfs::wire::EntryKind;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
 };
 use tokio::runtime::Handle;
 
@@ -32,15 +31,7 @@ pub struct NkmcFuse {
 impl NkmcFuse {
     /// Serves `fs`, running async work on `rt`; files belong to `uid`:`gid`.
     pub fn new(fs: Arc<Fs>, rt: Handle, uid: u32, gid: u32) -> Self {
-        NkmcFuse {
-            fs,
-            rt,
-            attrs: AttrMaker {
-                uid,
-                gid,
-                started: SystemTime::now(),
-            },
-        }
+        NkmcFuse { fs, rt, attrs: AttrMaker { uid, gid, started: SystemTime::now() } }
     }
 }
 
@@ -172,14 +163,7 @@ impl Filesystem for NkmcFuse {
         });
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
@@ -197,14 +181,7 @@ impl Filesystem for NkmcFuse {
         }
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }

@@ -43,8 +43,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("mountd: cannot start the runtime")?;
-    let client =
-        agentfs::client::GatewayClient::new(&args.socket, Duration::from_millis(args.timeout_ms));
+    let client = agentfs::client::GatewayClient::new(&args.socket, Duration::from_millis(args.timeout_ms));
     let filesystem = Arc::new(fs::Fs::new(client));
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
@@ -80,9 +79,7 @@ fn main() -> anyhow::Result<()> {
         session.join().context("mountd: the FUSE session failed")?;
     } else {
         tracing::info!("unmounting");
-        session
-            .umount_and_join()
-            .context("mountd: unmount failed")?;
+        session.umount_and_join().context("mountd: unmount failed")?;
     }
     rt.shutdown_timeout(Duration::from_secs(1));
     Ok(())

@@ -1,1 +1,243 @@
-//! e2e
+//! The end-to-end harness: real `nkmc`, `gatewayd` and `mountd` processes on a temp data
+//! dir, real FUSE mounts, and HTTP servers on 127.0.0.1 playing the upstream APIs.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+
+/// The directory holding the built binaries (`target/debug`), or `NKMC_BIN_DIR`.
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("NKMC_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    // target/debug/deps/<test-binary> → target/debug
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+/// The path of a workspace binary; panics with the fix if it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.is_file(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)", p.display());
+    p
+}
+
+/// Whether FUSE tests can run. Under `CI=true` a missing /dev/fuse is a failure, not a skip.
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists();
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but /dev/fuse is missing: FUSE tests cannot be skipped in CI"
+        );
+        eprintln!("skipping: /dev/fuse is missing");
+    }
+    ok
+}
+
+/// A fixture shipped in `tests/fixtures`.
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(rel)
+}
+
+/// One nkmc installation in a temp dir: data dir, config, mount point.
+pub struct Nkmc {
+    /// The temp dir holding everything.
+    pub dir: tempfile::TempDir,
+    /// `NKMC_DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// `NKMC_MOUNT`.
+    pub mount: PathBuf,
+    /// `NKMC_CONFIG`.
+    pub config: PathBuf,
+}
+
+impl Nkmc {
+    /// A fresh installation with an optional `config.toml` body.
+    pub fn new(config_toml: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("nkmc-e2e").tempdir().expect("tempdir");
+        let data_dir = dir.path().join("data");
+        let mount = dir.path().join("mnt");
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, config_toml).expect("write config");
+        Nkmc { dir, data_dir, mount, config }
+    }
+
+    /// The socket gatewayd listens on (under the data dir).
+    pub fn socket(&self) -> PathBuf {
+        self.data_dir.join("run").join("gatewayd.sock")
+    }
+
+    /// A `nkmc` command with this installation's environment.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("nkmc"));
+        c.args(args)
+            .env("NKMC_DATA_DIR", &self.data_dir)
+            .env("NKMC_CONFIG", &self.config)
+            .env("NKMC_MOUNT", &self.mount)
+            .env("NKMC_LOG", "trace")
+            .env_remove("NKMC_SOCKET");
+        c
+    }
+
+    /// Runs `nkmc ARGS` and returns its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).stdin(Stdio::null()).output().expect("run nkmc")
+    }
+
+    /// Runs `nkmc ARGS` with `stdin` piped in.
+    pub fn run_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nkmc");
+        child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
+        child.wait_with_output().expect("wait nkmc")
+    }
+
+    /// Runs `nkmc ARGS` and panics with its output unless it succeeded; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "nkmc {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `nkmc up`, checked.
+    pub fn up(&self) -> String {
+        self.ok(&["up"])
+    }
+
+    /// Every regular file under the data dir (database, WAL, key file, logs).
+    pub fn data_files(&self) -> Vec<PathBuf> {
+        fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+            if let Ok(rd) = std::fs::read_dir(p) {
+                for e in rd.flatten() {
+                    let path = e.path();
+                    match e.file_type() {
+                        Ok(t) if t.is_dir() => walk(&path, out),
+                        Ok(t) if t.is_file() => out.push(path),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.data_dir, &mut out);
+        out
+    }
+}
+
+impl Drop for Nkmc {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+        // A failed test may leave a mount behind: never leave the temp dir busy.
+        let _ = nix::mount::umount2(&self.mount, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A request the upstream saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The method.
+    pub method: String,
+    /// Path and query.
+    pub uri: String,
+    /// Headers, names lower-cased.
+    pub headers: HashMap<String, String>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+type Handler = dyn Fn(&Seen) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync;
+
+/// An HTTP server on 127.0.0.1 playing an upstream API; it records every request.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Upstream {
+    /// Serves `handler` on a free port.
+    pub fn start(handler: impl Fn(&Seen) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync + 'static) -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let handler: Arc<Handler> = Arc::new(handler);
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let log = seen.clone();
+        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let handler = handler.clone();
+            let log = log.clone();
+            async move {
+                let s = Seen {
+                    method: method.to_string(),
+                    uri: uri.to_string(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                        .collect(),
+                    body: body.to_vec(),
+                };
+                let (status, hdrs, body) = handler(&s);
+                log.lock().expect("log").push(s);
+                let mut resp = (StatusCode::from_u16(status).expect("status"), body).into_response();
+                for (k, v) in hdrs {
+                    resp.headers_mut().insert(
+                        axum::http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                        axum::http::HeaderValue::from_str(&v).expect("value"),
+                    );
+                }
+                resp
+            }
+        });
+        rt.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Upstream { addr, seen, _rt: rt }
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Every request so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("log").clone()
+    }
+}
+
+/// A JSON response.
+pub fn json(status: u16, body: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    (status, vec![("content-type".into(), "application/json".into())], body.as_bytes().to_vec())
+}
+
+/// A unique, high-entropy canary secret.
+pub fn canary() -> String {
+    let mut b = [0u8; 16];
+    let f = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    f.expect("urandom");
+    format!("CANARY_{}", b.iter().map(|x| format!("{x:02x}")).collect::<String>())
+}
+
+/// Whether `hay` contains `needle`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}

@@ -157,9 +157,6 @@ impl ServiceSpec {
     /// The security schemes that apply to `op`, in preference order.
     pub fn schemes_for(&self, op: &Operation) -> Vec<&SecurityScheme> {
         let reqs = op.security.as_ref().unwrap_or(&self.security);
-        reqs.iter()
-            .flatten()
-            .filter_map(|name| self.security_schemes.get(name))
-            .collect()
+        reqs.iter().flatten().filter_map(|name| self.security_schemes.get(name)).collect()
     }
 }

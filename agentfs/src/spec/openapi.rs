@@ -5,43 +5,27 @@ use std::collections::BTreeMap;
 use openapiv3::{OpenAPI, ReferenceOr};
 use serde_json::Value;
 
-use super::{
-    openapi31, KeyLocation, Method, Operation, SecurityScheme, ServiceSpec, SpecError,
-    MAX_DOCUMENT_BYTES,
-};
+use super::{openapi31, KeyLocation, Method, Operation, SecurityScheme, ServiceSpec, SpecError, MAX_DOCUMENT_BYTES};
 
 /// Parses an OpenAPI 3.0 or 3.1 document, JSON or YAML.
 pub fn parse_openapi(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
     let mut doc = parse_document(bytes)?;
-    let version = doc
-        .get("openapi")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            if doc.get("swagger").is_some() {
-                SpecError::Unsupported(
-                    "Swagger 2.0 documents are not supported; convert the document to OpenAPI 3"
-                        .into(),
-                )
-            } else {
-                SpecError::Unsupported(
-                    "not an OpenAPI document: the `openapi` version field is missing".into(),
-                )
-            }
-        })?;
+    let version = doc.get("openapi").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| {
+        if doc.get("swagger").is_some() {
+            SpecError::Unsupported("Swagger 2.0 documents are not supported; convert the document to OpenAPI 3".into())
+        } else {
+            SpecError::Unsupported("not an OpenAPI document: the `openapi` version field is missing".into())
+        }
+    })?;
     if version.starts_with("3.1") {
         openapi31::downgrade(&mut doc);
     } else if !version.starts_with("3.0") {
-        return Err(SpecError::Unsupported(format!(
-            "OpenAPI version {version} is not supported (3.0 and 3.1 are)"
-        )));
+        return Err(SpecError::Unsupported(format!("OpenAPI version {version} is not supported (3.0 and 3.1 are)")));
     }
     match serde_path_to_error::deserialize::<_, OpenAPI>(&doc) {
         Ok(api) => Ok(to_spec(api)),
-        Err(e) => Err(locate_error(&doc).unwrap_or(SpecError::Invalid {
-            path: e.path().to_string(),
-            message: e.inner().to_string(),
-        })),
+        Err(e) => Err(locate_error(&doc)
+            .unwrap_or(SpecError::Invalid { path: e.path().to_string(), message: e.inner().to_string() })),
     }
 }
 
@@ -72,9 +56,7 @@ pub(crate) fn parse_document(bytes: &[u8]) -> Result<Value, SpecError> {
     if first == Some(&b'{') {
         serde_json::from_slice(bytes).map_err(|e| SpecError::Syntax(format!("JSON, {e}")))
     } else {
-        serde_yaml_ng::from_slice::<Lenient>(bytes)
-            .map(|l| l.0)
-            .map_err(|e| SpecError::Syntax(format!("YAML, {e}")))
+        serde_yaml_ng::from_slice::<Lenient>(bytes).map(|l| l.0).map_err(|e| SpecError::Syntax(format!("YAML, {e}")))
     }
 }
 
@@ -155,9 +137,7 @@ impl<'de> serde::de::Visitor<'de> for LenientVisitor {
 }
 
 fn float(v: f64) -> Value {
-    serde_json::Number::from_f64(v)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
+    serde_json::Number::from_f64(v).map(Value::Number).unwrap_or(Value::Null)
 }
 
 fn to_spec(api: OpenAPI) -> ServiceSpec {
@@ -180,12 +160,8 @@ fn to_spec(api: OpenAPI) -> ServiceSpec {
     let mut operations: Vec<Operation> = Vec::new();
     let mut seen: BTreeMap<(String, Method), usize> = BTreeMap::new();
     // Plain path keys first, so that `/responses?beta=true` only adds what `/responses` lacks.
-    let mut keys: Vec<(&String, &openapiv3::PathItem)> = api
-        .paths
-        .paths
-        .iter()
-        .filter_map(|(k, item)| item.as_item().map(|i| (k, i)))
-        .collect();
+    let mut keys: Vec<(&String, &openapiv3::PathItem)> =
+        api.paths.paths.iter().filter_map(|(k, item)| item.as_item().map(|i| (k, i))).collect();
     keys.sort_by_key(|(k, _)| k.contains('?'));
     for (key, item) in keys {
         let (path, fixed_query) = match key.split_once('?') {
@@ -215,14 +191,7 @@ fn to_spec(api: OpenAPI) -> ServiceSpec {
             });
         }
     }
-    ServiceSpec {
-        title: api.info.title,
-        version: api.info.version,
-        servers,
-        operations,
-        security_schemes,
-        security,
-    }
+    ServiceSpec { title: api.info.title, version: api.info.version, servers, operations, security_schemes, security }
 }
 
 fn server_url(s: &openapiv3::Server) -> String {
@@ -252,20 +221,12 @@ fn scheme(s: &openapiv3::SecurityScheme) -> SecurityScheme {
         },
         S::HTTP { scheme, .. } if scheme.eq_ignore_ascii_case("bearer") => SecurityScheme::Bearer,
         S::HTTP { scheme, .. } if scheme.eq_ignore_ascii_case("basic") => SecurityScheme::Basic,
-        S::HTTP { scheme, .. } => SecurityScheme::Unsupported {
-            description: format!("http scheme `{scheme}`"),
-        },
+        S::HTTP { scheme, .. } => SecurityScheme::Unsupported { description: format!("http scheme `{scheme}`") },
         S::OAuth2 { flows, .. } => match &flows.client_credentials {
-            Some(cc) => SecurityScheme::OAuth2ClientCredentials {
-                token_url: cc.token_url.clone(),
-            },
-            None => SecurityScheme::Unsupported {
-                description: "oauth2 without a client-credentials flow".into(),
-            },
+            Some(cc) => SecurityScheme::OAuth2ClientCredentials { token_url: cc.token_url.clone() },
+            None => SecurityScheme::Unsupported { description: "oauth2 without a client-credentials flow".into() },
         },
-        S::OpenIDConnect { .. } => SecurityScheme::Unsupported {
-            description: "openIdConnect".into(),
-        },
+        S::OpenIDConnect { .. } => SecurityScheme::Unsupported { description: "openIdConnect".into() },
     }
 }
 
@@ -298,19 +259,8 @@ paths:
     fn petstore_30_with_numeric_response_keys() {
         let spec = parse_openapi(PETSTORE.as_bytes()).unwrap();
         assert_eq!(spec.servers, vec!["http://petstore.swagger.io/v1"]);
-        let ops: Vec<_> = spec
-            .operations
-            .iter()
-            .map(|o| (o.method, o.path.as_str()))
-            .collect();
-        assert_eq!(
-            ops,
-            vec![
-                (Method::Get, "/pets"),
-                (Method::Post, "/pets"),
-                (Method::Get, "/pets/{petId}")
-            ]
-        );
+        let ops: Vec<_> = spec.operations.iter().map(|o| (o.method, o.path.as_str())).collect();
+        assert_eq!(ops, vec![(Method::Get, "/pets"), (Method::Post, "/pets"), (Method::Get, "/pets/{petId}")]);
     }
 
     #[test]
@@ -331,10 +281,7 @@ paths:
         assert!(err.contains("paths./a.get.responses"), "{err}");
         let err = parse_openapi(b"swagger: '2.0'").unwrap_err().to_string();
         assert!(err.contains("Swagger 2.0"), "{err}");
-        assert!(matches!(
-            parse_openapi(b"{ nope"),
-            Err(SpecError::Syntax(_))
-        ));
+        assert!(matches!(parse_openapi(b"{ nope"), Err(SpecError::Syntax(_))));
     }
 }
 
@@ -343,9 +290,7 @@ mod fixture_tests {
     use super::*;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../tests/fixtures/openapi")
-            .join(name);
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/openapi").join(name);
         std::fs::read(p).unwrap()
     }
 
@@ -354,14 +299,8 @@ mod fixture_tests {
         let spec = parse_openapi(&fixture("openai.yaml")).unwrap();
         assert_eq!(spec.servers, vec!["https://api.openai.com/v1"]);
         assert!(spec.operations.len() > 200, "{}", spec.operations.len());
-        assert!(spec
-            .operations
-            .iter()
-            .any(|o| o.path == "/models" && o.method == Method::Get));
-        assert_eq!(
-            spec.security_schemes.get("ApiKeyAuth"),
-            Some(&SecurityScheme::Bearer)
-        );
+        assert!(spec.operations.iter().any(|o| o.path == "/models" && o.method == Method::Get));
+        assert_eq!(spec.security_schemes.get("ApiKeyAuth"), Some(&SecurityScheme::Bearer));
         assert_eq!(spec.security, vec![vec!["ApiKeyAuth".to_string()]]);
     }
 

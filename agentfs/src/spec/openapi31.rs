@@ -20,12 +20,8 @@ pub fn downgrade(doc: &mut Value) {
             l.remove("identifier");
         }
     }
-    root.entry("paths")
-        .or_insert_with(|| Value::Object(Map::new()));
-    if let Some(schemas) = root
-        .get_mut("components")
-        .and_then(|c| c.get_mut("schemas"))
-        .and_then(Value::as_object_mut)
+    root.entry("paths").or_insert_with(|| Value::Object(Map::new()));
+    if let Some(schemas) = root.get_mut("components").and_then(|c| c.get_mut("schemas")).and_then(Value::as_object_mut)
     {
         for s in schemas.values_mut() {
             fix_schema(s, 0);
@@ -71,10 +67,7 @@ fn fix_schema(v: &mut Value, depth: usize) {
     };
     match s.get("type").cloned() {
         Some(Value::Array(types)) => {
-            let non_null: Vec<&Value> = types
-                .iter()
-                .filter(|t| t.as_str() != Some("null"))
-                .collect();
+            let non_null: Vec<&Value> = types.iter().filter(|t| t.as_str() != Some("null")).collect();
             if non_null.len() < types.len() {
                 s.insert("nullable".into(), Value::Bool(true));
             }
@@ -95,11 +88,7 @@ fn fix_schema(v: &mut Value, depth: usize) {
     }
     for bound in ["exclusiveMinimum", "exclusiveMaximum"] {
         if let Some(n) = s.get(bound).filter(|b| b.is_number()).cloned() {
-            let plain = if bound == "exclusiveMinimum" {
-                "minimum"
-            } else {
-                "maximum"
-            };
+            let plain = if bound == "exclusiveMinimum" { "minimum" } else { "maximum" };
             s.insert(plain.into(), n);
             s.insert(bound.into(), Value::Bool(true));
         }
@@ -112,15 +101,7 @@ fn fix_schema(v: &mut Value, depth: usize) {
             s.insert("example".into(), examples.swap_remove(0));
         }
     }
-    for key in [
-        "$schema",
-        "$id",
-        "$anchor",
-        "$defs",
-        "$comment",
-        "contentMediaType",
-        "contentEncoding",
-    ] {
+    for key in ["$schema", "$id", "$anchor", "$defs", "$comment", "contentMediaType", "contentEncoding"] {
         s.remove(key);
     }
     if let Some(Value::Array(prefix)) = s.remove("prefixItems") {
@@ -158,18 +139,12 @@ mod tests {
     fn type_arrays_become_nullable() {
         let mut s = json!({"type": ["string", "null"], "examples": ["a"], "const": "a"});
         fix_schema(&mut s, 0);
-        assert_eq!(
-            s,
-            json!({"type": "string", "nullable": true, "example": "a", "enum": ["a"]})
-        );
+        assert_eq!(s, json!({"type": "string", "nullable": true, "example": "a", "enum": ["a"]}));
         let mut n = json!({"type": "null"});
         fix_schema(&mut n, 0);
         assert_eq!(n, json!({"nullable": true}));
         let mut b = json!({"type": "integer", "exclusiveMinimum": 0});
         fix_schema(&mut b, 0);
-        assert_eq!(
-            b,
-            json!({"type": "integer", "minimum": 0, "exclusiveMinimum": true})
-        );
+        assert_eq!(b, json!({"type": "integer", "minimum": 0, "exclusiveMinimum": true}));
     }
 }

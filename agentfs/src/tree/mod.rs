@@ -105,9 +105,7 @@ pub struct Tree {
 impl Tree {
     /// Builds the tree of a spec. Cheap: one pass over the operations.
     pub fn build(spec: &ServiceSpec) -> Self {
-        let mut tree = Tree {
-            nodes: vec![Node::default()],
-        };
+        let mut tree = Tree { nodes: vec![Node::default()] };
         for (index, op) in spec.operations.iter().enumerate() {
             let mut cur = 0;
             for seg in op.path.split('/').filter(|s| !s.is_empty()) {
@@ -129,11 +127,7 @@ impl Tree {
                 self.nodes[parent].literals.insert(seg.to_owned(), next);
             }
             Some(p) => {
-                if let Some((_, id)) = self.nodes[parent]
-                    .templates
-                    .iter()
-                    .find(|(q, _)| q.same_shape(&p))
-                {
+                if let Some((_, id)) = self.nodes[parent].templates.iter().find(|(q, _)| q.same_shape(&p)) {
                     return *id;
                 }
                 self.nodes.push(Node::default());
@@ -150,27 +144,17 @@ impl Tree {
 
     /// The operation index (into the spec's operations) for `method` on `node`.
     pub fn operation(&self, node: NodeId, method: Method) -> Option<usize> {
-        self.nodes
-            .get(node)
-            .and_then(|n| n.ops.get(&method).copied())
+        self.nodes.get(node).and_then(|n| n.ops.get(&method).copied())
     }
 
     /// The methods `node` has.
     pub fn methods(&self, node: NodeId) -> impl Iterator<Item = Method> + '_ {
-        self.nodes
-            .get(node)
-            .into_iter()
-            .flat_map(|n| n.ops.keys().copied())
+        self.nodes.get(node).into_iter().flat_map(|n| n.ops.keys().copied())
     }
 
     /// Resolves the names inside a service to a node.
     pub fn resolve(&self, names: &[Name]) -> Result<Resolved, TreeError> {
-        let mut resolved = Resolved {
-            node: self.root(),
-            view: View::Dir,
-            segments: Vec::new(),
-            query: None,
-        };
+        let mut resolved = Resolved { node: self.root(), view: View::Dir, segments: Vec::new(), query: None };
         for (i, name) in names.iter().enumerate() {
             if resolved.view == View::File {
                 return Err(TreeError::NotADirectory(names[i - 1].to_string()));
@@ -183,21 +167,14 @@ impl Tree {
                 resolved.query = Some(query.to_owned());
                 text = base;
             }
-            let (node, view, shown) = self
-                .lookup(resolved.node, text)
-                .ok_or_else(|| TreeError::NotFound(name.to_string()))?;
+            let (node, view, shown) =
+                self.lookup(resolved.node, text).ok_or_else(|| TreeError::NotFound(name.to_string()))?;
             resolved.node = node;
             resolved.view = view;
-            resolved.segments.push(
-                Name::parse(shown)
-                    .map(|n| n.raw())
-                    .unwrap_or_else(|_| shown.to_owned()),
-            );
+            resolved.segments.push(Name::parse(shown).map(|n| n.raw()).unwrap_or_else(|_| shown.to_owned()));
         }
         if resolved.query.is_some() && resolved.view == View::Dir {
-            return Err(TreeError::NotFound(
-                names.last().map(ToString::to_string).unwrap_or_default(),
-            ));
+            return Err(TreeError::NotFound(names.last().map(ToString::to_string).unwrap_or_default()));
         }
         Ok(resolved)
     }
@@ -240,23 +217,11 @@ impl Tree {
         for (name, &id) in &d.literals {
             let n = &self.nodes[id];
             if n.has_ops() {
-                out.push(TreeEntry {
-                    name: name.clone(),
-                    view: View::File,
-                    node: id,
-                });
+                out.push(TreeEntry { name: name.clone(), view: View::File, node: id });
             }
             if n.has_children() {
-                let shown = if n.has_ops() {
-                    format!("{name}{DIR_SUFFIX}")
-                } else {
-                    name.clone()
-                };
-                out.push(TreeEntry {
-                    name: shown,
-                    view: View::Dir,
-                    node: id,
-                });
+                let shown = if n.has_ops() { format!("{name}{DIR_SUFFIX}") } else { name.clone() };
+                out.push(TreeEntry { name: shown, view: View::Dir, node: id });
             }
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -12,10 +12,7 @@ impl Pattern {
     pub(super) fn parse(seg: &str) -> Option<Self> {
         let open = seg.find('{')?;
         let close = seg[open..].find('}')? + open;
-        Some(Pattern {
-            prefix: seg[..open].to_owned(),
-            suffix: seg[close + 1..].to_owned(),
-        })
+        Some(Pattern { prefix: seg[..open].to_owned(), suffix: seg[close + 1..].to_owned() })
     }
 
     /// Two templates that accept the same names share one node.

@@ -34,45 +34,22 @@ fn file_plus_dir_convention() {
         (Method::Delete, "/models/{model}"),
         (Method::Post, "/chat/completions"),
     ]));
-    let top: Vec<_> = t
-        .list(t.root())
-        .into_iter()
-        .map(|e| (e.name, e.view))
-        .collect();
-    assert_eq!(
-        top,
-        vec![
-            ("chat".into(), View::Dir),
-            ("models".into(), View::File),
-            ("models.d".into(), View::Dir)
-        ]
-    );
+    let top: Vec<_> = t.list(t.root()).into_iter().map(|e| (e.name, e.view)).collect();
+    assert_eq!(top, vec![("chat".into(), View::Dir), ("models".into(), View::File), ("models.d".into(), View::Dir)]);
 
     let r = t.resolve(&names("models")).unwrap();
-    assert_eq!(
-        (r.view, r.segments.clone()),
-        (View::File, vec!["models".to_string()])
-    );
+    assert_eq!((r.view, r.segments.clone()), (View::File, vec!["models".to_string()]));
     let r = t.resolve(&names("models.d/gpt-4o")).unwrap();
     assert_eq!(r.view, View::File);
     assert_eq!(r.segments, vec!["models", "gpt-4o"]);
     assert!(t.operation(r.node, Method::Delete).is_some());
-    assert_eq!(
-        t.resolve(&names("models/x")),
-        Err(TreeError::NotADirectory("models".into()))
-    );
-    assert_eq!(
-        t.resolve(&names("nope")),
-        Err(TreeError::NotFound("nope".into()))
-    );
+    assert_eq!(t.resolve(&names("models/x")), Err(TreeError::NotADirectory("models".into())));
+    assert_eq!(t.resolve(&names("nope")), Err(TreeError::NotFound("nope".into())));
 }
 
 #[test]
 fn escaped_ids_and_queries_reach_the_segments() {
-    let t = Tree::build(&spec(&[
-        (Method::Get, "/repos/{id}"),
-        (Method::Get, "/search"),
-    ]));
+    let t = Tree::build(&spec(&[(Method::Get, "/repos/{id}"), (Method::Get, "/search")]));
     let r = t.resolve(&names("repos/a%2Fb")).unwrap();
     assert_eq!(r.segments, vec!["repos", "a/b"]);
     let r = t.resolve(&names("search?q=fuse&per_page=5")).unwrap();

@@ -2,9 +2,7 @@
 
 use std::sync::Arc;
 
-use agentfs::wire::{
-    KeyInfo, KeyList, RegisterRequest, ServiceInfo, ServiceList, SetKeyRequest, Status,
-};
+use agentfs::wire::{KeyInfo, KeyList, RegisterRequest, ServiceInfo, ServiceList, SetKeyRequest, Status};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -15,9 +13,7 @@ use crate::vault::Secret;
 use crate::Gateway;
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    b.map(|Json(t)| t).map_err(|e| {
-        ApiError::bad_request(format!("gatewayd: invalid request body: {}", e.body_text()))
-    })
+    b.map(|Json(t)| t).map_err(|e| ApiError::bad_request(format!("gatewayd: invalid request body: {}", e.body_text())))
 }
 
 pub async fn status(State(gw): State<Arc<Gateway>>) -> Json<Status> {
@@ -37,9 +33,7 @@ pub async fn shutdown(State(gw): State<Arc<Gateway>>) -> StatusCode {
 }
 
 pub async fn list_services(State(gw): State<Arc<Gateway>>) -> Json<ServiceList> {
-    Json(ServiceList {
-        services: gw.registry().iter().map(|s| s.info()).collect(),
-    })
+    Json(ServiceList { services: gw.registry().iter().map(|s| s.info()).collect() })
 }
 
 pub async fn register(
@@ -70,12 +64,7 @@ pub async fn list_keys(State(gw): State<Arc<Gateway>>) -> Result<Json<KeyList>, 
         .vault
         .list(&conn)?
         .into_iter()
-        .map(|k| KeyInfo {
-            domain: k.domain,
-            scope: k.scope,
-            key_id: k.key_id,
-            created_at: k.created_at,
-        })
+        .map(|k| KeyInfo { domain: k.domain, scope: k.scope, key_id: k.key_id, created_at: k.created_at })
         .collect();
     Ok(Json(KeyList { keys }))
 }
@@ -91,36 +80,21 @@ pub async fn set_key(
         return Err(ApiError::bad_request("gatewayd: the secret is empty"));
     }
     if secret.expose().chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad_request(
-            "gatewayd: the secret contains control characters (a trailing newline?)",
-        ));
+        return Err(ApiError::bad_request("gatewayd: the secret contains control characters (a trailing newline?)"));
     }
     let domain = domain.to_ascii_lowercase();
     let conn = gw.db();
     let key_id = gw.vault.set_pool_key(&conn, &domain, &secret)?;
     tracing::info!(domain = %domain, key_id = %key_id, "pool key stored");
-    let created_at = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    Ok(Json(KeyInfo {
-        domain,
-        scope: crate::vault::POOL.to_owned(),
-        key_id,
-        created_at,
-    }))
+    let created_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    Ok(Json(KeyInfo { domain, scope: crate::vault::POOL.to_owned(), key_id, created_at }))
 }
 
-pub async fn remove_key(
-    State(gw): State<Arc<Gateway>>,
-    Path(domain): Path<String>,
-) -> Result<StatusCode, ApiError> {
+pub async fn remove_key(State(gw): State<Arc<Gateway>>, Path(domain): Path<String>) -> Result<StatusCode, ApiError> {
     let conn = gw.db();
     match gw.vault.remove(&conn, &domain.to_ascii_lowercase())? {
-        0 => Err(ApiError::new(
-            agentfs::wire::ErrorCode::NotFound,
-            format!("gatewayd: no key is stored for {domain}"),
-        )),
+        0 => Err(ApiError::new(agentfs::wire::ErrorCode::NotFound, format!("gatewayd: no key is stored for {domain}"))),
         _ => Ok(StatusCode::NO_CONTENT),
     }
 }

@@ -23,11 +23,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error of a given class.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError {
-            code,
-            message: message.into(),
-            upstream_status: None,
-        }
+        ApiError { code, message: message.into(), upstream_status: None }
     }
 
     /// A malformed request to gatewayd.
@@ -39,14 +35,10 @@ impl ApiError {
 /// The HTTP status gatewayd answers with for each class.
 fn status_of(code: ErrorCode) -> StatusCode {
     match code {
-        ErrorCode::InvalidPath | ErrorCode::BadRequest | ErrorCode::InvalidInput => {
-            StatusCode::BAD_REQUEST
-        }
+        ErrorCode::InvalidPath | ErrorCode::BadRequest | ErrorCode::InvalidInput => StatusCode::BAD_REQUEST,
         ErrorCode::NameTooLong => StatusCode::URI_TOO_LONG,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::NotADirectory | ErrorCode::IsADirectory | ErrorCode::Conflict => {
-            StatusCode::CONFLICT
-        }
+        ErrorCode::NotADirectory | ErrorCode::IsADirectory | ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::NotSupported => StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -74,11 +66,7 @@ fn code_of_upstream_status(status: u16) -> ErrorCode {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            code: self.code,
-            message: self.message,
-            upstream_status: self.upstream_status,
-        };
+        let body = ErrorBody { code: self.code, message: self.message, upstream_status: self.upstream_status };
         (status_of(body.code), Json(body)).into_response()
     }
 }
@@ -99,17 +87,11 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Timeout { .. } => (ErrorCode::Timeout, None),
             UpstreamError::Unreachable { .. } => (ErrorCode::Unreachable, None),
             UpstreamError::Transport { .. } => (ErrorCode::UpstreamFailed, None),
-            UpstreamError::Status { status, .. } => {
-                (code_of_upstream_status(*status), Some(*status))
-            }
+            UpstreamError::Status { status, .. } => (code_of_upstream_status(*status), Some(*status)),
             UpstreamError::TooLarge { .. } => (ErrorCode::TooLarge, None),
             UpstreamError::Invalid { .. } => (ErrorCode::Internal, None),
         };
-        ApiError {
-            code,
-            message: e.to_string(),
-            upstream_status,
-        }
+        ApiError { code, message: e.to_string(), upstream_status }
     }
 }
 
@@ -144,9 +126,9 @@ impl From<OpError> for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         let code = match &e {
-            RegistryError::Spec(_)
-            | RegistryError::InvalidDomain(_)
-            | RegistryError::InvalidBaseUrl { .. } => ErrorCode::BadRequest,
+            RegistryError::Spec(_) | RegistryError::InvalidDomain(_) | RegistryError::InvalidBaseUrl { .. } => {
+                ErrorCode::BadRequest
+            }
             RegistryError::Unknown(_) => ErrorCode::NotFound,
             RegistryError::Db(_) | RegistryError::Stored { .. } => ErrorCode::Internal,
         };
@@ -156,9 +138,6 @@ impl From<RegistryError> for ApiError {
 
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("gatewayd: database error: {e}"),
-        )
+        ApiError::new(ErrorCode::Internal, format!("gatewayd: database error: {e}"))
     }
 }

@@ -51,9 +51,7 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     let path = parse(q)?;
     let started = std::time::Instant::now();
-    let resp = ops::read(&gw, &path)
-        .await
-        .inspect_err(|e| tracing::info!(path = %path, error = %e, "read failed"))?;
+    let resp = ops::read(&gw, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "read failed"))?;
     tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
     let mut builder = Response::builder().status(200);
     if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
@@ -65,13 +63,10 @@ pub async fn read(
     let limit = gw.upstream.config().max_body_bytes;
     let mut seen: u64 = 0;
     let stream = resp.bytes_stream().map(move |chunk| {
-        let chunk = chunk
-            .map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
+        let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
         seen += chunk.len() as u64;
         if seen > limit {
-            return Err(std::io::Error::other(format!(
-                "upstream body over the limit of {limit} bytes"
-            )));
+            return Err(std::io::Error::other(format!("upstream body over the limit of {limit} bytes")));
         }
         Ok(chunk)
     });

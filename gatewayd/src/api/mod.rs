@@ -8,11 +8,17 @@ pub mod socket;
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
 
 use crate::Gateway;
 use error::ApiError;
+
+/// A registration carries a whole document, JSON-escaped (so up to twice its size).
+const REGISTER_BODY_LIMIT: usize = 2 * agentfs::spec::MAX_DOCUMENT_BYTES + 64 * 1024;
+/// Every other request body.
+const BODY_LIMIT: usize = 1024 * 1024;
 
 /// Every route, for the socket.
 pub fn router(gw: Arc<Gateway>) -> Router {
@@ -21,32 +27,19 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/shutdown", post(admin::shutdown))
         .route(
             "/v1/services",
-            get(admin::list_services).post(admin::register),
+            get(admin::list_services).post(admin::register).layer(DefaultBodyLimit::max(REGISTER_BODY_LIMIT)),
         )
-        .route(
-            "/v1/services/{domain}",
-            axum::routing::delete(admin::remove_service),
-        )
+        .route("/v1/services/{domain}", axum::routing::delete(admin::remove_service))
         .route("/v1/keys", get(admin::list_keys))
-        .route(
-            "/v1/keys/{domain}",
-            put(admin::set_key).delete(admin::remove_key),
-        )
+        .route("/v1/keys/{domain}", put(admin::set_key).delete(admin::remove_key))
         .route("/v1/fs/stat", get(fs::stat))
         .route("/v1/fs/list", get(fs::list))
         .route("/v1/fs/read", get(fs::read))
-        .fallback(|| async {
-            ApiError::new(
-                agentfs::wire::ErrorCode::BadRequest,
-                "gatewayd: no such route",
-            )
-        })
+        .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                agentfs::wire::ErrorCode::BadRequest,
-                "gatewayd: method not allowed on this route",
-            )
+            ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")
         })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(gw)
 }
 
@@ -56,14 +49,13 @@ pub async fn serve(gw: Arc<Gateway>, listener: socket::OwnerOnly) -> std::io::Re
     let stop = {
         let gw = gw.clone();
         async move {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot listen for SIGTERM");
-                        return gw.shutdown_requested().await;
-                    }
-                };
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return gw.shutdown_requested().await;
+                }
+            };
             tokio::select! {
                 _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
@@ -71,7 +63,5 @@ pub async fn serve(gw: Arc<Gateway>, listener: socket::OwnerOnly) -> std::io::Re
             }
         }
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
 }

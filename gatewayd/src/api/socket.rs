@@ -29,26 +29,18 @@ pub enum SocketError {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> SocketError + 'a {
-    move |source| SocketError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SocketError::Io { what, path: path.to_path_buf(), source }
 }
 
 /// Binds the socket at `path` safely.
 pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     let uid = nix::unistd::geteuid().as_raw();
-    let dir = path.parent().ok_or_else(|| {
-        SocketError::Unsafe(format!("{} has no parent directory", path.display()))
-    })?;
+    let dir =
+        path.parent().ok_or_else(|| SocketError::Unsafe(format!("{} has no parent directory", path.display())))?;
     match std::fs::symlink_metadata(dir) {
         Ok(meta) => {
             if !meta.is_dir() {
-                return Err(SocketError::Unsafe(format!(
-                    "{} is not a directory",
-                    dir.display()
-                )));
+                return Err(SocketError::Unsafe(format!("{} is not a directory", dir.display())));
             }
             if meta.uid() != uid {
                 return Err(SocketError::Unsafe(format!(
@@ -63,11 +55,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io_err("create", dir))?;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_err("create", dir))?;
         }
         Err(e) => return Err(io_err("inspect", dir)(e)),
     }
@@ -91,8 +79,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, SocketError> {
     let bound = UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = bound.map_err(io_err("bind", path))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io_err("chmod 0600", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod 0600", path))?;
     Ok(listener)
 }
 
@@ -106,10 +93,7 @@ pub struct OwnerOnly {
 impl OwnerOnly {
     /// Serves only the effective uid of this process.
     pub fn new(inner: UnixListener) -> Self {
-        OwnerOnly {
-            inner,
-            uid: nix::unistd::geteuid().as_raw(),
-        }
+        OwnerOnly { inner, uid: nix::unistd::geteuid().as_raw() }
     }
 }
 
@@ -122,10 +106,7 @@ impl axum::serve::Listener for OwnerOnly {
             match self.inner.accept().await {
                 Ok((stream, addr)) => match stream.peer_cred() {
                     Ok(cred) if cred.uid() == self.uid => return (stream, addr),
-                    Ok(cred) => tracing::warn!(
-                        peer_uid = cred.uid(),
-                        "socket: refused a connection from another uid"
-                    ),
+                    Ok(cred) => tracing::warn!(peer_uid = cred.uid(), "socket: refused a connection from another uid"),
                     Err(e) => {
                         tracing::warn!(error = %e, "socket: cannot read the peer's credentials; refused")
                     }

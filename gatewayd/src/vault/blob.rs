@@ -47,13 +47,7 @@ pub fn seal(
 ) -> Result<Vec<u8>, VaultError> {
     let cipher = Aes256Gcm::new(key.into());
     let ct = cipher
-        .encrypt(
-            (&nonce).into(),
-            Payload {
-                msg: plaintext,
-                aad: &row.aad(VERSION),
-            },
-        )
+        .encrypt((&nonce).into(), Payload { msg: plaintext, aad: &row.aad(VERSION) })
         .map_err(|_| VaultError::Crypto("encryption failed".into()))?;
     let mut out = Vec::with_capacity(2 + NONCE_LEN + ct.len());
     out.push(VERSION);
@@ -64,22 +58,13 @@ pub fn seal(
 }
 
 /// Decrypts a blob sealed for `row`; any change to the blob or the row fails.
-pub fn open(
-    key: &[u8; 32],
-    row: RowBinding<'_>,
-    blob: &[u8],
-) -> Result<Zeroizing<Vec<u8>>, VaultError> {
-    let bad =
-        |why: &str| VaultError::Crypto(format!("key {} for {}: {why}", row.key_id, row.domain));
+pub fn open(key: &[u8; 32], row: RowBinding<'_>, blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, VaultError> {
+    let bad = |why: &str| VaultError::Crypto(format!("key {} for {}: {why}", row.key_id, row.domain));
     let (&version, rest) = blob.split_first().ok_or_else(|| bad("empty ciphertext"))?;
     if version != VERSION {
-        return Err(bad(&format!(
-            "unknown format version {version} (plaintext or foreign rows are never accepted)"
-        )));
+        return Err(bad(&format!("unknown format version {version} (plaintext or foreign rows are never accepted)")));
     }
-    let (&alg, rest) = rest
-        .split_first()
-        .ok_or_else(|| bad("truncated ciphertext"))?;
+    let (&alg, rest) = rest.split_first().ok_or_else(|| bad("truncated ciphertext"))?;
     if alg != ALG_AES_256_GCM {
         return Err(bad(&format!("unknown algorithm {alg}")));
     }
@@ -100,35 +85,17 @@ mod tests {
 
     const KEY: [u8; 32] = [9; 32];
     fn row(domain: &str) -> RowBinding<'_> {
-        RowBinding {
-            key_id: "k1",
-            domain,
-            scope: "pool",
-            owner: "",
-        }
+        RowBinding { key_id: "k1", domain, scope: "pool", owner: "" }
     }
 
     #[test]
     fn round_trip_and_binding() {
         let blob = seal(&KEY, row("a.example"), b"CANARY_x", [1; 12]).unwrap();
-        assert_eq!(
-            open(&KEY, row("a.example"), &blob).unwrap().as_slice(),
-            b"CANARY_x"
-        );
-        assert!(
-            open(&KEY, row("b.example"), &blob).is_err(),
-            "moved to another domain"
-        );
-        let other = RowBinding {
-            scope: "byok",
-            owner: "agent",
-            ..row("a.example")
-        };
+        assert_eq!(open(&KEY, row("a.example"), &blob).unwrap().as_slice(), b"CANARY_x");
+        assert!(open(&KEY, row("b.example"), &blob).is_err(), "moved to another domain");
+        let other = RowBinding { scope: "byok", owner: "agent", ..row("a.example") };
         assert!(open(&KEY, other, &blob).is_err(), "moved to another scope");
-        assert!(
-            open(&[8; 32], row("a.example"), &blob).is_err(),
-            "wrong master key"
-        );
+        assert!(open(&[8; 32], row("a.example"), &blob).is_err(), "wrong master key");
         assert!(!blob.windows(8).any(|w| w == b"CANARY_x"));
     }
 

@@ -13,17 +13,11 @@ use super::VaultError;
 pub const KEY_LEN: usize = 32;
 
 /// Reads the master key at `path`, creating it with fresh random bytes if absent.
-pub fn load_or_create(
-    path: &Path,
-    random: impl FnOnce(&mut [u8]),
-) -> Result<Zeroizing<[u8; KEY_LEN]>, VaultError> {
+pub fn load_or_create(path: &Path, random: impl FnOnce(&mut [u8])) -> Result<Zeroizing<[u8; KEY_LEN]>, VaultError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !meta.file_type().is_file() {
-                return Err(VaultError::KeyFile {
-                    path: path.to_path_buf(),
-                    message: "is not a regular file".into(),
-                });
+                return Err(VaultError::KeyFile { path: path.to_path_buf(), message: "is not a regular file".into() });
             }
             if meta.permissions().mode() & 0o077 != 0 {
                 return Err(VaultError::KeyFile {
@@ -36,14 +30,10 @@ pub fn load_or_create(
                 });
             }
             let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| io(path, e))?);
-            let key: [u8; KEY_LEN] =
-                bytes
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| VaultError::KeyFile {
-                        path: path.to_path_buf(),
-                        message: format!("holds {} bytes, a master key is {KEY_LEN}", bytes.len()),
-                    })?;
+            let key: [u8; KEY_LEN] = bytes.as_slice().try_into().map_err(|_| VaultError::KeyFile {
+                path: path.to_path_buf(),
+                message: format!("holds {} bytes, a master key is {KEY_LEN}", bytes.len()),
+            })?;
             Ok(Zeroizing::new(key))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -57,32 +47,20 @@ pub fn load_or_create(
 }
 
 fn io(path: &Path, e: std::io::Error) -> VaultError {
-    VaultError::KeyFile {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    }
+    VaultError::KeyFile { path: path.to_path_buf(), message: e.to_string() }
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp: PathBuf = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("key")
-    ));
+    let tmp: PathBuf = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("key")));
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io(&tmp, e))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(|e| io(&tmp, e))?;
     f.write_all(bytes).map_err(|e| io(&tmp, e))?;
     f.sync_all().map_err(|e| io(&tmp, e))?;
     drop(f);
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(dir, e))?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))?;
     Ok(())
 }
 
@@ -95,10 +73,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("master.key");
         let k1 = load_or_create(&p, |b| b.fill(7)).unwrap();
-        assert_eq!(
-            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         let k2 = load_or_create(&p, |_| panic!("must not regenerate")).unwrap();
         assert_eq!(*k1, *k2);
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -74,10 +74,7 @@ fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl Vault {
@@ -88,30 +85,12 @@ impl Vault {
     }
 
     /// Stores (or replaces) the pool key of `domain`.
-    pub fn set_pool_key(
-        &self,
-        conn: &Connection,
-        domain: &str,
-        secret: &Secret,
-    ) -> Result<String, VaultError> {
+    pub fn set_pool_key(&self, conn: &Connection, domain: &str, secret: &Secret) -> Result<String, VaultError> {
         let key_id = hex(&random_bytes::<12>());
-        let row = RowBinding {
-            key_id: &key_id,
-            domain,
-            scope: POOL,
-            owner: "",
-        };
-        let ct = blob::seal(
-            &self.master,
-            row,
-            secret.expose().as_bytes(),
-            random_bytes(),
-        )?;
+        let row = RowBinding { key_id: &key_id, domain, scope: POOL, owner: "" };
+        let ct = blob::seal(&self.master, row, secret.expose().as_bytes(), random_bytes())?;
         let tx = conn.unchecked_transaction()?;
-        tx.execute(
-            "DELETE FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ''",
-            params![domain, POOL],
-        )?;
+        tx.execute("DELETE FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ''", params![domain, POOL])?;
         tx.execute(
             "INSERT INTO keys (key_id, domain, scope, owner, ciphertext, created_at) VALUES (?1, ?2, ?3, '', ?4, ?5)",
             params![key_id, domain, POOL, ct, now()],
@@ -132,16 +111,7 @@ impl Vault {
         let Some((key_id, ct)) = row else {
             return Ok(None);
         };
-        let plain = blob::open(
-            &self.master,
-            RowBinding {
-                key_id: &key_id,
-                domain,
-                scope: POOL,
-                owner: "",
-            },
-            &ct,
-        )?;
+        let plain = blob::open(&self.master, RowBinding { key_id: &key_id, domain, scope: POOL, owner: "" }, &ct)?;
         let text = std::str::from_utf8(&plain).map_err(|_| VaultError::NotText)?;
         Ok(Some(Secret::new(text.to_owned())))
     }
@@ -153,16 +123,10 @@ impl Vault {
 
     /// All stored keys, without secrets.
     pub fn list(&self, conn: &Connection) -> Result<Vec<StoredKey>, VaultError> {
-        let mut stmt = conn.prepare(
-            "SELECT key_id, domain, scope, created_at FROM keys ORDER BY domain, scope, owner",
-        )?;
+        let mut stmt =
+            conn.prepare("SELECT key_id, domain, scope, created_at FROM keys ORDER BY domain, scope, owner")?;
         let rows = stmt.query_map([], |r| {
-            Ok(StoredKey {
-                key_id: r.get(0)?,
-                domain: r.get(1)?,
-                scope: r.get(2)?,
-                created_at: r.get(3)?,
-            })
+            Ok(StoredKey { key_id: r.get(0)?, domain: r.get(1)?, scope: r.get(2)?, created_at: r.get(3)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -181,23 +145,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::db::open(&dir.path().join("db")).unwrap();
         let v = Vault::open(&dir.path().join("master.key")).unwrap();
-        v.set_pool_key(&conn, "a.example", &Secret::new("CANARY_a".into()))
-            .unwrap();
-        v.set_pool_key(&conn, "b.example", &Secret::new("CANARY_b".into()))
-            .unwrap();
-        assert_eq!(
-            v.pool_key(&conn, "a.example").unwrap().unwrap().expose(),
-            "CANARY_a"
-        );
+        v.set_pool_key(&conn, "a.example", &Secret::new("CANARY_a".into())).unwrap();
+        v.set_pool_key(&conn, "b.example", &Secret::new("CANARY_b".into())).unwrap();
+        assert_eq!(v.pool_key(&conn, "a.example").unwrap().unwrap().expose(), "CANARY_a");
         conn.execute_batch(
             "UPDATE keys SET ciphertext = (SELECT ciphertext FROM keys WHERE domain = 'b.example') WHERE domain = 'a.example'",
         )
         .unwrap();
         let err = v.pool_key(&conn, "a.example").unwrap_err().to_string();
-        assert!(
-            err.contains("does not decrypt") && !err.contains("CANARY"),
-            "{err}"
-        );
+        assert!(err.contains("does not decrypt") && !err.contains("CANARY"), "{err}");
         assert_eq!(v.list(&conn).unwrap().len(), 2);
     }
 }

@@ -39,9 +39,6 @@ mod tests {
     #[test]
     fn never_prints_itself() {
         let s = Secret::new("CANARY_debug".into());
-        assert_eq!(
-            format!("{s:?} {s} {:?}", Some(&s)),
-            "<redacted> <redacted> Some(<redacted>)"
-        );
+        assert_eq!(format!("{s:?} {s} {:?}", Some(&s)), "<redacted> <redacted> Some(<redacted>)");
     }
 }

@@ -33,12 +33,8 @@ impl FsError {
             FsError::Gateway(ClientError::Decode(_)) => libc::EIO,
             FsError::Gateway(ClientError::Timeout(_)) => libc::ETIMEDOUT,
             FsError::Gateway(ClientError::Api { body, .. }) => errno_of(body.code),
-            FsError::Name(PathError::DotSegment(_)) | FsError::Name(PathError::ControlChar) => {
-                libc::EINVAL
-            }
-            FsError::Name(PathError::NameTooLong(_)) | FsError::Name(PathError::PathTooLong(_)) => {
-                libc::ENAMETOOLONG
-            }
+            FsError::Name(PathError::DotSegment(_)) | FsError::Name(PathError::ControlChar) => libc::EINVAL,
+            FsError::Name(PathError::NameTooLong(_)) | FsError::Name(PathError::PathTooLong(_)) => libc::ENAMETOOLONG,
             FsError::Stale => libc::ESTALE,
             FsError::NotADirectory => libc::ENOTDIR,
             FsError::IsADirectory => libc::EISDIR,

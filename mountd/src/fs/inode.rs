@@ -32,18 +32,8 @@ pub struct Inodes {
 
 impl Default for Inodes {
     fn default() -> Self {
-        let root = Inode {
-            path: "/".into(),
-            kind: EntryKind::Dir,
-            mode: 0o755,
-            size: None,
-            lookups: 1,
-        };
-        Inodes {
-            by_ino: HashMap::from([(ROOT, root)]),
-            by_path: HashMap::from([("/".into(), ROOT)]),
-            next: ROOT + 1,
-        }
+        let root = Inode { path: "/".into(), kind: EntryKind::Dir, mode: 0o755, size: None, lookups: 1 };
+        Inodes { by_ino: HashMap::from([(ROOT, root)]), by_path: HashMap::from([("/".into(), ROOT)]), next: ROOT + 1 }
     }
 }
 
@@ -68,13 +58,7 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        let node = Inode {
-            path: path.clone(),
-            kind,
-            mode,
-            size: None,
-            lookups: 1,
-        };
+        let node = Inode { path: path.clone(), kind, mode, size: None, lookups: 1 };
         self.by_path.insert(path, ino);
         self.by_ino.insert(ino, node.clone());
         (ino, node)

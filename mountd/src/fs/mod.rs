@@ -109,12 +109,7 @@ impl Fs {
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Inode, FsError> {
         let mut node = self.path_of(ino)?;
         if let Some(fh) = fh {
-            if let Some(h) = self
-                .files
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&fh)
-            {
+            if let Some(h) = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(&fh) {
                 node.size = Some(h.body.len() as u64);
             }
         }
@@ -127,16 +122,10 @@ impl Fs {
         if node.kind == EntryKind::Dir {
             return Err(FsError::IsADirectory);
         }
-        let body = self
-            .client
-            .call_ok(Method::GET, &fs_route("read", &node.path), None)
-            .await?;
+        let body = self.client.call_ok(Method::GET, &fs_route("read", &node.path), None).await?;
         self.inodes().set_size(ino, body.len() as u64);
         let fh = self.handle();
-        self.files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, FileHandle { body });
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, FileHandle { body });
         Ok(fh)
     }
 
@@ -152,10 +141,7 @@ impl Fs {
 
     /// `release`: drops the body.
     pub fn release(&self, fh: u64) {
-        self.files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh);
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
     }
 
     /// `opendir`: fetches the listing once; `readdir` pages through it.
@@ -166,33 +152,18 @@ impl Fs {
         }
         let listing: Listing = self.client.get_json(&fs_route("list", &node.path)).await?;
         let mut entries = vec![
-            DirEntry {
-                ino,
-                kind: EntryKind::Dir,
-                name: ".".into(),
-            },
-            DirEntry {
-                ino,
-                kind: EntryKind::Dir,
-                name: "..".into(),
-            },
+            DirEntry { ino, kind: EntryKind::Dir, name: ".".into() },
+            DirEntry { ino, kind: EntryKind::Dir, name: "..".into() },
         ];
         for e in listing.entries {
             let Ok(name) = Name::parse(&e.name) else {
                 continue;
             };
             let path = child_path(&node.path, &name);
-            entries.push(DirEntry {
-                ino: listing_ino(&path),
-                kind: e.kind,
-                name: e.name,
-            });
+            entries.push(DirEntry { ino: listing_ino(&path), kind: e.kind, name: e.name });
         }
         let fh = self.handle();
-        self.dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, entries);
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, entries);
         Ok(fh)
     }
 
@@ -210,9 +181,6 @@ impl Fs {
 
     /// `releasedir`: drops the listing.
     pub fn releasedir(&self, fh: u64) {
-        self.dirs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&fh);
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
     }
 }

@@ -16,21 +16,10 @@ pub async fn register(
     domain: Option<String>,
     base_url: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let document = std::fs::read_to_string(spec)
-        .with_context(|| format!("cannot read the spec {}", spec.display()))?;
-    let req = RegisterRequest {
-        document,
-        domain,
-        base_url,
-    };
-    let info: ServiceInfo = ctx
-        .client()
-        .send_json(Method::POST, "/v1/services", &req)
-        .await?;
-    println!(
-        "registered {} → {} ({} operations, \"{}\")",
-        info.domain, info.base_url, info.operations, info.title
-    );
+    let document = std::fs::read_to_string(spec).with_context(|| format!("cannot read the spec {}", spec.display()))?;
+    let req = RegisterRequest { document, domain, base_url };
+    let info: ServiceInfo = ctx.client().send_json(Method::POST, "/v1/services", &req).await?;
+    println!("registered {} → {} ({} operations, \"{}\")", info.domain, info.base_url, info.operations, info.title);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -40,22 +29,13 @@ pub async fn services_list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         println!("no services registered (add one with `nkmc register --spec FILE`)");
     }
     for s in list.services {
-        println!(
-            "{}\t{}\t{} operations\t{}",
-            s.domain, s.base_url, s.operations, s.title
-        );
+        println!("{}\t{}\t{} operations\t{}", s.domain, s.base_url, s.operations, s.title);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn services_remove(ctx: &Ctx, domain: &str) -> anyhow::Result<ExitCode> {
-    ctx.client()
-        .call_ok(
-            Method::DELETE,
-            &format!("/v1/services/{}", segment(domain)),
-            None,
-        )
-        .await?;
+    ctx.client().call_ok(Method::DELETE, &format!("/v1/services/{}", segment(domain)), None).await?;
     println!("removed {domain}");
     Ok(ExitCode::SUCCESS)
 }
@@ -63,22 +43,14 @@ pub async fn services_remove(ctx: &Ctx, domain: &str) -> anyhow::Result<ExitCode
 pub async fn keys_set(ctx: &Ctx, domain: &str, token: &str) -> anyhow::Result<ExitCode> {
     let secret = if token == "-" {
         let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("cannot read the secret from stdin")?;
+        std::io::stdin().read_to_string(&mut s).context("cannot read the secret from stdin")?;
         s.trim_end_matches(['\n', '\r']).to_owned()
     } else {
         token.to_owned()
     };
     let req = SetKeyRequest { secret };
-    let info: KeyInfo = ctx
-        .client()
-        .send_json(Method::PUT, &format!("/v1/keys/{}", segment(domain)), &req)
-        .await?;
-    println!(
-        "stored the key for {} (key id {})",
-        info.domain, info.key_id
-    );
+    let info: KeyInfo = ctx.client().send_json(Method::PUT, &format!("/v1/keys/{}", segment(domain)), &req).await?;
+    println!("stored the key for {} (key id {})", info.domain, info.key_id);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -94,13 +66,7 @@ pub async fn keys_list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn keys_remove(ctx: &Ctx, domain: &str) -> anyhow::Result<ExitCode> {
-    ctx.client()
-        .call_ok(
-            Method::DELETE,
-            &format!("/v1/keys/{}", segment(domain)),
-            None,
-        )
-        .await?;
+    ctx.client().call_ok(Method::DELETE, &format!("/v1/keys/{}", segment(domain)), None).await?;
     println!("removed the keys of {domain}");
     Ok(ExitCode::SUCCESS)
 }

@@ -47,10 +47,7 @@ async fn ensure_gateway(ctx: &Ctx) -> anyhow::Result<Status> {
     }
     gatewayd::gateway::create_private_dir(&ctx.paths.data_dir)?;
     let log_path = ctx.paths.gatewayd_log();
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let mut child = Command::new(binary("gatewayd"))
         .arg("--data-dir")
         .arg(&ctx.paths.data_dir)
@@ -122,10 +119,7 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let client = GatewayClient::new(&ctx.paths.socket, Duration::from_secs(2));
     let running = match gateway_status(&client).await {
         Some(s) => {
-            println!(
-                "gatewayd: running (pid {}, up {}s, version {})",
-                s.pid, s.uptime_secs, s.version
-            );
+            println!("gatewayd: running (pid {}, up {}s, version {})", s.pid, s.uptime_secs, s.version);
             println!("  socket:   {}", s.socket);
             println!("  data dir: {}", s.data_dir);
             println!("  services: {}", s.services);
@@ -150,27 +144,16 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         } else {
             "not mounted"
         };
-        println!(
-            "mount: {} (mountd pid {}, {state})",
-            r.mountpoint.display(),
-            r.pid
-        );
+        println!("mount: {} (mountd pid {}, {state})", r.mountpoint.display(), r.pid);
     }
-    Ok(if running {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(3)
-    })
+    Ok(if running { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
 /// Starts a mountd at `dir` and waits until the mount answers.
 async fn start_mount(ctx: &Ctx, dir: &Path) -> anyhow::Result<()> {
     let dir = std::path::absolute(dir)?;
     if mounts::is_stale(&dir) {
-        eprintln!(
-            "nkmc: {} is a stale mount (its mountd died); unmounting it",
-            dir.display()
-        );
+        eprintln!("nkmc: {} is a stale mount (its mountd died); unmounting it", dir.display());
         mounts::detach(&dir)?;
     }
     if let Some(rec) = mounts::find(&ctx.paths.mounts_dir(), &dir) {
@@ -183,23 +166,12 @@ async fn start_mount(ctx: &Ctx, dir: &Path) -> anyhow::Result<()> {
             // An nkmc mount whose mountd nkmc does not know of: replace it.
             mounts::detach(&dir)?;
         } else {
-            bail!(
-                "{} already has a {} file system mounted; choose another mount point",
-                dir.display(),
-                m.fstype
-            );
+            bail!("{} already has a {} file system mounted; choose another mount point", dir.display(), m.fstype);
         }
     }
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create the mount point {}", dir.display()))?;
-    let log_path = ctx.paths.data_dir.join(format!(
-        "mountd{}.log",
-        dir.to_string_lossy().replace('/', "_")
-    ));
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the mount point {}", dir.display()))?;
+    let log_path = ctx.paths.data_dir.join(format!("mountd{}.log", dir.to_string_lossy().replace('/', "_")));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let mut child = Command::new(binary("mountd"))
         .arg(&dir)
         .arg("--socket")
@@ -233,23 +205,14 @@ async fn start_mount(ctx: &Ctx, dir: &Path) -> anyhow::Result<()> {
         tokio::time::sleep(POLL).await;
     }
     let pid = i32::try_from(child.id()).context("mountd's pid")?;
-    mounts::save(
-        &ctx.paths.mounts_dir(),
-        &MountRecord {
-            pid,
-            mountpoint: dir,
-        },
-    )?;
+    mounts::save(&ctx.paths.mounts_dir(), &MountRecord { pid, mountpoint: dir })?;
     Ok(())
 }
 
 /// Asks a mountd to unmount and waits for it; detaches the mount if it will not go.
 async fn stop_mount(ctx: &Ctx, rec: &MountRecord) -> anyhow::Result<()> {
     if mounts::alive(rec.pid) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(rec.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.pid), nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + STOP_DEADLINE;
         while mounts::alive(rec.pid) && Instant::now() < deadline {
             tokio::time::sleep(POLL).await;

@@ -21,10 +21,7 @@ pub async fn ls(ctx: &Ctx, path: &str) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn cat(ctx: &Ctx, path: &str) -> anyhow::Result<ExitCode> {
-    let body = ctx
-        .client()
-        .call_ok(Method::GET, &fs_route("read", path), None)
-        .await?;
+    let body = ctx.client().call_ok(Method::GET, &fs_route("read", path), None).await?;
     let mut out = std::io::stdout().lock();
     out.write_all(&body)?;
     out.flush()?;

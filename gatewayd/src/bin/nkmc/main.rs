@@ -143,10 +143,7 @@ impl Ctx {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("nkmc: cannot start the runtime: {e}");
@@ -169,37 +166,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up { mount } => daemons::up(&ctx, mount).await,
         Command::Down => daemons::down(&ctx).await,
-        Command::Gateway {
-            command: GatewayCommand::Start { daemon },
-        } => daemons::gateway_start(&ctx, daemon).await,
-        Command::Gateway {
-            command: GatewayCommand::Stop,
-        } => daemons::gateway_stop(&ctx).await,
-        Command::Gateway {
-            command: GatewayCommand::Status,
-        } => daemons::status(&ctx).await,
+        Command::Gateway { command: GatewayCommand::Start { daemon } } => daemons::gateway_start(&ctx, daemon).await,
+        Command::Gateway { command: GatewayCommand::Stop } => daemons::gateway_stop(&ctx).await,
+        Command::Gateway { command: GatewayCommand::Status } => daemons::status(&ctx).await,
         Command::Mount { dir } => daemons::mount(&ctx, &dir).await,
         Command::Umount { dir } => daemons::umount(&ctx, &dir).await,
-        Command::Register {
-            spec,
-            domain,
-            base_url,
-        } => admin::register(&ctx, &spec, domain, base_url).await,
-        Command::Services {
-            command: ServicesCommand::List,
-        } => admin::services_list(&ctx).await,
-        Command::Services {
-            command: ServicesCommand::Remove { domain },
-        } => admin::services_remove(&ctx, &domain).await,
-        Command::Keys {
-            command: KeysCommand::Set { domain, token },
-        } => admin::keys_set(&ctx, &domain, &token).await,
-        Command::Keys {
-            command: KeysCommand::List,
-        } => admin::keys_list(&ctx).await,
-        Command::Keys {
-            command: KeysCommand::Remove { domain },
-        } => admin::keys_remove(&ctx, &domain).await,
+        Command::Register { spec, domain, base_url } => admin::register(&ctx, &spec, domain, base_url).await,
+        Command::Services { command: ServicesCommand::List } => admin::services_list(&ctx).await,
+        Command::Services { command: ServicesCommand::Remove { domain } } => {
+            admin::services_remove(&ctx, &domain).await
+        }
+        Command::Keys { command: KeysCommand::Set { domain, token } } => admin::keys_set(&ctx, &domain, &token).await,
+        Command::Keys { command: KeysCommand::List } => admin::keys_list(&ctx).await,
+        Command::Keys { command: KeysCommand::Remove { domain } } => admin::keys_remove(&ctx, &domain).await,
         Command::Ls { path } => files::ls(&ctx, &path).await,
         Command::Cat { path } => files::cat(&ctx, &path).await,
     }
