@@ -78,6 +78,28 @@ pub enum ErrorCode {
     Internal,
 }
 
+impl ErrorCode {
+    /// Every code, for checks against the schema.
+    pub const ALL: [ErrorCode; 16] = [
+        ErrorCode::InvalidPath,
+        ErrorCode::NameTooLong,
+        ErrorCode::NotFound,
+        ErrorCode::NotADirectory,
+        ErrorCode::IsADirectory,
+        ErrorCode::PermissionDenied,
+        ErrorCode::InvalidInput,
+        ErrorCode::NotSupported,
+        ErrorCode::Conflict,
+        ErrorCode::TooLarge,
+        ErrorCode::RateLimited,
+        ErrorCode::UpstreamFailed,
+        ErrorCode::Timeout,
+        ErrorCode::Unreachable,
+        ErrorCode::BadRequest,
+        ErrorCode::Internal,
+    ];
+}
+
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -107,17 +107,11 @@ fn absolute(p: &Path) -> PathBuf {
 }
 
 /// Tunables from `config.toml`; every field has a default.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Outbound calls.
     pub upstream: UpstreamConfig,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config { upstream: UpstreamConfig::default() }
-    }
 }
 
 /// `[upstream]`: outbound HTTP.

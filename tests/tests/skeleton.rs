@@ -1,4 +1,5 @@
 //! The walking skeleton, end to end: real binaries, a real FUSE mount, a loopback upstream.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};

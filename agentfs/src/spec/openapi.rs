@@ -155,7 +155,7 @@ fn to_spec(api: OpenAPI) -> ServiceSpec {
                 .collect()
         })
         .unwrap_or_default();
-    let security = api.security.as_ref().map(requirements).unwrap_or_default();
+    let security = api.security.as_deref().map(requirements).unwrap_or_default();
 
     let mut operations: Vec<Operation> = Vec::new();
     let mut seen: BTreeMap<(String, Method), usize> = BTreeMap::new();
@@ -187,7 +187,7 @@ fn to_spec(api: OpenAPI) -> ServiceSpec {
                 fixed_query: fixed_query.clone(),
                 operation_id: op.operation_id.clone(),
                 summary: op.summary.clone(),
-                security: op.security.as_ref().map(requirements),
+                security: op.security.as_deref().map(requirements),
             });
         }
     }
@@ -204,7 +204,7 @@ fn server_url(s: &openapiv3::Server) -> String {
     url
 }
 
-fn requirements(reqs: &Vec<openapiv3::SecurityRequirement>) -> Vec<Vec<String>> {
+fn requirements(reqs: &[openapiv3::SecurityRequirement]) -> Vec<Vec<String>> {
     reqs.iter().map(|r| r.keys().cloned().collect()).collect()
 }
 

@@ -20,6 +20,22 @@ const REGISTER_BODY_LIMIT: usize = 2 * agentfs::spec::MAX_DOCUMENT_BYTES + 64 * 
 /// Every other request body.
 const BODY_LIMIT: usize = 1024 * 1024;
 
+/// Every route the router serves, as (method, path template). `schemas/gatewayd.openapi.yaml`
+/// describes exactly these; a test holds the three (table, router, schema) in step.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/status"),
+    ("POST", "/v1/shutdown"),
+    ("GET", "/v1/services"),
+    ("POST", "/v1/services"),
+    ("DELETE", "/v1/services/{domain}"),
+    ("GET", "/v1/keys"),
+    ("PUT", "/v1/keys/{domain}"),
+    ("DELETE", "/v1/keys/{domain}"),
+    ("GET", "/v1/fs/stat"),
+    ("GET", "/v1/fs/list"),
+    ("GET", "/v1/fs/read"),
+];
+
 /// Every route, for the socket.
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()

@@ -1,0 +1,162 @@
+//! `schemas/gatewayd.openapi.yaml` against the code: the same routes, and real responses
+//! from a real gatewayd (socket, database, vault) that fit the described shapes.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use agentfs::client::{fs_route, ClientError, GatewayClient};
+use agentfs::wire::ErrorCode;
+use gatewayd::config::{Config, Paths};
+use hyper::Method;
+use serde_json::Value;
+
+fn schema_path() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/gatewayd.openapi.yaml")
+}
+
+fn schema() -> Value {
+    serde_yaml_ng::from_slice(&std::fs::read(schema_path()).unwrap()).unwrap()
+}
+
+fn resolve<'a>(schema: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let mut cur = schema;
+            for part in r.trim_start_matches("#/").split('/') {
+                cur = &cur[part];
+            }
+            cur
+        }
+        None => v,
+    }
+}
+
+/// A small structural check: types, required members, no undescribed members, enums.
+fn check(schema: &Value, shape: &Value, v: &Value, at: &str) {
+    let shape = resolve(schema, shape);
+    match shape.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let obj = v.as_object().unwrap_or_else(|| panic!("{at}: expected an object, got {v}"));
+            let props = shape["properties"].as_object().unwrap();
+            for r in shape["required"].as_array().into_iter().flatten() {
+                assert!(obj.contains_key(r.as_str().unwrap()), "{at}: missing required `{r}` in {v}");
+            }
+            for (k, child) in obj {
+                let p = props.get(k).unwrap_or_else(|| panic!("{at}: `{k}` is not in the schema"));
+                check(schema, p, child, &format!("{at}.{k}"));
+            }
+        }
+        Some("array") => {
+            for (i, item) in v.as_array().unwrap_or_else(|| panic!("{at}: expected an array")).iter().enumerate() {
+                check(schema, &shape["items"], item, &format!("{at}[{i}]"));
+            }
+        }
+        Some("string") => {
+            let s = v.as_str().unwrap_or_else(|| panic!("{at}: expected a string, got {v}"));
+            if let Some(values) = shape.get("enum").and_then(Value::as_array) {
+                assert!(values.iter().any(|e| e == s), "{at}: `{s}` is not in the schema's enum");
+            }
+        }
+        Some("integer") => assert!(v.is_i64() || v.is_u64(), "{at}: expected an integer, got {v}"),
+        other => panic!("{at}: the checker does not know type {other:?}"),
+    }
+}
+
+fn response_shape<'a>(schema: &'a Value, method: &str, path: &str, status: u16) -> &'a Value {
+    let op = &schema["paths"][path][method.to_ascii_lowercase()];
+    let resp = resolve(schema, &op["responses"][status.to_string()]);
+    assert!(!resp.is_null(), "{method} {path}: status {status} is not described");
+    &resp["content"]["application/json"]["schema"]
+}
+
+#[test]
+fn routes_match_the_schema() {
+    let spec = agentfs::spec::parse_openapi(&std::fs::read(schema_path()).unwrap()).unwrap();
+    let described: BTreeSet<(String, String)> =
+        spec.operations.iter().map(|o| (o.method.as_str().to_owned(), o.path.clone())).collect();
+    let served: BTreeSet<(String, String)> =
+        gatewayd::api::ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    assert_eq!(described, served);
+
+    let schema = schema();
+    let codes: Vec<String> = schema["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    let ours: Vec<String> =
+        ErrorCode::ALL.iter().map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_owned()).collect();
+    assert_eq!(codes, ours);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_responses_fit_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let paths = Paths {
+        data_dir: dir.path().join("data"),
+        socket: dir.path().join("run/gatewayd.sock"),
+        config_file: dir.path().join("none.toml"),
+        mount: dir.path().join("mnt"),
+    };
+    let gw = gatewayd::Gateway::open(paths.clone(), Config::default()).unwrap();
+    let listener = gatewayd::api::socket::bind(&paths.socket).unwrap();
+    let server = tokio::spawn(gatewayd::api::serve(gw, gatewayd::api::socket::OwnerOnly::new(listener)));
+    let client = GatewayClient::new(&paths.socket, Duration::from_secs(10));
+    let schema = schema();
+    let json = |s: &str| Some((bytes::Bytes::from(s.to_owned()), "application/json"));
+
+    let ok = |method: &str, path: &str, status: u16, body: &[u8]| {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        check(&schema, response_shape(&schema, method, path, status), &v, &format!("{method} {path}"));
+    };
+    let petstore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/openapi/petstore.yaml"))
+            .unwrap();
+    let req = serde_json::json!({"document": petstore, "base_url": "http://127.0.0.1:9/v1", "domain": "pets.test"});
+    let (st, body) = client.call(Method::POST, "/v1/services", json(&req.to_string())).await.unwrap();
+    ok("POST", "/v1/services", st.as_u16(), &body);
+    let (st, body) = client.call(Method::POST, "/v1/services", json(r#"{"document":"openapi: 9"}"#)).await.unwrap();
+    ok("POST", "/v1/services", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, "/v1/services", None).await.unwrap();
+    ok("GET", "/v1/services", st.as_u16(), &body);
+    let (st, body) = client.call(Method::PUT, "/v1/keys/pets.test", json(r#"{"secret":"s3cret"}"#)).await.unwrap();
+    ok("PUT", "/v1/keys/{domain}", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, "/v1/keys", None).await.unwrap();
+    ok("GET", "/v1/keys", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, &fs_route("stat", "/pets.test/pets"), None).await.unwrap();
+    ok("GET", "/v1/fs/stat", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, &fs_route("list", "/pets.test"), None).await.unwrap();
+    ok("GET", "/v1/fs/list", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, &fs_route("list", "/nope.test"), None).await.unwrap();
+    ok("GET", "/v1/fs/list", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, &fs_route("read", "/pets.test/pets"), None).await.unwrap();
+    assert_eq!(st.as_u16(), 502, "nothing listens on port 9");
+    ok("GET", "/v1/fs/read", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, "/v1/status", None).await.unwrap();
+    ok("GET", "/v1/status", st.as_u16(), &body);
+
+    // Strict requests: an unknown member is refused with an ErrorBody.
+    let err = client
+        .send_json::<_, Value>(Method::PUT, "/v1/keys/pets.test", &serde_json::json!({"secret": "x", "extra": 1}))
+        .await;
+    assert!(matches!(err, Err(ClientError::Api { status: 400, .. })), "{err:?}");
+
+    // Every route in the table is served (none falls through to "no such route").
+    for (method, path) in gatewayd::api::ROUTES {
+        if *path == "/v1/shutdown" {
+            continue;
+        }
+        let path = path.replace("{domain}", "pets.test");
+        let path = if path.starts_with("/v1/fs/") { format!("{path}?path=/pets.test") } else { path };
+        let (_, body) = client.call(method.parse().unwrap(), &path, json("{}")).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("no such route") && !text.contains("method not allowed"), "{method} {path}: {text}");
+    }
+
+    let (st, _) = client.call(Method::POST, "/v1/shutdown", None).await.unwrap();
+    assert_eq!(st.as_u16(), 202);
+    tokio::time::timeout(Duration::from_secs(10), server).await.unwrap().unwrap().unwrap();
+}
