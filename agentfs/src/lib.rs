@@ -5,10 +5,13 @@
 //! - [`tree`] turns a spec into the virtual tree of DESIGN's rules (`models` is a
 //!   file, `models.d/` its children) and resolves names to operations.
 //! - [`path`] is the one canonical path form that policy and execution share.
+//! - [`skill`] and [`readme`] generate the files that teach an agent the layout.
 //! - [`wire`] holds the types that cross gatewayd's socket API.
 //! - [`client`] (feature `client`) is the HTTP-over-Unix-socket client for gatewayd.
 
 pub mod path;
+pub mod readme;
+pub mod skill;
 pub mod spec;
 pub mod tree;
 pub mod wire;

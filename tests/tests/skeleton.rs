@@ -57,7 +57,11 @@ fn ls_and_cat_through_the_mount() {
 
     let root: Vec<String> =
         std::fs::read_dir(&n.mount).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-    assert_eq!(root, vec!["api.openai.com"]);
+    let mut root = root;
+    root.sort();
+    assert_eq!(root, vec!["README.md", "api.openai.com"]);
+    let readme = std::fs::read_to_string(n.mount.join("README.md")).unwrap();
+    assert!(readme.contains("skill.md") && readme.contains("models.d/gpt-4o"), "{readme}");
 
     let svc = n.mount.join("api.openai.com");
     let top: Vec<(String, bool)> = std::fs::read_dir(&svc)
@@ -70,6 +74,19 @@ fn ls_and_cat_through_the_mount() {
     assert!(top.contains(&("models".into(), false)), "models is a file: {top:?}");
     assert!(top.contains(&("models.d".into(), true)), "models.d is a directory: {top:?}");
     assert!(top.contains(&("chat".into(), true)), "chat is a directory: {top:?}");
+
+    let skill = std::fs::read_to_string(svc.join("skill.md")).unwrap();
+    assert!(skill.starts_with("---\nname: \"api.openai.com\"\ngateway: nkmc\n"), "{skill}");
+    assert!(skill.contains("`GET /models/{model}`\n\nFile: `api.openai.com/models.d/{model}`"), "{skill}");
+    assert_eq!(std::fs::metadata(svc.join("skill.md")).unwrap().len(), skill.len() as u64, "real size");
+
+    // The collection's items, from its GET response.
+    let mut items: Vec<String> = std::fs::read_dir(svc.join("models.d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    items.sort();
+    assert_eq!(items, vec!["gpt-4o", "o3"]);
 
     let body = std::fs::read(svc.join("models")).unwrap();
     assert_eq!(body, MODELS.as_bytes(), "the upstream body, byte for byte");

@@ -8,6 +8,7 @@
 //! A templated segment (`{model}`, or `{id}.json`) accepts any name on lookup. A query
 //! string in the last name (`search?q=fuse`) is passed through to the request.
 
+pub mod items;
 mod pattern;
 
 use std::collections::BTreeMap;
@@ -205,6 +206,65 @@ impl Tree {
             }
         }
         None
+    }
+
+    /// The file that performs an operation on `template` (e.g. `/models/{model}` →
+    /// `models.d/{model}`), by DESIGN's `name` + `name.d/` rule.
+    pub fn file_path(&self, template: &str) -> Option<String> {
+        let segs: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
+        let mut cur = self.root();
+        let mut out = Vec::with_capacity(segs.len());
+        for (i, seg) in segs.iter().enumerate() {
+            let d = &self.nodes[cur];
+            cur = match pattern::Pattern::parse(seg) {
+                None => *d.literals.get(*seg)?,
+                Some(p) => d.templates.iter().find(|(q, _)| q.same_shape(&p)).map(|(_, id)| *id)?,
+            };
+            let n = &self.nodes[cur];
+            let last = i + 1 == segs.len();
+            if !last && n.has_ops() && n.has_children() {
+                out.push(format!("{seg}{DIR_SUFFIX}"));
+            } else {
+                out.push((*seg).to_owned());
+            }
+        }
+        (!out.is_empty()).then(|| out.join("/"))
+    }
+
+    /// Whether a listing of `dir` can show items: the node has a GET (the collection) and a
+    /// templated child (the items). Nothing is fetched for a listing the spec cannot back.
+    pub fn lists_items(&self, dir: NodeId) -> bool {
+        self.nodes.get(dir).is_some_and(|d| d.ops.contains_key(&Method::Get) && !d.templates.is_empty())
+    }
+
+    /// Entries for items of `dir`'s templated children, named from raw ids (escaped).
+    /// Literal names win over items of the same name; invalid names are skipped.
+    pub fn item_entries(&self, dir: NodeId, ids: &[String]) -> Vec<TreeEntry> {
+        let mut out = Vec::new();
+        let Some(d) = self.nodes.get(dir) else { return out };
+        let literal = |n: &str| {
+            d.literals.contains_key(n) || n.strip_suffix(DIR_SUFFIX).is_some_and(|b| d.literals.contains_key(b))
+        };
+        for (pattern, id) in &d.templates {
+            let node = &self.nodes[*id];
+            for raw in ids {
+                let Ok(name) = Name::from_raw(&pattern.render(raw)) else { continue };
+                let name = name.as_str().to_owned();
+                if literal(&name) {
+                    continue;
+                }
+                if node.has_ops() {
+                    out.push(TreeEntry { name: name.clone(), view: View::File, node: *id });
+                }
+                if node.has_children() {
+                    let shown = if node.has_ops() { format!("{name}{DIR_SUFFIX}") } else { name };
+                    if Name::parse(&shown).is_ok() {
+                        out.push(TreeEntry { name: shown, view: View::Dir, node: *id });
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The fixed entries of a directory view: its literal children by DESIGN's rules.

@@ -20,6 +20,11 @@ impl Pattern {
         self.prefix == other.prefix && self.suffix == other.suffix
     }
 
+    /// The name for a parameter value (`{id}.json` with `42` → `42.json`).
+    pub(super) fn render(&self, value: &str) -> String {
+        format!("{}{value}{}", self.prefix, self.suffix)
+    }
+
     /// Whether `name` fits, with a non-empty value for the parameter.
     pub(super) fn matches(&self, name: &str) -> bool {
         name.len() > self.prefix.len() + self.suffix.len()

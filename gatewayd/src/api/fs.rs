@@ -41,7 +41,7 @@ pub async fn list(
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<Json<Listing>, ApiError> {
     let path = parse(q)?;
-    Ok(Json(ops::list(&gw, &path)?))
+    Ok(Json(ops::list(&gw, &path).await?))
 }
 
 /// Streams the upstream body; a body that grows past the cap is cut off with an error.
@@ -51,7 +51,16 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     let path = parse(q)?;
     let started = std::time::Instant::now();
-    let resp = ops::read(&gw, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "read failed"))?;
+    let resp = match ops::read(&gw, &path).await {
+        Ok(ops::ReadBody::Upstream(resp)) => resp,
+        Ok(ops::ReadBody::Generated(text)) => {
+            return Ok(([(CONTENT_TYPE, "text/markdown; charset=utf-8")], text).into_response());
+        }
+        Err(e) => {
+            tracing::info!(path = %path, error = %e, "read failed");
+            return Err(e.into());
+        }
+    };
     tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
     let mut builder = Response::builder().status(200);
     if let Some(ct) = resp.headers().get(CONTENT_TYPE) {

@@ -44,7 +44,8 @@ impl Inodes {
     }
 
     /// Records a lookup of `path`: the same path keeps its number while the kernel holds it.
-    pub fn remember(&mut self, path: String, kind: EntryKind, mode: u32) -> (u64, Inode) {
+    /// A size from gatewayd replaces one learnt earlier; an unknown one keeps it.
+    pub fn remember(&mut self, path: String, kind: EntryKind, mode: u32, size: Option<u64>) -> (u64, Inode) {
         if let Some(&ino) = self.by_path.get(&path) {
             if let Some(node) = self.by_ino.get_mut(&ino) {
                 node.lookups += 1;
@@ -53,12 +54,13 @@ impl Inodes {
                 }
                 node.kind = kind;
                 node.mode = mode;
+                node.size = size.or(node.size);
                 return (ino, node.clone());
             }
         }
         let ino = self.next;
         self.next += 1;
-        let node = Inode { path: path.clone(), kind, mode, size: None, lookups: 1 };
+        let node = Inode { path: path.clone(), kind, mode, size, lookups: 1 };
         self.by_path.insert(path, ino);
         self.by_ino.insert(ino, node.clone());
         (ino, node)
@@ -98,14 +100,14 @@ mod tests {
     #[test]
     fn numbers_are_stable_until_forgotten() {
         let mut t = Inodes::default();
-        let (a, _) = t.remember("/x".into(), EntryKind::Dir, 0o755);
-        let (b, _) = t.remember("/x".into(), EntryKind::Dir, 0o755);
+        let (a, _) = t.remember("/x".into(), EntryKind::Dir, 0o755, None);
+        let (b, _) = t.remember("/x".into(), EntryKind::Dir, 0o755, None);
         assert_eq!(a, b);
         t.forget(a, 1);
         assert!(t.get(a).is_some());
         t.forget(a, 1);
         assert!(t.get(a).is_none());
-        let (c, _) = t.remember("/x".into(), EntryKind::Dir, 0o755);
+        let (c, _) = t.remember("/x".into(), EntryKind::Dir, 0o755, None);
         assert_ne!(a, c);
         t.forget(ROOT, 100);
         assert!(t.get(ROOT).is_some());

@@ -97,7 +97,7 @@ impl Fs {
         let name = Name::parse(name.to_str().ok_or(PathError::ControlChar)?)?;
         let path = child_path(&dir.path, &name);
         let entry: Entry = self.client.get_json(&fs_route("stat", &path)).await?;
-        Ok(self.inodes().remember(path, entry.kind, entry.mode))
+        Ok(self.inodes().remember(path, entry.kind, entry.mode, entry.size))
     }
 
     /// `forget`: the kernel dropped references.
