@@ -12,6 +12,8 @@ pub fn mount_readme() -> String {
      \n\
      - `cat DOMAIN/skill.md` describes a service: its calls and the files that make them.\n\
      - `cat FILE` sends the file's GET and prints the response body.\n\
+     - `echo '{...}' > FILE` sends the file's POST/PUT/PATCH with that JSON; a file that has\n\
+       no GET then reads as the response. `rm FILE` sends its DELETE.\n\
      - `name` is a call and `name.d/` holds what is under it: `cat models`, `cat models.d/gpt-4o`.\n\
      - Any name works in place of an id (`{id}` in skill.md); query strings go in the name:\n\
        `cat 'search?q=fuse&per_page=5'`.\n\

@@ -86,6 +86,8 @@ pub struct Call<'a> {
     pub schemes: Vec<&'a SecurityScheme>,
     /// The credential, if one is stored.
     pub credential: Option<Secret>,
+    /// A JSON request body.
+    pub body: Option<bytes::Bytes>,
 }
 
 /// The outbound HTTP client.
@@ -123,7 +125,8 @@ impl Upstream {
         &self.config
     }
 
-    /// Sends the call; a non-2xx status becomes [`UpstreamError::Status`].
+    /// Sends the call; a non-2xx status becomes [`UpstreamError::Status`]. Only idempotent
+    /// calls may be retried by a caller; this sends exactly once.
     pub async fn send(&self, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
         let domain = call.domain.to_owned();
         let mut url = call.base_url.clone();
@@ -150,6 +153,9 @@ impl Upstream {
             url.query_pairs_mut().append_pair(name, secret.expose());
         }
         let mut req = self.client.request(method, url);
+        if let Some(body) = call.body {
+            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
+        }
         if let Some(secret) = &call.credential {
             req = inject(req, scheme, secret)
                 .map_err(|message| UpstreamError::Invalid { domain: domain.clone(), message })?;

@@ -3,17 +3,19 @@
 //! the FUSE worker threads.
 
 use std::ffi::OsStr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use agentfs::wire::EntryKind;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, OpenFlags,
-    ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
-use crate::fs::{Fs, FsError, Inode};
+use crate::fs::{Access, Fs, FsError, Inode};
 
 /// How long the kernel may trust a name → inode answer.
 const ENTRY_TTL: Duration = Duration::from_secs(1);
@@ -102,13 +104,14 @@ impl Filesystem for NkmcFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            // Writes arrive with their own issue; until then, files are read-only.
-            return reply.error(Errno::from_i32(libc::EROFS));
-        }
+        let access = match flags.0 & libc::O_ACCMODE {
+            libc::O_RDONLY => Access::Read,
+            libc::O_RDWR if flags.0 & libc::O_TRUNC == 0 => Access::ReadWrite,
+            _ => Access::Write,
+        };
         let fs = self.fs.clone();
         self.rt.spawn(async move {
-            match fs.open(ino.0).await {
+            match fs.open(ino.0, access).await {
                 // Direct I/O: the size was unknown when the kernel cached the attributes.
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
                 Err(e) => {
@@ -134,6 +137,143 @@ impl Filesystem for NkmcFuse {
             Ok(bytes) => reply.data(&bytes),
             Err(e) => reply.error(errno(&e)),
         }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        self.rt.spawn(async move {
+            match fs.flush(fh.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    tracing::debug!(ino = ino.0, error = %e, "flush");
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn fsync(&self, req: &Request, ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.flush(req, ino, fh, LockOwner(0), reply);
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Modes and owners come from the API and the token, not from chmod/chown.
+        if mode.is_some() || uid.is_some() || gid.is_some() {
+            return reply.error(errno(&FsError::NotPermitted));
+        }
+        let result = match size {
+            Some(size) => self.fs.truncate(ino.0, fh.map(|h| h.0), size),
+            // touch: times are not kept; answer with the attributes as they are.
+            None => self.fs.getattr(ino.0, fh.map(|h| h.0)),
+        };
+        match result {
+            Ok(node) => reply.attr(&ATTR_TTL, &self.attrs.make(ino.0, &node)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let fs = self.fs.clone();
+        let name = name.to_owned();
+        self.rt.spawn(async move {
+            match fs.unlink(parent.0, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    tracing::debug!(name = ?name, error = %e, "unlink");
+                    reply.error(errno(&e))
+                }
+            }
+        });
+    }
+
+    fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        reply.error(errno(&FsError::NotPermitted));
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(errno(&FsError::NotPermitted));
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(errno(&FsError::NotPermitted));
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(errno(&FsError::NotPermitted));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(errno(&FsError::NotPermitted));
+    }
+
+    fn symlink(&self, _req: &Request, _parent: INodeNo, _link_name: &OsStr, _target: &Path, reply: ReplyEntry) {
+        reply.error(errno(&FsError::NotPermitted));
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+        reply.error(errno(&FsError::NotPermitted));
     }
 
     fn release(

@@ -117,6 +117,8 @@ impl From<OpError> for ApiError {
             OpError::IsADirectory(_) => ApiError::new(ErrorCode::IsADirectory, e.to_string()),
             OpError::NotADirectory(_) => ApiError::new(ErrorCode::NotADirectory, e.to_string()),
             OpError::NoOperation { .. } => ApiError::new(ErrorCode::NotSupported, e.to_string()),
+            OpError::Generated(_) => ApiError::new(ErrorCode::NotSupported, e.to_string()),
+            OpError::NotJson { .. } => ApiError::new(ErrorCode::InvalidInput, e.to_string()),
             OpError::Upstream(u) => u.into(),
             OpError::Vault(v) => v.into(),
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use agentfs::path::VPath;
 use agentfs::wire::{Entry, Listing};
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::response::{IntoResponse, Response};
@@ -62,7 +62,16 @@ pub async fn read(
         }
     };
     tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
-    let mut builder = Response::builder().status(200);
+    Ok(stream_response(&gw, resp))
+}
+
+/// The header that carries the upstream's status on a successful write or delete.
+pub const UPSTREAM_STATUS: &str = "x-nkmc-upstream-status";
+
+/// Passes an upstream response on: its content type and length, and its body streamed
+/// (cut off with an error past `upstream.max_body_bytes`).
+fn stream_response(gw: &Gateway, resp: reqwest::Response) -> Response {
+    let mut builder = Response::builder().status(200).header(UPSTREAM_STATUS, resp.status().as_u16());
     if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
         builder = builder.header(CONTENT_TYPE, ct.clone());
     }
@@ -81,6 +90,34 @@ pub async fn read(
     });
     builder
         .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")))
-        .map(IntoResponse::into_response)
+        .unwrap_or_else(|e| ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")).into_response())
+}
+
+/// `echo '{...}' > FILE`: the body is the JSON to send; the answer is the upstream's body.
+pub async fn write(
+    State(gw): State<Arc<Gateway>>,
+    q: Result<Query<PathQuery>, QueryRejection>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let path = parse(q)?;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            agentfs::wire::ErrorCode::TooLarge,
+            format!("gatewayd: the body cannot be read: {}", e.body_text()),
+        )
+    })?;
+    let resp =
+        ops::write(&gw, &path, body).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "write failed"))?;
+    Ok(stream_response(&gw, resp))
+}
+
+/// `rm FILE`.
+pub async fn delete(
+    State(gw): State<Arc<Gateway>>,
+    q: Result<Query<PathQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let path = parse(q)?;
+    let resp =
+        ops::delete(&gw, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "delete failed"))?;
+    Ok(stream_response(&gw, resp))
 }

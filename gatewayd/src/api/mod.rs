@@ -17,6 +17,8 @@ use error::ApiError;
 
 /// A registration carries a whole document, JSON-escaped (so up to twice its size).
 const REGISTER_BODY_LIMIT: usize = 2 * agentfs::spec::MAX_DOCUMENT_BYTES + 64 * 1024;
+/// A write's body (the JSON sent upstream).
+const WRITE_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// Every other request body.
 const BODY_LIMIT: usize = 1024 * 1024;
 
@@ -34,6 +36,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/fs/stat"),
     ("GET", "/v1/fs/list"),
     ("GET", "/v1/fs/read"),
+    ("POST", "/v1/fs/write"),
+    ("POST", "/v1/fs/delete"),
 ];
 
 /// Every route, for the socket.
@@ -51,6 +55,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/fs/stat", get(fs::stat))
         .route("/v1/fs/list", get(fs::list))
         .route("/v1/fs/read", get(fs::read))
+        .route("/v1/fs/write", post(fs::write).layer(DefaultBodyLimit::max(WRITE_BODY_LIMIT)))
+        .route("/v1/fs/delete", post(fs::delete))
         .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")

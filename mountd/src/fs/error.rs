@@ -22,6 +22,21 @@ pub enum FsError {
     /// A directory used as a file.
     #[error("mountd: is a directory")]
     IsADirectory,
+    /// A write to a file that has no write operation.
+    #[error("mountd: the file is read-only (its API has no POST, PUT or PATCH)")]
+    ReadOnly,
+    /// A write on a handle opened for reading.
+    #[error("mountd: the file was not opened for writing")]
+    NotOpenForWriting,
+    /// A write past the size a single write may reach.
+    #[error("mountd: a write may not exceed {} bytes", super::MAX_WRITE_BYTES)]
+    TooLarge,
+    /// A POST-only file read before this mount wrote to it.
+    #[error("mountd: nothing to read yet: write to the file first, then read its response")]
+    NoData,
+    /// The operation has no meaning on this file system (mkdir, rename, chmod, links).
+    #[error("mountd: not permitted on an nkmc mount")]
+    NotPermitted,
 }
 
 impl FsError {
@@ -38,6 +53,11 @@ impl FsError {
             FsError::Stale => libc::ESTALE,
             FsError::NotADirectory => libc::ENOTDIR,
             FsError::IsADirectory => libc::EISDIR,
+            FsError::ReadOnly => libc::EACCES,
+            FsError::NotOpenForWriting => libc::EBADF,
+            FsError::TooLarge => libc::EFBIG,
+            FsError::NoData => libc::ENODATA,
+            FsError::NotPermitted => libc::EPERM,
         }
     }
 }

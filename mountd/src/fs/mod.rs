@@ -29,11 +29,38 @@ pub struct DirEntry {
     pub name: String,
 }
 
-/// What an open file holds: the whole body, fetched on open.
+/// What an open file holds: the body fetched on open (readers), or the bytes written so
+/// far (writers), sent on the flush that follows written data.
 #[derive(Debug)]
 struct FileHandle {
+    ino: u64,
+    path: String,
     body: Bytes,
+    write: Option<WriteBuffer>,
 }
+
+#[derive(Debug, Default)]
+struct WriteBuffer {
+    data: Vec<u8>,
+    dirty: bool,
+}
+
+/// How a file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `O_RDONLY`.
+    Read,
+    /// `O_WRONLY` (or `O_RDWR` with `O_TRUNC`): starts empty.
+    Write,
+    /// `O_RDWR` without `O_TRUNC`: starts with the current body.
+    ReadWrite,
+}
+
+/// Largest body a single file write may build up.
+pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most write responses remembered for reading back POST-only files.
+const MAX_LAST_RESPONSES: usize = 256;
 
 /// The file system over one gatewayd.
 #[derive(Debug)]
@@ -42,6 +69,8 @@ pub struct Fs {
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, FileHandle>>,
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    /// The last response to this mount's write to each path.
+    last: Mutex<HashMap<String, Bytes>>,
     next_handle: AtomicU64,
 }
 
@@ -64,6 +93,15 @@ fn listing_ino(path: &str) -> u64 {
     h | (1 << 63)
 }
 
+impl FileHandle {
+    fn size(&self) -> u64 {
+        match &self.write {
+            Some(w) => w.data.len() as u64,
+            None => self.body.len() as u64,
+        }
+    }
+}
+
 impl Fs {
     /// A file system that asks `client` for everything.
     pub fn new(client: GatewayClient) -> Self {
@@ -72,6 +110,7 @@ impl Fs {
             inodes: Mutex::new(Inodes::default()),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            last: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
         }
     }
@@ -105,43 +144,158 @@ impl Fs {
         self.inodes().forget(ino, n);
     }
 
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, FileHandle>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// `getattr`: from the table, no request; an open handle knows the real size.
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Inode, FsError> {
         let mut node = self.path_of(ino)?;
-        if let Some(fh) = fh {
-            if let Some(h) = self.files.lock().unwrap_or_else(|p| p.into_inner()).get(&fh) {
-                node.size = Some(h.body.len() as u64);
-            }
+        if let Some(h) = fh.and_then(|fh| self.files().get(&fh).map(|h| h.size())) {
+            node.size = Some(h);
         }
         Ok(node)
     }
 
-    /// `open`: fetches the body now, so no file ever reads as empty.
-    pub async fn open(&self, ino: u64) -> Result<u64, FsError> {
+    /// `open`: readers fetch the body now, so no file ever reads as empty; a file with no
+    /// GET reads as the last response to this mount's write to it.
+    pub async fn open(&self, ino: u64, access: Access) -> Result<u64, FsError> {
         let node = self.path_of(ino)?;
         if node.kind == EntryKind::Dir {
             return Err(FsError::IsADirectory);
         }
-        let body = self.client.call_ok(Method::GET, &fs_route("read", &node.path), None).await?;
-        self.inodes().set_size(ino, body.len() as u64);
+        if access != Access::Read && node.mode & 0o200 == 0 {
+            return Err(FsError::ReadOnly);
+        }
+        let body = match access {
+            Access::Write => Bytes::new(),
+            Access::Read | Access::ReadWrite => {
+                match self.client.call_ok(Method::GET, &fs_route("read", &node.path), None).await {
+                    Ok(body) => body,
+                    Err(e) if e.code() == agentfs::wire::ErrorCode::NotSupported => {
+                        match self.last.lock().unwrap_or_else(|p| p.into_inner()).get(&node.path) {
+                            Some(last) => last.clone(),
+                            None if access == Access::ReadWrite => Bytes::new(),
+                            None => return Err(FsError::NoData),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        if access == Access::Read {
+            self.inodes().set_size(ino, body.len() as u64);
+        }
+        let write = match access {
+            Access::Read => None,
+            Access::Write => Some(WriteBuffer::default()),
+            Access::ReadWrite => Some(WriteBuffer { data: body.to_vec(), dirty: false }),
+        };
         let fh = self.handle();
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, FileHandle { body });
+        self.files().insert(fh, FileHandle { ino, path: node.path, body, write });
         Ok(fh)
     }
 
-    /// `read`: a slice of the handle's body.
+    /// `read`: a slice of the handle's body (or of what was written to it).
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
-        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let files = self.files();
         let h = files.get(&fh).ok_or(FsError::Stale)?;
-        let len = h.body.len();
+        let content = match &h.write {
+            Some(w) => Bytes::copy_from_slice(&w.data),
+            None => h.body.clone(),
+        };
+        let len = content.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(size as usize).min(len);
-        Ok(h.body.slice(start..end))
+        Ok(content.slice(start..end))
     }
 
-    /// `release`: drops the body.
+    /// `write`: into the handle's buffer; nothing is sent until the flush.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
+        let mut files = self.files();
+        let h = files.get_mut(&fh).ok_or(FsError::Stale)?;
+        let w = h.write.as_mut().ok_or(FsError::NotOpenForWriting)?;
+        let start = usize::try_from(offset).map_err(|_| FsError::TooLarge)?;
+        let end = start.checked_add(data.len()).filter(|e| *e <= MAX_WRITE_BYTES).ok_or(FsError::TooLarge)?;
+        if w.data.len() < end {
+            w.data.resize(end, 0);
+        }
+        w.data[start..end].copy_from_slice(data);
+        w.dirty = true;
+        Ok(data.len() as u32)
+    }
+
+    /// `truncate`/`O_TRUNC`: resizes an open writer's buffer; without one, nothing to do
+    /// (the next write replaces the whole content anyway).
+    pub fn truncate(&self, ino: u64, fh: Option<u64>, size: u64) -> Result<Inode, FsError> {
+        let node = self.path_of(ino)?;
+        if node.kind == EntryKind::Dir {
+            return Err(FsError::IsADirectory);
+        }
+        if node.mode & 0o200 == 0 {
+            return Err(FsError::ReadOnly);
+        }
+        let size = usize::try_from(size).ok().filter(|s| *s <= MAX_WRITE_BYTES).ok_or(FsError::TooLarge)?;
+        let mut files = self.files();
+        let handle = match fh {
+            Some(fh) => files.get_mut(&fh),
+            None => files.values_mut().find(|h| h.ino == ino && h.write.is_some()),
+        };
+        if let Some(w) = handle.and_then(|h| h.write.as_mut()) {
+            if w.data.len() != size {
+                w.data.resize(size, 0);
+                w.dirty = true;
+            }
+        }
+        drop(files);
+        self.getattr(ino, fh)
+    }
+
+    /// `flush` (each `close`): sends the written bytes, if any were written since the last
+    /// send. An empty flush (bash's `>` before any write) sends nothing.
+    pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
+        let (path, data) = {
+            let mut files = self.files();
+            let h = files.get_mut(&fh).ok_or(FsError::Stale)?;
+            match h.write.as_mut() {
+                Some(w) if w.dirty => {
+                    w.dirty = false;
+                    (h.path.clone(), Bytes::from(w.data.clone()))
+                }
+                _ => return Ok(()),
+            }
+        };
+        let result =
+            self.client.call_ok(Method::POST, &fs_route("write", &path), Some((data, "application/json"))).await;
+        match result {
+            Ok(response) => {
+                let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+                if last.len() >= MAX_LAST_RESPONSES && !last.contains_key(&path) {
+                    let evict = last.keys().next().cloned();
+                    if let Some(k) = evict {
+                        last.remove(&k);
+                    }
+                }
+                last.insert(path, response);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// `release`: drops the handle (its data was sent by the flush before it).
     pub fn release(&self, fh: u64) {
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+        self.files().remove(&fh);
+    }
+
+    /// `unlink` (`rm`): the file's DELETE.
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        let dir = self.path_of(parent)?;
+        let name = Name::parse(name.to_str().ok_or(PathError::ControlChar)?)?;
+        let path = child_path(&dir.path, &name);
+        self.client.call_ok(Method::POST, &fs_route("delete", &path), None).await?;
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
+        Ok(())
     }
 
     /// `opendir`: fetches the listing once; `readdir` pages through it.

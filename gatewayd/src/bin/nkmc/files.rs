@@ -27,3 +27,25 @@ pub async fn cat(ctx: &Ctx, path: &str) -> anyhow::Result<ExitCode> {
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn write(ctx: &Ctx, path: &str, data: Option<String>) -> anyhow::Result<ExitCode> {
+    let body = match data.as_deref() {
+        Some(d) if d != "-" => d.as_bytes().to_vec(),
+        _ => {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+            b
+        }
+    };
+    let resp =
+        ctx.client().call_ok(Method::POST, &fs_route("write", path), Some((body.into(), "application/json"))).await?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&resp)?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn rm(ctx: &Ctx, path: &str) -> anyhow::Result<ExitCode> {
+    ctx.client().call_ok(Method::POST, &fs_route("delete", path), None).await?;
+    Ok(ExitCode::SUCCESS)
+}

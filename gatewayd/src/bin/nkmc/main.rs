@@ -79,6 +79,18 @@ enum Command {
         /// A path such as `/api.openai.com/models`.
         path: String,
     },
+    /// Write JSON to a file (as `echo '{...}' > FILE` on the mount) and print the response.
+    Write {
+        /// A path such as `/api.openai.com/responses`.
+        path: String,
+        /// The JSON to send; `-` or absent reads it from stdin.
+        data: Option<String>,
+    },
+    /// Remove a file (as `rm` on the mount): its DELETE.
+    Rm {
+        /// A path such as `/api.openai.com/models.d/ft-1`.
+        path: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,5 +193,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys { command: KeysCommand::Remove { domain } } => admin::keys_remove(&ctx, &domain).await,
         Command::Ls { path } => files::ls(&ctx, &path).await,
         Command::Cat { path } => files::cat(&ctx, &path).await,
+        Command::Write { path, data } => files::write(&ctx, &path, data).await,
+        Command::Rm { path } => files::rm(&ctx, &path).await,
     }
 }
