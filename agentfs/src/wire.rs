@@ -113,12 +113,16 @@ pub struct ErrorBody {
     pub upstream_status: Option<u16>,
 }
 
-/// `POST /v1/services`: register a service from a document.
+/// `POST /v1/services`: register a service from a document, given whole or found from a URL.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
-    /// The document text (OpenAPI JSON or YAML).
-    pub document: String,
+    /// The document text (OpenAPI JSON or YAML). Exactly one of `document` and `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub document: Option<String>,
+    /// A URL to discover the document from (the API's base URL or the document's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// The domain (folder name); defaults to the host of the document's first server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,

@@ -3,6 +3,7 @@
 //! - [`config`]: where things live on disk and the tunables.
 //! - [`db`]: the SQLite database (WAL, versioned migrations) and the single-instance lock.
 //! - [`vault`]: the master key and the encrypted credentials.
+//! - [`discovery`]: finding a document from a URL (`nkmc register --url`).
 //! - [`registry`]: registered services, their specs and trees.
 //! - [`upstream`]: outbound HTTP with credential injection.
 //! - [`ops`]: the file-system operations (stat, list, read) as plain async logic.
@@ -11,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod discovery;
 pub mod gateway;
 pub mod ops;
 pub mod registry;

@@ -98,11 +98,22 @@ impl Registry {
     }
 
     /// Parses, validates and stores a service; replaces one of the same domain.
-    pub fn register(&mut self, conn: &Connection, req: &RegisterRequest) -> Result<ServiceInfo, RegistryError> {
-        let spec = spec::parse_openapi(req.document.as_bytes())?;
-        let base = match &req.base_url {
-            Some(b) => b.clone(),
-            None => spec.servers.first().cloned().ok_or(SpecError::NoServer)?,
+    /// `found_at` is where a discovered document came from: relative server URLs (`/v3`)
+    /// resolve against it, and with no server at all its origin is the base URL.
+    pub fn register(
+        &mut self,
+        conn: &Connection,
+        document: &str,
+        found_at: Option<&Url>,
+        req: &RegisterRequest,
+    ) -> Result<ServiceInfo, RegistryError> {
+        let spec = spec::parse_openapi(document.as_bytes())?;
+        let base = match (&req.base_url, spec.servers.first(), found_at) {
+            (Some(b), _, _) => b.clone(),
+            (None, Some(server), Some(at)) => at.join(server).map(|u| u.to_string()).unwrap_or_else(|_| server.clone()),
+            (None, Some(server), None) => server.clone(),
+            (None, None, Some(at)) => at.join("/").map(|u| u.to_string()).unwrap_or_else(|_| at.to_string()),
+            (None, None, None) => return Err(SpecError::NoServer.into()),
         };
         let base_url = parse_base_url(&base)?;
         let domain = match &req.domain {

@@ -120,6 +120,11 @@ impl Upstream {
         Ok(Upstream { client, config })
     }
 
+    /// The pooled client itself, for calls that carry no credential (discovery).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// The configured limits.
     pub fn config(&self) -> &UpstreamConfig {
         &self.config

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use openapi::parse_openapi;
+pub use openapi::{parse_document, parse_openapi};
 
 /// Largest API document accepted, in bytes (the OpenAI document is about 3 MB).
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;

@@ -41,9 +41,26 @@ pub async fn register(
     req: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ServiceInfo>), ApiError> {
     let req = body(req)?;
+    let (document, found_at) = match (&req.document, &req.url) {
+        (Some(doc), None) => (doc.clone(), None),
+        (None, Some(url)) => {
+            let found = crate::discovery::discover(gw.upstream.http(), url)
+                .await
+                .map_err(|e| ApiError::new(agentfs::wire::ErrorCode::NotFound, e.to_string()))?;
+            if found.kind == crate::discovery::Kind::OpenRpc {
+                return Err(ApiError::bad_request(format!(
+                    "gatewayd: {} is an OpenRPC document; OpenRPC services are not supported yet",
+                    found.url
+                )));
+            }
+            tracing::info!(url = %found.url, "document discovered");
+            (found.text, Some(found.url))
+        }
+        _ => return Err(ApiError::bad_request("gatewayd: give exactly one of `document` and `url`")),
+    };
     let info = {
         let conn = gw.db();
-        gw.registry_mut().register(&conn, &req)?
+        gw.registry_mut().register(&conn, &document, found_at.as_ref(), &req)?
     };
     tracing::info!(domain = %info.domain, operations = info.operations, "service registered");
     Ok((StatusCode::CREATED, Json(info)))

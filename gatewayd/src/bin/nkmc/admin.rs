@@ -12,12 +12,18 @@ use crate::Ctx;
 
 pub async fn register(
     ctx: &Ctx,
-    spec: &Path,
+    spec: Option<&Path>,
+    url: Option<String>,
     domain: Option<String>,
     base_url: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let document = std::fs::read_to_string(spec).with_context(|| format!("cannot read the spec {}", spec.display()))?;
-    let req = RegisterRequest { document, domain, base_url };
+    let document = match spec {
+        Some(spec) => {
+            Some(std::fs::read_to_string(spec).with_context(|| format!("cannot read the spec {}", spec.display()))?)
+        }
+        None => None,
+    };
+    let req = RegisterRequest { document, url, domain, base_url };
     let info: ServiceInfo = ctx.client().send_json(Method::POST, "/v1/services", &req).await?;
     println!("registered {} → {} ({} operations, \"{}\")", info.domain, info.base_url, info.operations, info.title);
     Ok(ExitCode::SUCCESS)

@@ -46,11 +46,15 @@ enum Command {
         /// The mount point.
         dir: PathBuf,
     },
-    /// Register a service from an OpenAPI 3.0 or 3.1 document.
+    /// Register a service from an OpenAPI 3.0 or 3.1 document, given or discovered.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["spec", "url"])))]
     Register {
         /// The document (JSON or YAML).
         #[arg(long)]
-        spec: PathBuf,
+        spec: Option<PathBuf>,
+        /// Discover the document from this URL (Link headers, /openapi.json and the like).
+        #[arg(long)]
+        url: Option<String>,
         /// The folder name (default: the host of the document's first server).
         #[arg(long)]
         domain: Option<String>,
@@ -183,7 +187,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gateway { command: GatewayCommand::Status } => daemons::status(&ctx).await,
         Command::Mount { dir } => daemons::mount(&ctx, &dir).await,
         Command::Umount { dir } => daemons::umount(&ctx, &dir).await,
-        Command::Register { spec, domain, base_url } => admin::register(&ctx, &spec, domain, base_url).await,
+        Command::Register { spec, url, domain, base_url } => {
+            admin::register(&ctx, spec.as_deref(), url, domain, base_url).await
+        }
         Command::Services { command: ServicesCommand::List } => admin::services_list(&ctx).await,
         Command::Services { command: ServicesCommand::Remove { domain } } => {
             admin::services_remove(&ctx, &domain).await
