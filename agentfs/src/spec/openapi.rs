@@ -48,7 +48,7 @@ fn locate_error(doc: &Value) -> Option<SpecError> {
 }
 
 /// JSON or YAML text into a JSON value.
-pub(crate) fn parse_document(bytes: &[u8]) -> Result<Value, SpecError> {
+pub fn parse_document(bytes: &[u8]) -> Result<Value, SpecError> {
     if bytes.len() > MAX_DOCUMENT_BYTES {
         return Err(SpecError::TooLarge(bytes.len()));
     }
