@@ -79,6 +79,8 @@ mod tests {
             ],
             security_schemes: Default::default(),
             security: vec![],
+            protocol: Default::default(),
+            rpc_methods: Default::default(),
         };
         let md = generate("pets.test", &spec, &Tree::build(&spec));
         assert!(

@@ -1,12 +1,13 @@
 //! The file-system operations on canonical virtual paths, as plain async logic:
 //! what `stat`, `ls` and `cat` mean for the mount root, a service and a node.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use agentfs::path::{PathError, VPath};
-use agentfs::spec::Method;
+use agentfs::spec::{Method, Protocol};
 use agentfs::tree::{items, Resolved, TreeError, View};
 use agentfs::wire::{Entry, EntryKind, Listing};
 use agentfs::{readme, skill};
@@ -58,6 +59,18 @@ pub enum OpError {
         /// The path.
         path: String,
         /// The parse error.
+        message: String,
+    },
+    /// A JSON-RPC call answered with an error.
+    #[error("upstream {domain}: JSON-RPC method `{method}` failed with code {code}: {message}")]
+    Rpc {
+        /// The service.
+        domain: String,
+        /// The method.
+        method: String,
+        /// The JSON-RPC error code.
+        code: i64,
+        /// Its message.
         message: String,
     },
     /// The upstream failed.
@@ -185,20 +198,29 @@ async fn collection_ids(gw: &Gateway, service: &Service, dir: &Resolved) -> Resu
     })
 }
 
-/// What a read returns.
+/// What a read, write or delete returns.
 #[derive(Debug)]
-pub enum ReadBody {
+pub enum Output {
     /// The upstream's response, to be streamed.
     Upstream(reqwest::Response),
-    /// A file nkmc generates (README.md, skill.md).
-    Generated(String),
+    /// A whole body: a generated file (README.md, skill.md) or a JSON-RPC result.
+    Whole {
+        /// The bytes.
+        body: Bytes,
+        /// Their media type.
+        content_type: &'static str,
+    },
+}
+
+fn markdown(text: String) -> Output {
+    Output::Whole { body: text.into(), content_type: "text/markdown; charset=utf-8" }
 }
 
 /// `cat`: the upstream response to the file's GET, or a generated file.
-pub async fn read(gw: &Gateway, path: &VPath) -> Result<ReadBody, OpError> {
+pub async fn read(gw: &Gateway, path: &VPath) -> Result<Output, OpError> {
     let (service, resolved) = match locate(gw, path)? {
-        Target::Readme => return Ok(ReadBody::Generated(readme::mount_readme())),
-        Target::Skill(s) => return Ok(ReadBody::Generated(skill::generate(&s.domain, &s.spec, &s.tree))),
+        Target::Readme => return Ok(markdown(readme::mount_readme())),
+        Target::Skill(s) => return Ok(markdown(skill::generate(&s.domain, &s.spec, &s.tree))),
         Target::Root | Target::Service(_) => return Err(OpError::IsADirectory(path.to_string())),
         Target::Node(_, r) if r.view == View::Dir => return Err(OpError::IsADirectory(path.to_string())),
         Target::Node(s, r) => (s, r),
@@ -206,7 +228,87 @@ pub async fn read(gw: &Gateway, path: &VPath) -> Result<ReadBody, OpError> {
     if service.tree.operation(resolved.node, Method::Get).is_none() {
         return Err(OpError::NoOperation { path: path.to_string(), method: "GET" });
     }
-    Ok(ReadBody::Upstream(send_get(gw, &service, &resolved).await?))
+    if service.spec.protocol == Protocol::JsonRpc {
+        return call_rpc(gw, &service, &resolved, None).await;
+    }
+    Ok(Output::Upstream(send_get(gw, &service, &resolved).await?))
+}
+
+/// Ids of JSON-RPC calls (unique per gatewayd run).
+static RPC_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Largest JSON-RPC response read.
+const MAX_RPC_BODY: usize = 16 * 1024 * 1024;
+
+/// Calls the JSON-RPC method behind a file; reading passes no params, writing passes the
+/// JSON object or array written. The answer is the call's `result`; an `error` member
+/// becomes an error with its code and message.
+async fn call_rpc(
+    gw: &Gateway,
+    service: &Service,
+    resolved: &Resolved,
+    params: Option<Bytes>,
+) -> Result<Output, OpError> {
+    let file = format!("/{}", resolved.segments.join("/"));
+    let op_path = service
+        .tree
+        .operation(resolved.node, Method::Post)
+        .map(|i| service.spec.operations[i].path.clone())
+        .unwrap_or_default();
+    let method = service
+        .spec
+        .rpc_methods
+        .get(&op_path)
+        .ok_or_else(|| OpError::NoOperation { path: file.clone(), method: "JSON-RPC" })?;
+    let params = match params.filter(|p| !p.iter().all(u8::is_ascii_whitespace)) {
+        None => method.empty_params(),
+        Some(bytes) => match serde_json::from_slice::<serde_json::Value>(&bytes) {
+            Ok(v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => v,
+            Ok(_) => {
+                return Err(OpError::NotJson {
+                    path: file,
+                    message: "JSON-RPC params must be an object or an array".into(),
+                })
+            }
+            Err(e) => return Err(OpError::NotJson { path: file, message: e.to_string() }),
+        },
+    };
+    let id = RPC_IDS.fetch_add(1, Ordering::Relaxed);
+    let envelope = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method.name, "params": params});
+    let credential = {
+        let conn = gw.db();
+        gw.vault.pool_key(&conn, &service.domain)?
+    };
+    let call = Call {
+        domain: &service.domain,
+        method: Method::Post,
+        base_url: &service.base_url,
+        segments: &[],
+        query: None,
+        schemes: Vec::new(),
+        credential,
+        body: Some(envelope.to_string().into()),
+    };
+    let resp = gw.upstream.send(call).await?;
+    let transport = |message: String| UpstreamError::Transport { domain: service.domain.clone(), message };
+    let body =
+        resp.bytes().await.map_err(|e| transport(format!("reading the JSON-RPC answer: {}", e.without_url())))?;
+    if body.len() > MAX_RPC_BODY {
+        return Err(transport(format!("the JSON-RPC answer is over {MAX_RPC_BODY} bytes")).into());
+    }
+    let answer: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| transport(format!("the JSON-RPC answer is not JSON: {e}")))?;
+    if let Some(err) = answer.get("error") {
+        return Err(OpError::Rpc {
+            domain: service.domain.clone(),
+            method: method.name.clone(),
+            code: err.get("code").and_then(serde_json::Value::as_i64).unwrap_or(0),
+            message: err.get("message").and_then(serde_json::Value::as_str).unwrap_or("no message").to_owned(),
+        });
+    }
+    let result =
+        answer.get("result").ok_or_else(|| transport("the JSON-RPC answer has neither `result` nor `error`".into()))?;
+    Ok(Output::Whole { body: result.to_string().into(), content_type: "application/json" })
 }
 
 /// Sends the GET of a resolved node with the service's credential.
@@ -261,8 +363,11 @@ fn writable_target(gw: &Gateway, path: &VPath) -> Result<(Arc<Service>, Resolved
 /// `echo '{...}' > FILE`: sends the file's POST (collections and actions), else its PUT,
 /// else its PATCH, with the JSON body. A body that is not JSON is refused before anything
 /// is sent; an empty body is sent as no body.
-pub async fn write(gw: &Gateway, path: &VPath, body: Bytes) -> Result<reqwest::Response, OpError> {
+pub async fn write(gw: &Gateway, path: &VPath, body: Bytes) -> Result<Output, OpError> {
     let (service, resolved) = writable_target(gw, path)?;
+    if service.spec.protocol == Protocol::JsonRpc {
+        return call_rpc(gw, &service, &resolved, Some(body)).await;
+    }
     let method = [Method::Post, Method::Put, Method::Patch]
         .into_iter()
         .find(|m| service.tree.operation(resolved.node, *m).is_some())
@@ -272,11 +377,11 @@ pub async fn write(gw: &Gateway, path: &VPath, body: Bytes) -> Result<reqwest::R
             .map_err(|e| OpError::NotJson { path: path.to_string(), message: e.to_string() })?;
     }
     let body = (!body.is_empty()).then_some(body);
-    send_op(gw, &service, &resolved, method, body).await
+    Ok(Output::Upstream(send_op(gw, &service, &resolved, method, body).await?))
 }
 
 /// `rm FILE`: sends the file's DELETE.
-pub async fn delete(gw: &Gateway, path: &VPath) -> Result<reqwest::Response, OpError> {
+pub async fn delete(gw: &Gateway, path: &VPath) -> Result<Output, OpError> {
     let (service, resolved) = writable_target(gw, path)?;
-    send_op(gw, &service, &resolved, Method::Delete, None).await
+    Ok(Output::Upstream(send_op(gw, &service, &resolved, Method::Delete, None).await?))
 }

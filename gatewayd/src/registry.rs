@@ -107,7 +107,7 @@ impl Registry {
         found_at: Option<&Url>,
         req: &RegisterRequest,
     ) -> Result<ServiceInfo, RegistryError> {
-        let spec = spec::parse_openapi(document.as_bytes())?;
+        let spec = spec::parse_any(document.as_bytes())?;
         let base = match (&req.base_url, spec.servers.first(), found_at) {
             (Some(b), _, _) => b.clone(),
             (None, Some(server), Some(at)) => at.join(server).map(|u| u.to_string()).unwrap_or_else(|_| server.clone()),

@@ -67,3 +67,84 @@ fn register_by_url_follows_link_headers_and_explains_failure() {
     let services = n.ok(&["services", "list"]);
     assert!(!services.contains(&nothing.addr.to_string()), "the registry is untouched: {services}");
 }
+
+/// A JSON-RPC server playing the OpenRPC Petstore; it describes itself with rpc.discover.
+fn json_rpc_petstore() -> Upstream {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("openrpc/petstore-openrpc.json")).unwrap()).unwrap();
+    Upstream::start(move |req| {
+        if req.method != "POST" {
+            return json(405, "{}");
+        }
+        let call: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        assert_eq!(call["jsonrpc"], "2.0");
+        let id = call["id"].clone();
+        let answer = |result: serde_json::Value| {
+            json(200, &serde_json::json!({"jsonrpc":"2.0","id":id,"result":result}).to_string())
+        };
+        match call["method"].as_str().unwrap() {
+            "rpc.discover" => answer(doc.clone()),
+            "list_pets" => answer(serde_json::json!([{"id": 1, "name": "rex"}])),
+            "create_pet" => answer(serde_json::json!({"id": 2, "name": call["params"]["newPetName"]})),
+            "get_pet" if call["params"] == serde_json::json!([7]) => {
+                answer(serde_json::json!({"id": 7, "name": "tom"}))
+            }
+            _ => json(
+                200,
+                &serde_json::json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":"invalid params"}})
+                    .to_string(),
+            ),
+        }
+    })
+}
+
+#[test]
+fn openrpc_methods_are_files() {
+    if !fuse_available() {
+        return;
+    }
+    let up = json_rpc_petstore();
+    let n = Nkmc::new("");
+    n.up();
+    let spec = fixture("openrpc/petstore-openrpc.json");
+    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "rpc.test", "--base-url", &up.url("/rpc")]);
+    let svc = n.mount.join("rpc.test");
+    let mut files: Vec<String> =
+        std::fs::read_dir(&svc).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    files.sort();
+    assert_eq!(files, vec!["create_pet", "get_pet", "list_pets", "skill.md"]);
+
+    // A method with no required params is read directly.
+    assert_eq!(std::fs::read(svc.join("list_pets")).unwrap(), br#"[{"id":1,"name":"rex"}]"#);
+    let calls = up.seen();
+    let call: serde_json::Value = serde_json::from_slice(&calls[0].body).unwrap();
+    assert_eq!(
+        (calls[0].uri.as_str(), &call["method"], &call["params"]),
+        ("/rpc", &"list_pets".into(), &serde_json::json!([]))
+    );
+
+    // Writing params calls the method; reading the file then returns the result.
+    std::fs::write(svc.join("create_pet"), br#"{"newPetName":"fido"}"#).unwrap();
+    assert_eq!(std::fs::read(svc.join("create_pet")).unwrap(), br#"{"id":2,"name":"fido"}"#);
+    std::fs::write(svc.join("get_pet"), b"[7]").unwrap();
+    assert_eq!(std::fs::read(svc.join("get_pet")).unwrap(), br#"{"id":7,"name":"tom"}"#);
+
+    // A JSON-RPC error comes back as an errno (-32602 → EINVAL), params must be JSON.
+    let mut f = std::fs::OpenOptions::new().write(true).open(svc.join("get_pet")).unwrap();
+    std::io::Write::write_all(&mut f, b"[8]").unwrap();
+    assert_eq!(f.sync_all().unwrap_err().raw_os_error(), Some(libc::EINVAL));
+    let out = n.run(&["write", "/rpc.test/get_pet", "\"7\""]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be an object or an array"));
+    let out = n.run(&["write", "/rpc.test/get_pet", "[8]"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("code -32602: invalid params"));
+}
+
+#[test]
+fn register_by_url_uses_rpc_discover() {
+    let up = json_rpc_petstore();
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+    let out = n.ok(&["register", "--url", &up.url("/rpc"), "--domain", "pets.rpc"]);
+    assert!(out.contains(&format!("pets.rpc → {}", up.url("/rpc"))), "called where it answered: {out}");
+    assert_eq!(n.ok(&["cat", "/pets.rpc/list_pets"]), r#"[{"id":1,"name":"rex"}]"#);
+}

@@ -6,12 +6,35 @@
 
 mod openapi;
 mod openapi31;
+pub mod openrpc;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use openapi::{parse_document, parse_openapi};
+pub use openrpc::{parse_openrpc, RpcMethod};
+
+/// Parses an OpenAPI (3.0, 3.1) or OpenRPC document, recognised by its content.
+pub fn parse_any(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
+    let doc = parse_document(bytes)?;
+    if doc.get("openrpc").is_some() {
+        parse_openrpc(bytes)
+    } else {
+        parse_openapi(bytes)
+    }
+}
+
+/// How the service is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// HTTP operations (OpenAPI): each file maps to requests on its path.
+    #[default]
+    Http,
+    /// JSON-RPC 2.0 (OpenRPC): each file is a method, called on the base URL.
+    JsonRpc,
+}
 
 /// Largest API document accepted, in bytes (the OpenAI document is about 3 MB).
 pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024 * 1024;
@@ -151,6 +174,12 @@ pub struct ServiceSpec {
     /// The document-wide security requirement (alternatives of scheme names).
     #[serde(default)]
     pub security: Vec<Vec<String>>,
+    /// HTTP or JSON-RPC.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// For JSON-RPC: the method behind each file path (`/list_pets`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rpc_methods: BTreeMap<String, RpcMethod>,
 }
 
 impl ServiceSpec {

@@ -191,7 +191,16 @@ fn to_spec(api: OpenAPI) -> ServiceSpec {
             });
         }
     }
-    ServiceSpec { title: api.info.title, version: api.info.version, servers, operations, security_schemes, security }
+    ServiceSpec {
+        title: api.info.title,
+        version: api.info.version,
+        servers,
+        operations,
+        security_schemes,
+        security,
+        protocol: super::Protocol::Http,
+        rpc_methods: BTreeMap::new(),
+    }
 }
 
 fn server_url(s: &openapiv3::Server) -> String {

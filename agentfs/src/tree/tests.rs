@@ -19,6 +19,8 @@ fn spec(ops: &[(Method, &str)]) -> ServiceSpec {
             .collect(),
         security_schemes: Default::default(),
         security: vec![],
+        protocol: Default::default(),
+        rpc_methods: Default::default(),
     }
 }
 

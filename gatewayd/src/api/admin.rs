@@ -40,20 +40,19 @@ pub async fn register(
     State(gw): State<Arc<Gateway>>,
     req: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ServiceInfo>), ApiError> {
-    let req = body(req)?;
+    let mut req = body(req)?;
     let (document, found_at) = match (&req.document, &req.url) {
         (Some(doc), None) => (doc.clone(), None),
         (None, Some(url)) => {
             let found = crate::discovery::discover(gw.upstream.http(), url)
                 .await
                 .map_err(|e| ApiError::new(agentfs::wire::ErrorCode::NotFound, e.to_string()))?;
-            if found.kind == crate::discovery::Kind::OpenRpc {
-                return Err(ApiError::bad_request(format!(
-                    "gatewayd: {} is an OpenRPC document; OpenRPC services are not supported yet",
-                    found.url
-                )));
+            tracing::info!(url = %found.url, kind = ?found.kind, "document discovered");
+            // A service that described itself by rpc.discover is called where it answered,
+            // whatever servers its document names.
+            if let (Some(endpoint), None) = (&found.rpc_endpoint, &req.base_url) {
+                req.base_url = Some(endpoint.to_string());
             }
-            tracing::info!(url = %found.url, "document discovered");
             (found.text, Some(found.url))
         }
         _ => return Err(ApiError::bad_request("gatewayd: give exactly one of `document` and `url`")),

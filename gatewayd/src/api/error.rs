@@ -119,6 +119,14 @@ impl From<OpError> for ApiError {
             OpError::NoOperation { .. } => ApiError::new(ErrorCode::NotSupported, e.to_string()),
             OpError::Generated(_) => ApiError::new(ErrorCode::NotSupported, e.to_string()),
             OpError::NotJson { .. } => ApiError::new(ErrorCode::InvalidInput, e.to_string()),
+            OpError::Rpc { code, .. } => {
+                let class = match code {
+                    -32700 | -32600 | -32602 => ErrorCode::InvalidInput,
+                    -32601 => ErrorCode::NotFound,
+                    _ => ErrorCode::UpstreamFailed,
+                };
+                ApiError::new(class, e.to_string())
+            }
             OpError::Upstream(u) => u.into(),
             OpError::Vault(v) => v.into(),
         }

@@ -52,9 +52,9 @@ pub async fn read(
     let path = parse(q)?;
     let started = std::time::Instant::now();
     let resp = match ops::read(&gw, &path).await {
-        Ok(ops::ReadBody::Upstream(resp)) => resp,
-        Ok(ops::ReadBody::Generated(text)) => {
-            return Ok(([(CONTENT_TYPE, "text/markdown; charset=utf-8")], text).into_response());
+        Ok(ops::Output::Upstream(resp)) => resp,
+        Ok(ops::Output::Whole { body, content_type }) => {
+            return Ok(([(CONTENT_TYPE, content_type)], body).into_response());
         }
         Err(e) => {
             tracing::info!(path = %path, error = %e, "read failed");
@@ -63,6 +63,13 @@ pub async fn read(
     };
     tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
     Ok(stream_response(&gw, resp))
+}
+
+fn respond(gw: &Gateway, out: ops::Output) -> Response {
+    match out {
+        ops::Output::Upstream(resp) => stream_response(gw, resp),
+        ops::Output::Whole { body, content_type } => ([(CONTENT_TYPE, content_type)], body).into_response(),
+    }
 }
 
 /// The header that carries the upstream's status on a successful write or delete.
@@ -108,7 +115,7 @@ pub async fn write(
     })?;
     let resp =
         ops::write(&gw, &path, body).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "write failed"))?;
-    Ok(stream_response(&gw, resp))
+    Ok(respond(&gw, resp))
 }
 
 /// `rm FILE`.
@@ -119,5 +126,5 @@ pub async fn delete(
     let path = parse(q)?;
     let resp =
         ops::delete(&gw, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "delete failed"))?;
-    Ok(stream_response(&gw, resp))
+    Ok(respond(&gw, resp))
 }
