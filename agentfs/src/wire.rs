@@ -123,12 +123,27 @@ pub struct RegisterRequest {
     /// A URL to discover the document from (the API's base URL or the document's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// What `document` is; recognised from its content when absent (OpenAPI or OpenRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<DocumentFormat>,
     /// The domain (folder name); defaults to the host of the document's first server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
     /// The base URL; defaults to the document's first server URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base_url: Option<String>,
+}
+
+/// The kinds of document a service is registered from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocumentFormat {
+    /// OpenAPI 3.0 or 3.1, JSON or YAML.
+    Openapi,
+    /// OpenRPC.
+    Openrpc,
+    /// An nkmc skill.md manifest.
+    Skill,
 }
 
 /// A registered service.

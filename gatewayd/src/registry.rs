@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use agentfs::path::Name;
 use agentfs::spec::{self, ServiceSpec, SpecError};
 use agentfs::tree::Tree;
-use agentfs::wire::{RegisterRequest, ServiceInfo};
+use agentfs::wire::{DocumentFormat, RegisterRequest, ServiceInfo};
 use rusqlite::{params, Connection};
 use url::Url;
 
@@ -107,7 +107,12 @@ impl Registry {
         found_at: Option<&Url>,
         req: &RegisterRequest,
     ) -> Result<ServiceInfo, RegistryError> {
-        let spec = spec::parse_any(document.as_bytes())?;
+        let spec = match req.format {
+            Some(DocumentFormat::Skill) => agentfs::skill::parse(document)?,
+            Some(DocumentFormat::Openrpc) => spec::parse_openrpc(document.as_bytes())?,
+            Some(DocumentFormat::Openapi) => spec::parse_openapi(document.as_bytes())?,
+            None => spec::parse_any(document.as_bytes())?,
+        };
         let base = match (&req.base_url, spec.servers.first(), found_at) {
             (Some(b), _, _) => b.clone(),
             (None, Some(server), Some(at)) => at.join(server).map(|u| u.to_string()).unwrap_or_else(|_| server.clone()),

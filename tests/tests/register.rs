@@ -148,3 +148,39 @@ fn register_by_url_uses_rpc_discover() {
     assert!(out.contains(&format!("pets.rpc → {}", up.url("/rpc"))), "called where it answered: {out}");
     assert_eq!(n.ok(&["cat", "/pets.rpc/list_pets"]), r#"[{"id":1,"name":"rex"}]"#);
 }
+
+#[test]
+fn register_a_skill_manifest() {
+    let up = Upstream::start(|req| match req.uri.as_str() {
+        "/api/forecast/paris" => json(200, r#"{"city":"paris","sky":"clear"}"#),
+        _ => json(404, "{}"),
+    });
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+    let skill = n.dir.path().join("skill.md");
+    std::fs::write(
+        &skill,
+        "---\nname: weather\ngateway: nkmc\nversion: \"1.0\"\nroles: [agent]\n---\n\n# Weather\n\nForecasts.\n\n\
+         ## API\n\n### Forecast for a city\n\n`GET /forecast/{city}`\n\nPrice: 0.001 USD\n",
+    )
+    .unwrap();
+    let out = n.ok(&[
+        "register",
+        "--skill",
+        skill.to_str().unwrap(),
+        "--domain",
+        "weather.test",
+        "--base-url",
+        &up.url("/api"),
+    ]);
+    assert!(out.contains("weather.test") && out.contains("1 operations"), "{out}");
+    assert_eq!(n.ok(&["cat", "/weather.test/forecast/paris"]), r#"{"city":"paris","sky":"clear"}"#);
+    let generated = n.ok(&["cat", "/weather.test/skill.md"]);
+    assert!(generated.contains("### Forecast for a city\n\n`GET /forecast/{city}`"), "{generated}");
+
+    let bad = n.dir.path().join("bad.md");
+    std::fs::write(&bad, "# no front matter\n").unwrap();
+    let out =
+        n.run(&["register", "--skill", bad.to_str().unwrap(), "--domain", "bad.test", "--base-url", &up.url("/")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("front matter"));
+}

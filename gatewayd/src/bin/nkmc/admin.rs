@@ -1,29 +1,38 @@
 //! `register`, `services`, `keys`: owner commands.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use agentfs::wire::{KeyInfo, KeyList, RegisterRequest, ServiceInfo, ServiceList, SetKeyRequest};
+use agentfs::wire::{DocumentFormat, KeyInfo, KeyList, RegisterRequest, ServiceInfo, ServiceList, SetKeyRequest};
 use anyhow::Context;
 use hyper::Method;
 
 use crate::Ctx;
 
+/// Where `nkmc register` takes the service from.
+pub enum Source {
+    /// `--spec FILE`: an OpenAPI or OpenRPC document.
+    Spec(PathBuf),
+    /// `--skill FILE`: a skill.md manifest.
+    Skill(PathBuf),
+    /// `--url URL`: discovered.
+    Url(String),
+}
+
 pub async fn register(
     ctx: &Ctx,
-    spec: Option<&Path>,
-    url: Option<String>,
+    source: Source,
     domain: Option<String>,
     base_url: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let document = match spec {
-        Some(spec) => {
-            Some(std::fs::read_to_string(spec).with_context(|| format!("cannot read the spec {}", spec.display()))?)
-        }
-        None => None,
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()));
+    let (document, url, format) = match source {
+        Source::Spec(p) => (Some(read(&p)?), None, None),
+        Source::Skill(p) => (Some(read(&p)?), None, Some(DocumentFormat::Skill)),
+        Source::Url(u) => (None, Some(u), None),
     };
-    let req = RegisterRequest { document, url, domain, base_url };
+    let req = RegisterRequest { document, url, format, domain, base_url };
     let info: ServiceInfo = ctx.client().send_json(Method::POST, "/v1/services", &req).await?;
     println!("registered {} → {} ({} operations, \"{}\")", info.domain, info.base_url, info.operations, info.title);
     Ok(ExitCode::SUCCESS)

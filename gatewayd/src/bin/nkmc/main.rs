@@ -46,12 +46,16 @@ enum Command {
         /// The mount point.
         dir: PathBuf,
     },
-    /// Register a service from an OpenAPI 3.0 or 3.1 document, given or discovered.
-    #[command(group(clap::ArgGroup::new("source").required(true).args(["spec", "url"])))]
+    /// Register a service from an OpenAPI (3.0, 3.1) or OpenRPC document, a skill.md
+    /// manifest, or a document discovered from a URL.
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["spec", "skill", "url"])))]
     Register {
-        /// The document (JSON or YAML).
+        /// The document (OpenAPI or OpenRPC, JSON or YAML).
         #[arg(long)]
         spec: Option<PathBuf>,
+        /// A skill.md manifest (needs --base-url, and --domain unless the URL's host will do).
+        #[arg(long)]
+        skill: Option<PathBuf>,
         /// Discover the document from this URL (Link headers, /openapi.json and the like).
         #[arg(long)]
         url: Option<String>,
@@ -187,8 +191,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gateway { command: GatewayCommand::Status } => daemons::status(&ctx).await,
         Command::Mount { dir } => daemons::mount(&ctx, &dir).await,
         Command::Umount { dir } => daemons::umount(&ctx, &dir).await,
-        Command::Register { spec, url, domain, base_url } => {
-            admin::register(&ctx, spec.as_deref(), url, domain, base_url).await
+        Command::Register { spec, skill, url, domain, base_url } => {
+            let source = match (spec, skill, url) {
+                (Some(p), _, _) => admin::Source::Spec(p),
+                (_, Some(p), _) => admin::Source::Skill(p),
+                (_, _, Some(u)) => admin::Source::Url(u),
+                (None, None, None) => anyhow::bail!("give --spec, --skill or --url"),
+            };
+            admin::register(&ctx, source, domain, base_url).await
         }
         Command::Services { command: ServicesCommand::List } => admin::services_list(&ctx).await,
         Command::Services { command: ServicesCommand::Remove { domain } } => {
