@@ -3,7 +3,8 @@
 //! A virtual path names a node of the mount: `/` (the root), `/api.openai.com` (a
 //! service) or `/api.openai.com/models.d/gpt-4o` (a node inside a service). Parsing is
 //! deterministic: empty segments (`//`, a trailing `/`) are dropped, `.` and `..` are
-//! refused rather than resolved, NUL and over-long names are refused.
+//! refused rather than resolved, NUL and over-long names are refused. A single name
+//! ([`Name::parse`]) is never empty.
 //!
 //! Names are the *escaped* form of raw values: an id that contains `/` is shown as
 //! `%2F` and a literal `%` as `%25`, so every raw value has exactly one name and back.
@@ -18,8 +19,8 @@ pub const PATH_MAX: usize = 4096;
 /// Why a path or name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    /// A `.` or `..` component.
-    #[error("path: `{0}` components are not allowed")]
+    /// A `.`, `..` or empty component (an empty name would vanish from the path's text).
+    #[error("path: {} components are not allowed", if .0.is_empty() { "empty".to_owned() } else { format!("`{}`", .0) })]
     DotSegment(String),
     /// A NUL byte or a control character.
     #[error("path: names must not contain NUL or control characters")]
@@ -38,21 +39,21 @@ pub struct Name(String);
 
 impl Name {
     /// Validates one component as the kernel or an API client hands it over.
+    /// An empty name, `.` and `..` are refused.
     pub fn parse(s: &str) -> Result<Self, PathError> {
-        if s == "." || s == ".." {
+        if s.is_empty() || s == "." || s == ".." {
             return Err(PathError::DotSegment(s.to_owned()));
         }
         if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
             return Err(PathError::ControlChar);
         }
-        if s.len() > NAME_MAX {
-            return Err(PathError::NameTooLong(s.len()));
+        // A `/` can only arrive here through an API call; names never contain one. The
+        // limit applies to the escaped form, the one that is shown and handed back.
+        let name = if s.contains('/') { escape(s) } else { s.to_owned() };
+        if name.len() > NAME_MAX {
+            return Err(PathError::NameTooLong(name.len()));
         }
-        if s.contains('/') {
-            // A `/` can only arrive here through an API call; names never contain one.
-            return Ok(Name(escape(s)));
-        }
-        Ok(Name(s.to_owned()))
+        Ok(Name(name))
     }
 
     /// The name for a raw value (an id from an API response): `/` and `%` escaped.
@@ -122,12 +123,18 @@ impl VPath {
         VPath::default()
     }
 
-    /// Parses a `/`-separated path; empty components are dropped.
+    /// Parses a `/`-separated path; empty components are dropped. Both the text given
+    /// and the canonical form (which may be one byte longer: it starts with `/`) must fit
+    /// in [`PATH_MAX`], so that a parsed path's text always parses again.
     pub fn parse(s: &str) -> Result<Self, PathError> {
         if s.len() > PATH_MAX {
             return Err(PathError::PathTooLong(s.len()));
         }
         let names = s.split('/').filter(|c| !c.is_empty()).map(Name::parse).collect::<Result<Vec<_>, _>>()?;
+        let canonical: usize = names.iter().map(|n| n.0.len() + 1).sum();
+        if canonical > PATH_MAX {
+            return Err(PathError::PathTooLong(canonical));
+        }
         Ok(VPath { names })
     }
 

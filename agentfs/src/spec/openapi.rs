@@ -8,25 +8,97 @@ use serde_json::Value;
 use super::{openapi31, KeyLocation, Method, Operation, SecurityScheme, ServiceSpec, SpecError, MAX_DOCUMENT_BYTES};
 
 /// Parses an OpenAPI 3.0 or 3.1 document, JSON or YAML.
+///
+/// The work runs on a thread of its own with a [`PARSE_STACK_BYTES`] stack: reading a
+/// schema nested as deep as the JSON and YAML parsers allow (128 levels) takes far more
+/// stack than a caller's thread may have (openapiv3's untagged and flattened schema types
+/// recurse through buffered content), and running out of stack aborts the process.
 pub fn parse_openapi(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
-    let mut doc = parse_document(bytes)?;
-    let version = doc.get("openapi").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| {
-        if doc.get("swagger").is_some() {
-            SpecError::Unsupported("Swagger 2.0 documents are not supported; convert the document to OpenAPI 3".into())
-        } else {
-            SpecError::Unsupported("not an OpenAPI document: the `openapi` version field is missing".into())
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("nkmc-spec".into())
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn_scoped(scope, || parse_openapi_here(bytes));
+        match worker {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had: parse here rather than fail.
+            Err(_) => parse_openapi_here(bytes),
         }
-    })?;
+    })
+}
+
+/// The stack of the thread that reads a document: room for the deepest nesting the
+/// parsers accept, in a debug build, several times over.
+const PARSE_STACK_BYTES: usize = 32 * 1024 * 1024;
+
+fn parse_openapi_here(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
+    let mut doc = parse_document(bytes)?;
+    if !doc.is_object() {
+        let kind = match doc {
+            Value::Null => "empty",
+            Value::Bool(_) => "a boolean",
+            Value::Number(_) => "a number",
+            Value::String(_) => "a string",
+            Value::Array(_) => "a list",
+            Value::Object(_) => "a mapping",
+        };
+        return Err(SpecError::Unsupported(format!("not an OpenAPI document: the document is {kind}, not a mapping")));
+    }
+    let version = match doc.get("openapi") {
+        Some(Value::String(v)) => v.clone(),
+        // `openapi: 3.1` unquoted is a number in YAML: read it as the version it spells.
+        Some(Value::Number(n)) => {
+            let v = n.to_string();
+            doc["openapi"] = Value::String(v.clone());
+            v
+        }
+        Some(other) => {
+            return Err(SpecError::Invalid {
+                path: "openapi".into(),
+                message: format!("the version must be a string such as \"3.0.3\", found `{other}`"),
+            })
+        }
+        None if doc.get("swagger").is_some() => {
+            return Err(SpecError::Unsupported(
+                "Swagger 2.0 documents are not supported; convert the document to OpenAPI 3".into(),
+            ))
+        }
+        None => {
+            return Err(SpecError::Unsupported(
+                "not an OpenAPI document: the `openapi` version field is missing".into(),
+            ))
+        }
+    };
     if version.starts_with("3.1") {
         openapi31::downgrade(&mut doc);
     } else if !version.starts_with("3.0") {
         return Err(SpecError::Unsupported(format!("OpenAPI version {version} is not supported (3.0 and 3.1 are)")));
     }
+    check_path_keys(&doc)?;
     match serde_path_to_error::deserialize::<_, OpenAPI>(&doc) {
         Ok(api) => Ok(to_spec(api)),
         Err(e) => Err(locate_error(&doc)
             .unwrap_or(SpecError::Invalid { path: e.path().to_string(), message: e.inner().to_string() })),
     }
+}
+
+/// Path keys become upstream URLs segment by segment: a `.` or `..` segment would make
+/// the request land elsewhere than the tree shows, and a control character has no name.
+fn check_path_keys(doc: &Value) -> Result<(), SpecError> {
+    let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+        return Ok(());
+    };
+    for key in paths.keys().filter(|k| !k.starts_with("x-")) {
+        let path = key.split_once('?').map_or(key.as_str(), |(p, _)| p);
+        let bad = |message: &str| Err(SpecError::Invalid { path: format!("paths.{key}"), message: message.into() });
+        if path.split('/').any(|seg| seg == "." || seg == "..") {
+            return bad("a path segment is `.` or `..`");
+        }
+        if path.bytes().any(|b| b < 0x20 || b == 0x7f) {
+            return bad("the path contains a control character");
+        }
+    }
+    Ok(())
 }
 
 /// `paths` is read through a flattened map, which hides the failing key from the error
@@ -38,10 +110,14 @@ fn locate_error(doc: &Value) -> Option<SpecError> {
             continue;
         }
         if let Err(e) = serde_path_to_error::deserialize::<_, openapiv3::PathItem>(item) {
-            return Some(SpecError::Invalid {
-                path: format!("paths.{key}.{}", e.path()),
-                message: e.inner().to_string(),
-            });
+            let inner = e.path().to_string();
+            // `.` is the path item itself; `[0]` needs no separator.
+            let path = match inner.as_str() {
+                "." => format!("paths.{key}"),
+                i if i.starts_with('[') => format!("paths.{key}{i}"),
+                i => format!("paths.{key}.{i}"),
+            };
+            return Some(SpecError::Invalid { path, message: e.inner().to_string() });
         }
     }
     None
@@ -56,8 +132,130 @@ pub fn parse_document(bytes: &[u8]) -> Result<Value, SpecError> {
     if first == Some(&b'{') {
         serde_json::from_slice(bytes).map_err(|e| SpecError::Syntax(format!("JSON, {e}")))
     } else {
+        if yaml_flow_depth(bytes, MAX_YAML_FLOW_DEPTH) > MAX_YAML_FLOW_DEPTH {
+            return Err(SpecError::Syntax(format!(
+                "YAML, flow collections (`[`, `{{`) nested deeper than {MAX_YAML_FLOW_DEPTH} levels"
+            )));
+        }
         serde_yaml_ng::from_slice::<Lenient>(bytes).map(|l| l.0).map_err(|e| SpecError::Syntax(format!("YAML, {e}")))
     }
+}
+
+/// Deepest nesting of YAML flow collections read. The YAML scanner spends time in
+/// proportion to the flow depth on every token, so `a: {a: {a: ...` 100,000 levels deep
+/// takes minutes before the deserializer's own limit (128 levels) refuses it.
+const MAX_YAML_FLOW_DEPTH: usize = 256;
+
+/// The deepest nesting of flow collections in a YAML text, as far as `limit + 1` (a
+/// linear pre-scan). It follows what decides flow nesting — quoted scalars, comments,
+/// block scalars, where a node may start — closely enough for real documents; it is a
+/// guard against nesting bombs, not a YAML parser.
+fn yaml_flow_depth(bytes: &[u8], limit: usize) -> usize {
+    let is_blank = |b: u8| matches!(b, b' ' | b'\t' | b'\r' | b'\n');
+    let n = bytes.len();
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    // Whether a node may begin here (so `[`, `{`, quotes, `|` and `>` are indicators).
+    let mut node_start = true;
+    let mut line_begin = 0usize;
+    // Inside a block scalar: lines indented more than this belong to it.
+    let mut block_scalar: Option<usize> = None;
+    let mut i = 0usize;
+    while i < n {
+        if i == line_begin {
+            if let Some(parent) = block_scalar {
+                let indent = bytes[i..].iter().take_while(|&&b| b == b' ').count();
+                let rest = i + indent;
+                let blank_line = rest >= n || matches!(bytes[rest], b'\n' | b'\r');
+                if blank_line || indent > parent {
+                    i = bytes[i..].iter().position(|&b| b == b'\n').map_or(n, |p| i + p + 1);
+                    line_begin = i;
+                    continue;
+                }
+                block_scalar = None;
+            }
+        }
+        let b = bytes[i];
+        let prev_blank = i == line_begin || is_blank(bytes[i - 1]);
+        let next_blank = i + 1 >= n || is_blank(bytes[i + 1]);
+        match b {
+            b'\n' => {
+                line_begin = i + 1;
+                if depth == 0 {
+                    node_start = true;
+                }
+            }
+            b' ' | b'\t' | b'\r' => {}
+            b'#' if prev_blank => {
+                i = bytes[i..].iter().position(|&b| b == b'\n').map_or(n, |p| i + p);
+                continue;
+            }
+            b'[' | b'{' if depth > 0 || node_start => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > limit {
+                    return deepest;
+                }
+                node_start = true;
+            }
+            b']' | b'}' if depth > 0 => {
+                depth -= 1;
+                node_start = false;
+            }
+            b',' if depth > 0 => node_start = true,
+            b':' if depth > 0 || next_blank => node_start = true,
+            b'-' | b'?' if next_blank => node_start = true,
+            b'"' if node_start => {
+                i += 1;
+                while i < n && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                node_start = false;
+            }
+            b'\'' if node_start => {
+                i += 1;
+                while i < n {
+                    if bytes[i] == b'\'' {
+                        if bytes.get(i + 1) == Some(&b'\'') {
+                            i += 1;
+                        } else {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+                node_start = false;
+            }
+            // Anchors and tags come before the node they name.
+            b'&' | b'!' if node_start => {
+                while i + 1 < n && !is_blank(bytes[i + 1]) {
+                    i += 1;
+                }
+            }
+            b'|' | b'>' if node_start && depth == 0 => {
+                // The block scalar's lines are those indented past the line's content
+                // (after any `- ` sequence indicators).
+                let mut col = line_begin;
+                loop {
+                    while col < n && bytes[col] == b' ' {
+                        col += 1;
+                    }
+                    if col + 1 < n && bytes[col] == b'-' && bytes[col + 1] == b' ' {
+                        col += 1;
+                    } else {
+                        break;
+                    }
+                }
+                block_scalar = Some(col - line_begin);
+                i = bytes[i..].iter().position(|&b| b == b'\n').map_or(n, |p| i + p + 1);
+                line_begin = i;
+                node_start = true;
+                continue;
+            }
+            _ => node_start = false,
+        }
+        i += 1;
+    }
+    deepest
 }
 
 /// A JSON value read from YAML leniently: mapping keys become strings (`200:` →
@@ -284,6 +482,21 @@ paths:
     }
 
     #[test]
+    fn flow_scan_follows_quotes_comments_and_block_scalars() {
+        let depth = |s: &str| yaml_flow_depth(s.as_bytes(), 1000);
+        assert_eq!(depth("a: [[[]]]\nb: {c: [1]}"), 3);
+        assert_eq!(depth("a: '[[[['\nb: \"[[\\\"[[\""), 0);
+        assert_eq!(depth("a: it's [[[ 'x' [["), 0);
+        assert_eq!(depth("a: # [[[[\nb: 1"), 0);
+        assert_eq!(depth("a: |\n  [[[[\nb: [1]"), 1);
+        assert_eq!(depth("- key: >-\n    [[[\n  other: [[x]]"), 2);
+        assert_eq!(depth("a: &x [&y [!!seq [1]]]"), 3);
+        assert_eq!(depth("--- [[1], {'a]': \"}\"}]"), 2);
+        assert_eq!(depth(&format!("a: {}", "{a: ".repeat(300))), 300);
+        assert_eq!(yaml_flow_depth(format!("a: {}", "[".repeat(100_000)).as_bytes(), 256), 257);
+    }
+
+    #[test]
     fn errors_name_the_place_in_the_document() {
         let doc = r#"{"openapi":"3.0.0","info":{"title":"t","version":"1"},"paths":{"/a":{"get":{"responses":{"200":{"description":5}}}}}}"#;
         let err = parse_openapi(doc.as_bytes()).unwrap_err().to_string();
@@ -311,6 +524,12 @@ mod fixture_tests {
         assert!(spec.operations.iter().any(|o| o.path == "/models" && o.method == Method::Get));
         assert_eq!(spec.security_schemes.get("ApiKeyAuth"), Some(&SecurityScheme::Bearer));
         assert_eq!(spec.security, vec![vec!["ApiKeyAuth".to_string()]]);
+    }
+
+    #[test]
+    fn real_documents_are_shallow_for_the_flow_scan() {
+        assert!(yaml_flow_depth(&fixture("openai.yaml"), MAX_YAML_FLOW_DEPTH) < 8);
+        assert!(yaml_flow_depth(&fixture("petstore.yaml"), MAX_YAML_FLOW_DEPTH) < 8);
     }
 
     #[test]

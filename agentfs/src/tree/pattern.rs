@@ -25,9 +25,13 @@ impl Pattern {
         format!("{}{value}{}", self.prefix, self.suffix)
     }
 
-    /// Whether `name` fits, with a non-empty value for the parameter.
+    /// Whether `name` fits, with a non-empty value for the parameter. The segment `.` or
+    /// `..` never fits: the name `..d` strips to `.` and `..?q` carries a query on `..`,
+    /// and such a segment would step out of the path template upstream.
     pub(super) fn matches(&self, name: &str) -> bool {
-        name.len() > self.prefix.len() + self.suffix.len()
+        name != "."
+            && name != ".."
+            && name.len() > self.prefix.len() + self.suffix.len()
             && name.starts_with(&self.prefix)
             && name.ends_with(&self.suffix)
     }
