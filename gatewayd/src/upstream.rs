@@ -3,6 +3,7 @@
 //! failures classified.
 
 use agentfs::spec::{KeyLocation, Method, SecurityScheme};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::{HeaderValue, AUTHORIZATION, COOKIE};
 use url::Url;
 
@@ -135,14 +136,10 @@ impl Upstream {
     pub async fn send(&self, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
         let domain = call.domain.to_owned();
         let mut url = call.base_url.clone();
-        {
-            let mut segs = url.path_segments_mut().map_err(|_| UpstreamError::Invalid {
-                domain: domain.clone(),
-                message: "the base URL cannot take a path".into(),
-            })?;
-            segs.pop_if_empty();
-            segs.extend(call.segments);
-        }
+        push_segments(&mut url, call.segments).map_err(|()| UpstreamError::Invalid {
+            domain: domain.clone(),
+            message: "the path cannot be sent: a base URL that takes no path, or an empty, `.` or `..` segment".into(),
+        })?;
         url.set_query(call.query.as_deref().filter(|q| !q.is_empty()));
         let method = match call.method {
             Method::Get => reqwest::Method::GET,
@@ -249,5 +246,71 @@ pub fn mask(text: String, credential: Option<&Secret>) -> String {
     match credential {
         Some(s) if !s.expose().is_empty() && text.contains(s.expose()) => text.replace(s.expose(), "****"),
         _ => text,
+    }
+}
+
+/// Appends raw segments to `base`'s path, each one encoded as exactly one segment: `/`,
+/// `%`, `?`, `#` and every other reserved character are percent-encoded, so no id can
+/// change the path's shape. The dot segments `.` and `..` (which URLs resolve even when
+/// encoded as `%2E`) and empty segments are refused; canonical names never produce them.
+pub fn push_segments(base: &mut Url, segments: &[String]) -> Result<(), ()> {
+    if base.cannot_be_a_base() || segments.iter().any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err(());
+    }
+    let mut path = base.path().trim_end_matches('/').to_owned();
+    for s in segments {
+        path.push('/');
+        path.extend(utf8_percent_encode(s, SEGMENT));
+    }
+    if path.is_empty() {
+        path.push('/');
+    }
+    base.set_path(&path);
+    Ok(())
+}
+
+/// What a path segment keeps unencoded: RFC 3986 unreserved characters and the
+/// sub-delimiters APIs use in ids (`@`, `:`, `+`, `,`, `;`, `=`...). `%` is always encoded,
+/// so an id is never decoded twice.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@')
+    .remove(b':')
+    .remove(b'+')
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=');
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_never_change_the_path_shape() {
+        let mut base = Url::parse("https://api.example.test/v1/").unwrap();
+        let segs: Vec<String> =
+            ["a/b", "%2E%2E", "x?y#z", "ok-name_1.json", "ünï", "a b", "..."].iter().map(|s| s.to_string()).collect();
+        push_segments(&mut base, &segs).unwrap();
+        assert_eq!(
+            base.as_str(),
+            "https://api.example.test/v1/a%2Fb/%252E%252E/x%3Fy%23z/ok-name_1.json/%C3%BCn%C3%AF/a%20b/..."
+        );
+        assert_eq!(base.host_str(), Some("api.example.test"));
+        for bad in ["..", ".", ""] {
+            let mut base = Url::parse("https://api.example.test/v1").unwrap();
+            assert!(push_segments(&mut base, &["x".into(), bad.into()]).is_err(), "{bad:?}");
+        }
+        let mut root = Url::parse("http://127.0.0.1:8080").unwrap();
+        push_segments(&mut root, &["pets".into()]).unwrap();
+        assert_eq!(root.as_str(), "http://127.0.0.1:8080/pets");
     }
 }
