@@ -81,6 +81,7 @@ mod tests {
             security: vec![],
             protocol: Default::default(),
             rpc_methods: Default::default(),
+            item_ids: Default::default(),
         };
         let md = generate("pets.test", &spec, &Tree::build(&spec));
         assert!(
@@ -172,6 +173,7 @@ pub fn parse(text: &str) -> Result<crate::spec::ServiceSpec, crate::spec::SpecEr
         security: Vec::new(),
         protocol: Protocol::Http,
         rpc_methods: Default::default(),
+        item_ids: Default::default(),
     })
 }
 

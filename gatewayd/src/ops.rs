@@ -193,7 +193,13 @@ async fn collection_ids(gw: &Gateway, service: &Service, dir: &Resolved) -> Resu
         message: format!("reading the collection: {}", e.without_url()),
     })?;
     Ok(match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(v) => items::extract_ids(&v, items::MAX_ITEMS),
+        Ok(v) => {
+            let field = service
+                .tree
+                .operation(dir.node, Method::Get)
+                .and_then(|i| service.spec.item_ids.get(&service.spec.operations[i].path));
+            items::extract_ids(&v, field.map(String::as_str), items::MAX_ITEMS)
+        }
         Err(_) => Vec::new(),
     })
 }

@@ -180,6 +180,10 @@ pub struct ServiceSpec {
     /// For JSON-RPC: the method behind each file path (`/list_pets`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rpc_methods: BTreeMap<String, RpcMethod>,
+    /// The member that holds an item's id in a collection's GET response, where the
+    /// document says so with `x-nkmc-id` on that GET (keyed by the collection's path).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub item_ids: BTreeMap<String, String>,
 }
 
 impl ServiceSpec {

@@ -356,6 +356,7 @@ fn to_spec(api: OpenAPI) -> ServiceSpec {
     let security = api.security.as_deref().map(requirements).unwrap_or_default();
 
     let mut operations: Vec<Operation> = Vec::new();
+    let mut item_ids: BTreeMap<String, String> = BTreeMap::new();
     let mut seen: BTreeMap<(String, Method), usize> = BTreeMap::new();
     // Plain path keys first, so that `/responses?beta=true` only adds what `/responses` lacks.
     let mut keys: Vec<(&String, &openapiv3::PathItem)> =
@@ -379,6 +380,11 @@ fn to_spec(api: OpenAPI) -> ServiceSpec {
                 continue;
             }
             seen.insert((path.clone(), method), operations.len());
+            if method == Method::Get {
+                if let Some(field) = op.extensions.get("x-nkmc-id").and_then(Value::as_str) {
+                    item_ids.insert(path.clone(), field.to_owned());
+                }
+            }
             operations.push(Operation {
                 method,
                 path: path.clone(),
@@ -398,6 +404,7 @@ fn to_spec(api: OpenAPI) -> ServiceSpec {
         security,
         protocol: super::Protocol::Http,
         rpc_methods: BTreeMap::new(),
+        item_ids,
     }
 }
 
@@ -494,6 +501,14 @@ paths:
         assert_eq!(depth("--- [[1], {'a]': \"}\"}]"), 2);
         assert_eq!(depth(&format!("a: {}", "{a: ".repeat(300))), 300);
         assert_eq!(yaml_flow_depth(format!("a: {}", "[".repeat(100_000)).as_bytes(), 256), 257);
+    }
+
+    #[test]
+    fn x_nkmc_id_names_the_id_member() {
+        let doc = r#"{"openapi":"3.0.0","info":{"title":"t","version":"1"},
+          "paths":{"/things":{"get":{"x-nkmc-id":"uuid","responses":{}}},"/things/{uuid}":{"get":{"responses":{}}}}}"#;
+        let spec = parse_openapi(doc.as_bytes()).unwrap();
+        assert_eq!(spec.item_ids.get("/things").map(String::as_str), Some("uuid"));
     }
 
     #[test]

@@ -151,6 +151,7 @@ pub fn parse_openrpc(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
         security: Vec::new(),
         protocol: Protocol::JsonRpc,
         rpc_methods,
+        item_ids: Default::default(),
     })
 }
 

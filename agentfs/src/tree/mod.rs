@@ -6,7 +6,8 @@
 //! - operations and children → a file `name` plus a sibling directory `name.d/`.
 //!
 //! A templated segment (`{model}`, or `{id}.json`) accepts any name on lookup. A query
-//! string in the last name (`search?q=fuse`) is passed through to the request.
+//! string in the last name (`search?q=fuse`) is passed through to the request. Every file
+//! also answers to a hidden alias with `.json` appended (`models.json`), never listed.
 
 pub mod items;
 mod pattern;
@@ -24,6 +25,9 @@ pub type NodeId = usize;
 
 /// The suffix that names a node's children directory when the node is also a file.
 pub const DIR_SUFFIX: &str = ".d";
+
+/// The suffix of the hidden alias of every file: `models.json` reads as `models`. Not listed.
+pub const JSON_ALIAS: &str = ".json";
 
 /// Whether a name shows a node as a file or as a directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -203,6 +207,12 @@ impl Tree {
         for (p, id) in &d.templates {
             if p.matches(name) {
                 return Some((*id, self.nodes[*id].plain_view(), name));
+            }
+        }
+        // Hidden alias: `x.json` is the file `x` (for tools that pick a parser by extension).
+        if let Some(base) = name.strip_suffix(JSON_ALIAS) {
+            if let Some(found @ (_, View::File, _)) = self.lookup(dir, base) {
+                return Some(found);
             }
         }
         None

@@ -21,6 +21,7 @@ fn spec(ops: &[(Method, &str)]) -> ServiceSpec {
         security: vec![],
         protocol: Default::default(),
         rpc_methods: Default::default(),
+        item_ids: Default::default(),
     }
 }
 
@@ -57,4 +58,15 @@ fn escaped_ids_and_queries_reach_the_segments() {
     let r = t.resolve(&names("search?q=fuse&per_page=5")).unwrap();
     assert_eq!(r.query.as_deref(), Some("q=fuse&per_page=5"));
     assert_eq!(r.segments, vec!["search"]);
+}
+
+#[test]
+fn json_aliases_are_hidden_and_resolve_to_the_file() {
+    let t = Tree::build(&spec(&[(Method::Get, "/models"), (Method::Get, "/models/{model}"), (Method::Get, "/a/b")]));
+    let r = t.resolve(&names("models.json")).unwrap();
+    assert_eq!((r.view, r.segments.clone()), (View::File, vec!["models".to_string()]));
+    let r = t.resolve(&names("models.d/gpt-4o.json")).unwrap();
+    assert_eq!(r.segments, vec!["models", "gpt-4o.json"], "a templated name keeps its text: the id may end in .json");
+    assert!(t.resolve(&names("a.json")).is_err(), "directories have no alias");
+    assert!(t.list(t.root()).iter().all(|e| !e.name.ends_with(".json")));
 }
