@@ -17,6 +17,7 @@ fn openai_upstream(key: String) -> Upstream {
         }
         match req.uri.as_str() {
             "/v1/models" => json(200, MODELS),
+            "/v1/models?limit=1&order=asc" => json(200, r#"{"data":[{"id":"gpt-4o"}]}"#),
             "/v1/models/gpt-4o" => json(200, r#"{"id":"gpt-4o","object":"model"}"#),
             _ => json(404, r#"{"error":{"message":"not found"}}"#),
         }
@@ -92,6 +93,10 @@ fn ls_and_cat_through_the_mount() {
     assert_eq!(body, MODELS.as_bytes(), "the upstream body, byte for byte");
     let one = std::fs::read(svc.join("models.d/gpt-4o")).unwrap();
     assert_eq!(one, br#"{"id":"gpt-4o","object":"model"}"#);
+    // Query strings are part of the name; `x.json` is a hidden alias of `x`.
+    let some = std::fs::read(svc.join("models?limit=1&order=asc")).unwrap();
+    assert_eq!(some, br#"{"data":[{"id":"gpt-4o"}]}"#);
+    assert_eq!(std::fs::read(svc.join("models.json")).unwrap(), MODELS.as_bytes());
 
     let seen = up.seen();
     assert!(seen.iter().any(|s| s.method == "GET" && s.uri == "/v1/models"));
