@@ -62,6 +62,27 @@ impl ClientError {
     }
 }
 
+/// A whole answer from gatewayd.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+fn api_error(status: StatusCode, bytes: &Bytes) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(bytes) {
+        Ok(body) => ClientError::Api { status: status.as_u16(), body },
+        Err(_) => ClientError::Decode(format!(
+            "status {status} with a body that is not an error: {}",
+            String::from_utf8_lossy(bytes)
+        )),
+    }
+}
+
 /// A client of one gatewayd socket.
 #[derive(Debug)]
 pub struct GatewayClient {
@@ -117,10 +138,34 @@ impl GatewayClient {
         path_and_query: &str,
         body: Option<(Bytes, &'static str)>,
     ) -> Result<(StatusCode, Bytes), ClientError> {
+        self.call_with_headers(method, path_and_query, body).await.map(|r| (r.status, r.body))
+    }
+
+    /// Sends one request; returns the status, the headers and the whole body.
+    pub async fn call_with_headers(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, &'static str)>,
+    ) -> Result<Answer, ClientError> {
         match tokio::time::timeout(self.timeout, self.call_inner(method, path_and_query, body)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::Timeout(self.timeout)),
         }
+    }
+
+    /// Like [`GatewayClient::call_with_headers`], but an error status becomes [`ClientError::Api`].
+    pub async fn call_ok_with_headers(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, &'static str)>,
+    ) -> Result<Answer, ClientError> {
+        let answer = self.call_with_headers(method, path_and_query, body).await?;
+        if answer.status.is_success() {
+            return Ok(answer);
+        }
+        Err(api_error(answer.status, &answer.body))
     }
 
     async fn call_inner(
@@ -128,7 +173,7 @@ impl GatewayClient {
         method: Method,
         path_and_query: &str,
         body: Option<(Bytes, &'static str)>,
-    ) -> Result<(StatusCode, Bytes), ClientError> {
+    ) -> Result<Answer, ClientError> {
         let build = || {
             let mut req = Request::builder().method(method.clone()).uri(path_and_query).header("host", "gatewayd");
             let payload = match &body {
@@ -158,9 +203,10 @@ impl GatewayClient {
             Err(e) => return Err(e.into()),
         };
         let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
         self.put_idle(sender);
-        Ok((status, bytes))
+        Ok(Answer { status, headers, body })
     }
 
     /// Sends a request and returns the body of a success; an error status becomes
@@ -171,17 +217,7 @@ impl GatewayClient {
         path_and_query: &str,
         body: Option<(Bytes, &'static str)>,
     ) -> Result<Bytes, ClientError> {
-        let (status, bytes) = self.call(method, path_and_query, body).await?;
-        if status.is_success() {
-            return Ok(bytes);
-        }
-        let body = serde_json::from_slice::<ErrorBody>(&bytes).map_err(|_| {
-            ClientError::Decode(format!(
-                "status {status} with a body that is not an error: {}",
-                String::from_utf8_lossy(&bytes)
-            ))
-        })?;
-        Err(ClientError::Api { status: status.as_u16(), body })
+        self.call_ok_with_headers(method, path_and_query, body).await.map(|a| a.body)
     }
 
     /// `GET` a JSON value.

@@ -79,6 +79,28 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it appears on the wire (`not_found`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidPath => "invalid_path",
+            ErrorCode::NameTooLong => "name_too_long",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::NotADirectory => "not_a_directory",
+            ErrorCode::IsADirectory => "is_a_directory",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::InvalidInput => "invalid_input",
+            ErrorCode::NotSupported => "not_supported",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UpstreamFailed => "upstream_failed",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Unreachable => "unreachable",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
     /// Every code, for checks against the schema.
     pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidPath,
@@ -214,4 +236,16 @@ pub struct Status {
     pub services: usize,
     /// Seconds since gatewayd started.
     pub uptime_secs: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn as_str_is_the_serde_name() {
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().into()));
+        }
+    }
 }

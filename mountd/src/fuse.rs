@@ -83,7 +83,7 @@ impl Filesystem for NkmcFuse {
         let attrs = self.attrs;
         self.rt.spawn(async move {
             match fs.lookup(parent.0, &name).await {
-                Ok((ino, node)) => reply.entry(&ENTRY_TTL, &attrs.make(ino, &node), Generation(0)),
+                Ok((ino, node)) => reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &attrs.make(ino, &node), Generation(0)),
                 Err(e) => {
                     tracing::debug!(name = ?name, error = %e, "lookup");
                     reply.error(errno(&e))

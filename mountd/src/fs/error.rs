@@ -34,6 +34,9 @@ pub enum FsError {
     /// A POST-only file read before this mount wrote to it.
     #[error("mountd: nothing to read yet: write to the file first, then read its response")]
     NoData,
+    /// A name under `.nkmc/` that is not a control file.
+    #[error("mountd: .nkmc holds only `last` and `last_error`")]
+    NoSuchControlFile,
     /// The operation has no meaning on this file system (mkdir, rename, chmod, links).
     #[error("mountd: not permitted on an nkmc mount")]
     NotPermitted,
@@ -57,6 +60,7 @@ impl FsError {
             FsError::NotOpenForWriting => libc::EBADF,
             FsError::TooLarge => libc::EFBIG,
             FsError::NoData => libc::ENODATA,
+            FsError::NoSuchControlFile => libc::ENOENT,
             FsError::NotPermitted => libc::EPERM,
         }
     }

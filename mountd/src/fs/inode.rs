@@ -33,7 +33,18 @@ pub struct Inodes {
 impl Default for Inodes {
     fn default() -> Self {
         let root = Inode { path: "/".into(), kind: EntryKind::Dir, mode: 0o755, size: None, lookups: 1 };
-        Inodes { by_ino: HashMap::from([(ROOT, root)]), by_path: HashMap::from([("/".into(), ROOT)]), next: ROOT + 1 }
+        Inodes {
+            by_ino: HashMap::from([(ROOT, root)]),
+            by_path: HashMap::from([("/".into(), ROOT)]),
+            next: super::control::FIRST_FREE_INO,
+        }
+    }
+}
+
+impl Inode {
+    /// A node that is not in the table (the control files).
+    pub fn fixed(path: String, kind: EntryKind, mode: u32, size: Option<u64>) -> Self {
+        Inode { path, kind, mode, size, lookups: 1 }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The file system as plain async logic, testable without a kernel: every decision
 //! lives here; [`crate::fuse`] only translates.
 
+pub mod control;
 pub mod error;
 pub mod inode;
 
@@ -16,7 +17,7 @@ use bytes::Bytes;
 use hyper::Method;
 
 pub use error::FsError;
-pub use inode::{Inode, Inodes};
+pub use inode::{Inode, Inodes, ROOT};
 
 /// One directory entry as `readdir` returns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +72,8 @@ pub struct Fs {
     dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
     /// The last response to this mount's write to each path.
     last: Mutex<HashMap<String, Bytes>>,
+    /// `.nkmc/last` and `.nkmc/last_error`.
+    control: control::Control,
     next_handle: AtomicU64,
 }
 
@@ -111,6 +114,7 @@ impl Fs {
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             last: Mutex::new(HashMap::new()),
+            control: control::Control::default(),
             next_handle: AtomicU64::new(1),
         }
     }
@@ -120,7 +124,18 @@ impl Fs {
     }
 
     fn path_of(&self, ino: u64) -> Result<Inode, FsError> {
+        if let Some(node) = control::inode(ino, &self.control) {
+            return Ok(node);
+        }
         self.inodes().get(ino).cloned().ok_or(FsError::Stale)
+    }
+
+    /// Runs `f`, recording a failure in `.nkmc/last_error`.
+    fn noted<T>(&self, op: &str, path: &str, r: Result<T, FsError>) -> Result<T, FsError> {
+        if let Err(e) = &r {
+            self.control.error(op, path, e);
+        }
+        r
     }
 
     fn handle(&self) -> u64 {
@@ -133,7 +148,15 @@ impl Fs {
         if dir.kind != EntryKind::Dir {
             return Err(FsError::NotADirectory);
         }
-        let name = Name::parse(name.to_str().ok_or(PathError::ControlChar)?)?;
+        let text = name.to_str().ok_or(PathError::ControlChar)?;
+        if parent == ROOT && text == control::DIR_NAME {
+            return self.path_of(control::DIR_INO).map(|n| (control::DIR_INO, n));
+        }
+        if parent == control::DIR_INO {
+            let ino = control::child(text).ok_or(FsError::NoSuchControlFile)?;
+            return self.path_of(ino).map(|n| (ino, n));
+        }
+        let name = Name::parse(text)?;
         let path = child_path(&dir.path, &name);
         let entry: Entry = self.client.get_json(&fs_route("stat", &path)).await?;
         Ok(self.inodes().remember(path, entry.kind, entry.mode, entry.size))
@@ -165,21 +188,30 @@ impl Fs {
             return Err(FsError::IsADirectory);
         }
         if access != Access::Read && node.mode & 0o200 == 0 {
-            return Err(FsError::ReadOnly);
+            return self.noted("WRITE", &node.path, Err(FsError::ReadOnly));
+        }
+        if let Some(text) = self.control.content(ino) {
+            let fh = self.handle();
+            self.files().insert(fh, FileHandle { ino, path: node.path, body: text.into(), write: None });
+            return Ok(fh);
         }
         let body = match access {
             Access::Write => Bytes::new(),
             Access::Read | Access::ReadWrite => {
-                match self.client.call_ok(Method::GET, &fs_route("read", &node.path), None).await {
-                    Ok(body) => body,
+                let fetched = self.client.call_ok_with_headers(Method::GET, &fs_route("read", &node.path), None).await;
+                match fetched {
+                    Ok(answer) => {
+                        self.control.ok("READ", &node.path, &answer);
+                        answer.body
+                    }
                     Err(e) if e.code() == agentfs::wire::ErrorCode::NotSupported => {
                         match self.last.lock().unwrap_or_else(|p| p.into_inner()).get(&node.path) {
                             Some(last) => last.clone(),
                             None if access == Access::ReadWrite => Bytes::new(),
-                            None => return Err(FsError::NoData),
+                            None => return self.noted("READ", &node.path, Err(FsError::NoData)),
                         }
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => return self.noted("READ", &node.path, Err(e.into())),
                 }
             }
         };
@@ -265,10 +297,14 @@ impl Fs {
                 _ => return Ok(()),
             }
         };
-        let result =
-            self.client.call_ok(Method::POST, &fs_route("write", &path), Some((data, "application/json"))).await;
+        let result = self
+            .client
+            .call_ok_with_headers(Method::POST, &fs_route("write", &path), Some((data, "application/json")))
+            .await;
         match result {
-            Ok(response) => {
+            Ok(answer) => {
+                self.control.ok("WRITE", &path, &answer);
+                let response = answer.body;
                 let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
                 if last.len() >= MAX_LAST_RESPONSES && !last.contains_key(&path) {
                     let evict = last.keys().next().cloned();
@@ -279,7 +315,7 @@ impl Fs {
                 last.insert(path, response);
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(e) => self.noted("WRITE", &path, Err(e.into())),
         }
     }
 
@@ -293,7 +329,9 @@ impl Fs {
         let dir = self.path_of(parent)?;
         let name = Name::parse(name.to_str().ok_or(PathError::ControlChar)?)?;
         let path = child_path(&dir.path, &name);
-        self.client.call_ok(Method::POST, &fs_route("delete", &path), None).await?;
+        let answer = self.client.call_ok_with_headers(Method::POST, &fs_route("delete", &path), None).await;
+        let answer = self.noted("DELETE", &path, answer.map_err(FsError::from))?;
+        self.control.ok("DELETE", &path, &answer);
         self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
         Ok(())
     }
@@ -304,11 +342,22 @@ impl Fs {
         if node.kind != EntryKind::Dir {
             return Err(FsError::NotADirectory);
         }
-        let listing: Listing = self.client.get_json(&fs_route("list", &node.path)).await?;
         let mut entries = vec![
             DirEntry { ino, kind: EntryKind::Dir, name: ".".into() },
             DirEntry { ino, kind: EntryKind::Dir, name: "..".into() },
         ];
+        if ino == control::DIR_INO {
+            entries.push(DirEntry { ino: control::LAST_INO, kind: EntryKind::File, name: "last".into() });
+            entries.push(DirEntry { ino: control::LAST_ERROR_INO, kind: EntryKind::File, name: "last_error".into() });
+            let fh = self.handle();
+            self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, entries);
+            return Ok(fh);
+        }
+        if ino == ROOT {
+            entries.push(DirEntry { ino: control::DIR_INO, kind: EntryKind::Dir, name: control::DIR_NAME.into() });
+        }
+        let listing = self.client.get_json::<Listing>(&fs_route("list", &node.path)).await;
+        let listing = self.noted("LIST", &node.path, listing.map_err(FsError::from))?;
         for e in listing.entries {
             let Ok(name) = Name::parse(&e.name) else {
                 continue;
