@@ -62,8 +62,9 @@ impl Gateway {
         let lock = db::lock_instance(&paths.lock_file(), &paths.data_dir)?;
         let conn = db::open(&paths.database())?;
         let vault = Vault::open(&paths.master_key())?;
-        let registry = Registry::load(&conn)?;
-        let upstream = Upstream::new(config.upstream.clone())?;
+        let private_hosts = crate::ssrf::PrivateHosts::default();
+        let registry = Registry::load(&conn, private_hosts.clone())?;
+        let upstream = Upstream::new(config.upstream.clone(), private_hosts)?;
         Ok(Arc::new(Gateway {
             paths,
             config,

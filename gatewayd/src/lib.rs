@@ -5,6 +5,7 @@
 //! - [`vault`]: the master key and the encrypted credentials.
 //! - [`discovery`]: finding a document from a URL (`nkmc register --url`).
 //! - [`registry`]: registered services, their specs and trees.
+//! - [`ssrf`]: which addresses outbound calls may reach.
 //! - [`upstream`]: outbound HTTP with credential injection.
 //! - [`ops`]: the file-system operations (stat, list, read) as plain async logic.
 //! - [`api`]: the HTTP/1.1 + JSON API on the Unix socket.
@@ -16,6 +17,7 @@ pub mod discovery;
 pub mod gateway;
 pub mod ops;
 pub mod registry;
+pub mod ssrf;
 pub mod upstream;
 pub mod vault;
 

@@ -11,6 +11,8 @@ use agentfs::wire::{DocumentFormat, RegisterRequest, ServiceInfo};
 use rusqlite::{params, Connection};
 use url::Url;
 
+use crate::ssrf::PrivateHosts;
+
 /// Why a registration failed or the registry could not load.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -78,11 +80,13 @@ impl Service {
 #[derive(Debug, Default)]
 pub struct Registry {
     services: BTreeMap<String, Arc<Service>>,
+    /// Hosts the owner registered as private (`localhost`), shared with the SSRF guard.
+    private_hosts: PrivateHosts,
 }
 
 impl Registry {
     /// Loads every stored service and builds its tree.
-    pub fn load(conn: &Connection) -> Result<Self, RegistryError> {
+    pub fn load(conn: &Connection, private_hosts: PrivateHosts) -> Result<Self, RegistryError> {
         let mut stmt = conn.prepare("SELECT domain, base_url, spec_json FROM services")?;
         let rows =
             stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
@@ -92,9 +96,10 @@ impl Registry {
             let stored = |message: String| RegistryError::Stored { domain: domain.clone(), message };
             let spec: ServiceSpec = serde_json::from_str(&json).map_err(|e| stored(e.to_string()))?;
             let base_url = Url::parse(&base).map_err(|e| stored(e.to_string()))?;
+            note_private(&private_hosts, &base_url);
             services.insert(domain.clone(), Arc::new(Service::new(domain, base_url, spec)));
         }
-        Ok(Registry { services })
+        Ok(Registry { services, private_hosts })
     }
 
     /// Parses, validates and stores a service; replaces one of the same domain.
@@ -132,6 +137,7 @@ impl Registry {
              ON CONFLICT (domain) DO UPDATE SET base_url = excluded.base_url, title = excluded.title, spec_json = excluded.spec_json",
             params![domain, base_url.as_str(), spec.title, json, unix_now()],
         )?;
+        note_private(&self.private_hosts, &base_url);
         let service = Arc::new(Service::new(domain.clone(), base_url, spec));
         let info = service.info();
         self.services.insert(domain, service);
@@ -168,6 +174,15 @@ impl Registry {
     }
 }
 
+/// A `localhost` base URL lets that name reach loopback through the SSRF guard.
+fn note_private(hosts: &PrivateHosts, url: &Url) {
+    if crate::ssrf::explicitly_private(url) {
+        if let (Some(host), Ok(mut set)) = (url.host_str(), hosts.write()) {
+            set.insert(host.to_ascii_lowercase());
+        }
+    }
+}
+
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -184,6 +199,9 @@ fn parse_base_url(s: &str) -> Result<Url, RegistryError> {
     }
     if url.host_str().is_none() {
         return Err(bad("has no host"));
+    }
+    if crate::ssrf::is_metadata(&url) {
+        return Err(bad("is a cloud metadata address, which nkmc never calls"));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(bad("must not carry credentials; store them with `nkmc keys set`"));
@@ -231,6 +249,10 @@ mod tests {
         assert!(parse_base_url("/v3").unwrap_err().to_string().contains("relative"));
         assert!(parse_base_url("file:///etc/passwd").is_err());
         assert!(parse_base_url("https://u:p@x.example/").is_err());
+        assert!(parse_base_url("http://169.254.169.254/latest/meta-data/")
+            .unwrap_err()
+            .to_string()
+            .contains("metadata"));
         for bad in ["..", "a/b", "", "-x", "a b", "x\0"] {
             assert!(validate_domain(bad).is_err(), "{bad:?}");
         }

@@ -60,6 +60,14 @@ pub enum UpstreamError {
         /// The cap.
         limit: u64,
     },
+    /// The SSRF guard refused the destination.
+    #[error("upstream {domain}: {message}")]
+    Refused {
+        /// The service.
+        domain: String,
+        /// Why.
+        message: String,
+    },
     /// The request could not be built.
     #[error("upstream {domain}: invalid request: {message}")]
     Invalid {
@@ -100,11 +108,13 @@ pub struct Upstream {
 
 impl Upstream {
     /// A pooled client with the configured deadlines; no system proxy; redirects
-    /// followed only within the same origin (a credential never leaves its origin).
-    pub fn new(config: UpstreamConfig) -> Result<Self, reqwest::Error> {
+    /// followed only within the same origin (a credential never leaves its origin); names
+    /// resolved through the SSRF guard ([`crate::ssrf`]).
+    pub fn new(config: UpstreamConfig, private_hosts: crate::ssrf::PrivateHosts) -> Result<Self, reqwest::Error> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .no_proxy()
+            .dns_resolver(std::sync::Arc::new(crate::ssrf::GuardedResolver::new(private_hosts)))
             .timeout(config.timeout())
             .connect_timeout(std::time::Duration::from_millis(config.connect_timeout_ms))
             .redirect(reqwest::redirect::Policy::custom(|attempt| {
@@ -135,6 +145,12 @@ impl Upstream {
     /// calls may be retried by a caller; this sends exactly once.
     pub async fn send(&self, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
         let domain = call.domain.to_owned();
+        if crate::ssrf::is_metadata(call.base_url) {
+            return Err(UpstreamError::Refused {
+                domain,
+                message: "ssrf guard: cloud metadata addresses are never reached".into(),
+            });
+        }
         let mut url = call.base_url.clone();
         push_segments(&mut url, call.segments).map_err(|()| UpstreamError::Invalid {
             domain: domain.clone(),
@@ -183,6 +199,9 @@ impl Upstream {
             return UpstreamError::Timeout { domain, timeout_ms: self.config.timeout_ms };
         }
         let message = chain(&e);
+        if message.contains("ssrf guard:") {
+            return UpstreamError::Refused { domain, message };
+        }
         if e.is_connect() {
             UpstreamError::Unreachable { domain, message }
         } else {

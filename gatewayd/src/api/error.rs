@@ -90,6 +90,7 @@ impl From<UpstreamError> for ApiError {
             UpstreamError::Status { status, .. } => (code_of_upstream_status(*status), Some(*status)),
             UpstreamError::TooLarge { .. } => (ErrorCode::TooLarge, None),
             UpstreamError::Invalid { .. } => (ErrorCode::Internal, None),
+            UpstreamError::Refused { .. } => (ErrorCode::PermissionDenied, None),
         };
         ApiError { code, message: e.to_string(), upstream_status }
     }

@@ -1,0 +1,71 @@
+//! Outbound calls: a credential goes only to its service's origin, and the SSRF guard
+//! decides on the address actually connected to.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use nkmc_e2e::{canary, fixture, json, Nkmc, Upstream};
+
+fn petstore(n: &Nkmc, domain: &str, base: &str) -> std::process::Output {
+    let spec = fixture("openapi/petstore.yaml");
+    n.run(&["register", "--spec", spec.to_str().unwrap(), "--domain", domain, "--base-url", base])
+}
+
+#[test]
+fn a_redirect_to_another_origin_carries_no_credential() {
+    let key = canary();
+    let elsewhere = Upstream::start(|_| json(200, r#"{"stolen":true}"#));
+    let target = elsewhere.url("/collect");
+    let home = Upstream::start(move |req| match req.uri.as_str() {
+        "/v1/pets" => (302, vec![("location".into(), target.clone())], Vec::new()),
+        "/v1/pets/1" => (302, vec![("location".into(), "/v1/pets/2".into())], Vec::new()),
+        "/v1/pets/2" => json(200, r#"{"id":2}"#),
+        _ => json(404, "{}"),
+    });
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+    assert!(petstore(&n, "pets.test", &home.url("/v1")).status.success());
+    n.ok(&["keys", "set", "pets.test", "--token", &key]);
+
+    let out = n.run(&["cat", "/pets.test/pets"]);
+    assert!(!out.status.success(), "a cross-origin redirect is not followed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP 302"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(elsewhere.seen().is_empty(), "the other origin saw nothing: {:?}", elsewhere.seen());
+
+    // Within the origin, redirects are followed and keep the credential.
+    assert_eq!(n.ok(&["cat", "/pets.test/pets.d/1"]), r#"{"id":2}"#);
+    let hop = home.seen().into_iter().find(|s| s.uri == "/v1/pets/2").unwrap();
+    assert_eq!(hop.headers.get("authorization"), Some(&format!("Bearer {key}")));
+}
+
+#[test]
+fn metadata_and_names_resolving_to_loopback_are_refused() {
+    let up = Upstream::start(|_| json(200, r#"[{"id":1}]"#));
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+
+    for base in ["http://169.254.169.254/latest/meta-data", "http://[::ffff:169.254.169.254]/", "http://0xa9fea9fe/"] {
+        let out = petstore(&n, "meta.test", base);
+        assert!(!out.status.success(), "{base} registered");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("metadata"), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    // `localhost` is the owner's explicit choice; another name that resolves to loopback (the
+    // machine's own host name, through /etc/hosts) is refused by the guard at connect time.
+    let port = up.addr.port();
+    assert!(petstore(&n, "local.test", &format!("http://localhost:{port}/v1")).status.success());
+    assert_eq!(n.ok(&["cat", "/local.test/pets"]), r#"[{"id":1}]"#);
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_owned();
+    let loopback = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port))
+        .map(|mut a| a.all(|a| a.ip().is_loopback()))
+        .unwrap_or(false);
+    if !loopback || name.eq_ignore_ascii_case("localhost") {
+        eprintln!("skipping the rebinding half: the host name {name} does not resolve to loopback only");
+        return;
+    }
+    assert!(petstore(&n, "sneaky.test", &format!("http://{name}:{port}/v1")).status.success());
+    let before = up.seen().len();
+    let out = n.run(&["cat", "/sneaky.test/pets"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ssrf guard"), "{err}");
+    assert_eq!(up.seen().len(), before, "nothing reached the loopback server");
+}
