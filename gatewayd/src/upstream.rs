@@ -152,7 +152,7 @@ impl Upstream {
             });
         }
         let mut url = call.base_url.clone();
-        push_segments(&mut url, call.segments).map_err(|()| UpstreamError::Invalid {
+        push_segments(&mut url, call.segments).map_err(|_| UpstreamError::Invalid {
             domain: domain.clone(),
             message: "the path cannot be sent: a base URL that takes no path, or an empty, `.` or `..` segment".into(),
         })?;
@@ -268,13 +268,18 @@ pub fn mask(text: String, credential: Option<&Secret>) -> String {
     }
 }
 
+/// A path that cannot be sent: a base URL that takes no path, or an empty, `.` or `..` segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("upstream: the path cannot be sent (a base URL that takes no path, or an empty, `.` or `..` segment)")]
+pub struct UnsendablePath;
+
 /// Appends raw segments to `base`'s path, each one encoded as exactly one segment: `/`,
 /// `%`, `?`, `#` and every other reserved character are percent-encoded, so no id can
 /// change the path's shape. The dot segments `.` and `..` (which URLs resolve even when
 /// encoded as `%2E`) and empty segments are refused; canonical names never produce them.
-pub fn push_segments(base: &mut Url, segments: &[String]) -> Result<(), ()> {
+pub fn push_segments(base: &mut Url, segments: &[String]) -> Result<(), UnsendablePath> {
     if base.cannot_be_a_base() || segments.iter().any(|s| s.is_empty() || s == "." || s == "..") {
-        return Err(());
+        return Err(UnsendablePath);
     }
     let mut path = base.path().trim_end_matches('/').to_owned();
     for s in segments {
