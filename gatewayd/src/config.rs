@@ -124,11 +124,21 @@ pub struct UpstreamConfig {
     pub connect_timeout_ms: u64,
     /// Largest response body passed on, in bytes.
     pub max_body_bytes: u64,
+    /// Retries of an idempotent call (GET, PUT, DELETE) answered 429, 502, 503 or 504.
+    pub max_retries: u32,
+    /// Longest wait between retries, in milliseconds, whatever `Retry-After` asks.
+    pub retry_after_cap_ms: u64,
 }
 
 impl Default for UpstreamConfig {
     fn default() -> Self {
-        UpstreamConfig { timeout_ms: 30_000, connect_timeout_ms: 5_000, max_body_bytes: 64 * 1024 * 1024 }
+        UpstreamConfig {
+            timeout_ms: 30_000,
+            connect_timeout_ms: 5_000,
+            max_body_bytes: 64 * 1024 * 1024,
+            max_retries: 2,
+            retry_after_cap_ms: 5_000,
+        }
     }
 }
 
@@ -136,6 +146,11 @@ impl UpstreamConfig {
     /// The whole-request deadline.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The longest wait between retries.
+    pub fn retry_after_cap(&self) -> Duration {
+        Duration::from_millis(self.retry_after_cap_ms)
     }
 }
 

@@ -170,15 +170,27 @@ impl Upstream {
         {
             url.query_pairs_mut().append_pair(name, secret.expose());
         }
-        let mut req = self.client.request(method, url);
-        if let Some(body) = call.body {
-            req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body);
-        }
-        if let Some(secret) = &call.credential {
-            req = inject(req, scheme, secret)
-                .map_err(|message| UpstreamError::Invalid { domain: domain.clone(), message })?;
-        }
-        let resp = req.send().await.map_err(|e| self.classify(&domain, e))?;
+        let idempotent = matches!(call.method, Method::Get | Method::Put | Method::Delete);
+        let mut attempt = 0;
+        let resp = loop {
+            let mut req = self.client.request(method.clone(), url.clone());
+            if let Some(body) = &call.body {
+                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
+            }
+            if let Some(secret) = &call.credential {
+                req = inject(req, scheme, secret)
+                    .map_err(|message| UpstreamError::Invalid { domain: domain.clone(), message })?;
+            }
+            let resp = req.send().await.map_err(|e| self.classify(&domain, e))?;
+            let retryable = matches!(resp.status().as_u16(), 429 | 502 | 503 | 504);
+            if !(idempotent && retryable && attempt < self.config.max_retries) {
+                break resp;
+            }
+            let wait = retry_wait(resp.headers(), attempt, self.config.retry_after_cap());
+            tracing::debug!(domain = %domain, status = resp.status().as_u16(), attempt, wait_ms = wait.as_millis() as u64, "retrying");
+            attempt += 1;
+            tokio::time::sleep(wait).await;
+        };
         let status = resp.status();
         if status.is_success() {
             if let Some(len) = resp.content_length() {
@@ -240,6 +252,17 @@ fn inject(
         | Some(SecurityScheme::Unsupported { .. })
         | None => req.header(AUTHORIZATION, sensitive(format!("Bearer {}", secret.expose())).map_err(bad)?),
     })
+}
+
+/// How long to wait before retry `attempt`: the upstream's `Retry-After` (seconds) when it
+/// gives one, else 100 ms doubling; never more than `cap`.
+fn retry_wait(headers: &reqwest::header::HeaderMap, attempt: u32, cap: std::time::Duration) -> std::time::Duration {
+    let asked = headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    asked.unwrap_or_else(|| std::time::Duration::from_millis(100 << attempt.min(10))).min(cap)
 }
 
 fn chain(e: &dyn std::error::Error) -> String {
@@ -317,6 +340,18 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_cap() {
+        let cap = std::time::Duration::from_secs(5);
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_wait(&h, 0, cap), std::time::Duration::from_millis(100));
+        assert_eq!(retry_wait(&h, 2, cap), std::time::Duration::from_millis(400));
+        h.insert(reqwest::header::RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_wait(&h, 0, cap), std::time::Duration::from_secs(2));
+        h.insert(reqwest::header::RETRY_AFTER, "999999".parse().unwrap());
+        assert_eq!(retry_wait(&h, 0, cap), cap);
+    }
 
     #[test]
     fn segments_never_change_the_path_shape() {

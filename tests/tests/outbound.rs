@@ -69,3 +69,27 @@ fn metadata_and_names_resolving_to_loopback_are_refused() {
     assert!(err.contains("ssrf guard"), "{err}");
     assert_eq!(up.seen().len(), before, "nothing reached the loopback server");
 }
+
+#[test]
+fn idempotent_reads_are_retried_on_503_and_writes_are_not() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = calls.clone();
+    let up = Upstream::start(move |req| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        match (req.method.as_str(), n) {
+            ("GET", 0) => (503, vec![("retry-after".into(), "0".into())], b"busy".to_vec()),
+            ("GET", _) => json(200, r#"[{"id":1}]"#),
+            _ => json(503, r#"{"error":"busy"}"#),
+        }
+    });
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+    assert!(petstore(&n, "pets.test", &up.url("/v1")).status.success());
+    assert_eq!(n.ok(&["cat", "/pets.test/pets"]), r#"[{"id":1}]"#);
+    assert_eq!(up.seen().len(), 2, "one retry after the 503");
+
+    let before = up.seen().len();
+    let out = n.run(&["write", "/pets.test/pets", r#"{"name":"rex"}"#]);
+    assert!(!out.status.success());
+    assert_eq!(up.seen().len(), before + 1, "a POST is sent once, never retried");
+}
