@@ -113,7 +113,7 @@ impl Filesystem for NkmcFuse {
         self.rt.spawn(async move {
             match fs.open(ino.0, access).await {
                 // Direct I/O: the size was unknown when the kernel cached the attributes.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => {
                     tracing::debug!(ino = ino.0, error = %e, "open");
                     reply.error(errno(&e))

@@ -60,7 +60,7 @@ fn ls_and_cat_through_the_mount() {
         std::fs::read_dir(&n.mount).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     let mut root = root;
     root.sort();
-    assert_eq!(root, vec!["README.md", "api.openai.com"]);
+    assert_eq!(root, vec![".nkmc", "README.md", "api.openai.com"]);
     let readme = std::fs::read_to_string(n.mount.join("README.md")).unwrap();
     assert!(readme.contains("skill.md") && readme.contains("models.d/gpt-4o"), "{readme}");
 

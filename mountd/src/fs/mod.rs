@@ -158,7 +158,12 @@ impl Fs {
         }
         let name = Name::parse(text)?;
         let path = child_path(&dir.path, &name);
-        let entry: Entry = self.client.get_json(&fs_route("stat", &path)).await?;
+        let entry = match self.client.get_json::<Entry>(&fs_route("stat", &path)).await {
+            Ok(entry) => entry,
+            // A missing name is routine (shells probe names); anything else is worth telling.
+            Err(e) if e.code() == agentfs::wire::ErrorCode::NotFound => return Err(e.into()),
+            Err(e) => return self.noted("LOOKUP", &path, Err(e.into())),
+        };
         Ok(self.inodes().remember(path, entry.kind, entry.mode, entry.size))
     }
 

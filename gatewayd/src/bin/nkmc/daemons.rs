@@ -99,15 +99,20 @@ pub async fn gateway_start(ctx: &Ctx, daemon: bool) -> anyhow::Result<ExitCode> 
 
 pub async fn gateway_stop(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let client = GatewayClient::new(&ctx.paths.socket, Duration::from_secs(2));
-    if gateway_status(&client).await.is_none() {
+    let Some(status) = gateway_status(&client).await else {
         println!("gatewayd is not running");
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     client.call_ok(Method::POST, "/v1/shutdown", None).await?;
+    // Stopped means exited: its lock on the data dir is released, so a new one can start.
+    let pid = i32::try_from(status.pid).context("gatewayd's pid")?;
     let deadline = Instant::now() + STOP_DEADLINE;
-    while gateway_status(&client).await.is_some() {
+    while mounts::alive(pid) {
         if Instant::now() > deadline {
-            bail!("gatewayd did not stop within {STOP_DEADLINE:?}");
+            bail!(
+                "gatewayd (pid {pid}) did not exit within {STOP_DEADLINE:?}; see {}",
+                ctx.paths.gatewayd_log().display()
+            );
         }
         tokio::time::sleep(POLL).await;
     }
