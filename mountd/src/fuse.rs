@@ -109,11 +109,16 @@ impl Filesystem for NkmcFuse {
             libc::O_RDWR if flags.0 & libc::O_TRUNC == 0 => Access::ReadWrite,
             _ => Access::Write,
         };
+        let direct = flags.0 & libc::O_DIRECT != 0;
         let fs = self.fs.clone();
         self.rt.spawn(async move {
-            match fs.open(ino.0, access).await {
-                // Direct I/O: the size was unknown when the kernel cached the attributes.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            match fs.open(ino.0, access, direct).await {
+                // No direct I/O: the kernel asks the size again when a read passes what it
+                // knew, and keeps its pages only while the body is the one it saw.
+                Ok(opened) => {
+                    let flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    reply.opened(FileHandle(opened.fh), flags)
+                }
                 Err(e) => {
                     tracing::debug!(ino = ino.0, error = %e, "open");
                     reply.error(errno(&e))

@@ -26,6 +26,15 @@ struct Args {
     /// FUSE worker threads.
     #[arg(long, default_value_t = 4)]
     threads: usize,
+    /// Seconds a fetched body serves later opens of the same file without a request.
+    #[arg(long, default_value_t = 2.0)]
+    cache_ttl: f64,
+    /// Fetch on every open (the same as --cache-ttl 0).
+    #[arg(long)]
+    no_cache: bool,
+    /// Most bytes of bodies kept in the cache.
+    #[arg(long, default_value_t = 256 * 1024 * 1024)]
+    cache_bytes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,7 +53,9 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("mountd: cannot start the runtime")?;
     let client = agentfs::client::GatewayClient::new(&args.socket, Duration::from_millis(args.timeout_ms));
-    let filesystem = Arc::new(fs::Fs::new(client));
+    let ttl = if args.no_cache { Duration::ZERO } else { Duration::try_from_secs_f64(args.cache_ttl)? };
+    let cache = fs::cache::ContentCache::new(ttl, args.cache_bytes, Box::new(fs::cache::SystemClock));
+    let filesystem = Arc::new(fs::Fs::new(client, cache));
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
     let adapter = fuse::NkmcFuse::new(filesystem, rt.handle().clone(), uid, gid);

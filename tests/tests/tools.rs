@@ -199,3 +199,22 @@ fn a_killed_mountd_is_recovered_by_up_and_a_restarted_gatewayd_is_reconnected() 
     assert_eq!(std::fs::read(&status).unwrap(), b"all good\n");
     assert!(Path::new(&n.mount).join("zoo.test").is_dir());
 }
+
+#[test]
+fn reopening_within_the_ttl_is_served_from_the_cache_and_o_direct_always_fetches() {
+    if !fuse_available() {
+        return;
+    }
+    let up = zoo();
+    let n = setup(&up);
+    let file = n.mount.join("zoo.test/animals.d/a5");
+    let gets = || up.seen().iter().filter(|s| s.uri == "/api/animals/a5").count();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), animal(5));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), animal(5));
+    assert_eq!(gets(), 1, "the second open within the TTL sent nothing");
+    // O_DIRECT asks for the source: it always fetches.
+    let out = sh(&format!("dd if={} iflag=direct bs=4096 status=none", file.display()));
+    assert!(out.0, "{}", out.2);
+    assert_eq!(out.1, animal(5));
+    assert_eq!(gets(), 2, "O_DIRECT fetched");
+}

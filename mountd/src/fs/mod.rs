@@ -1,6 +1,7 @@
 //! The file system as plain async logic, testable without a kernel: every decision
 //! lives here; [`crate::fuse`] only translates.
 
+pub mod cache;
 pub mod control;
 pub mod error;
 pub mod inode;
@@ -46,6 +47,15 @@ struct WriteBuffer {
     dirty: bool,
 }
 
+/// An open file: its handle, and whether the kernel may keep the pages it has of it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    /// The handle.
+    pub fh: u64,
+    /// The body is the one the kernel last saw: `FOPEN_KEEP_CACHE`.
+    pub keep_cache: bool,
+}
+
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
@@ -74,6 +84,8 @@ pub struct Fs {
     last: Mutex<HashMap<String, Bytes>>,
     /// `.nkmc/last` and `.nkmc/last_error`.
     control: control::Control,
+    /// Bodies by path, for a short TTL.
+    cache: cache::ContentCache,
     next_handle: AtomicU64,
 }
 
@@ -106,8 +118,8 @@ impl FileHandle {
 }
 
 impl Fs {
-    /// A file system that asks `client` for everything.
-    pub fn new(client: GatewayClient) -> Self {
+    /// A file system that asks `client` for everything, keeping bodies in `cache`.
+    pub fn new(client: GatewayClient, cache: cache::ContentCache) -> Self {
         Fs {
             client,
             inodes: Mutex::new(Inodes::default()),
@@ -115,6 +127,7 @@ impl Fs {
             dirs: Mutex::new(HashMap::new()),
             last: Mutex::new(HashMap::new()),
             control: control::Control::default(),
+            cache,
             next_handle: AtomicU64::new(1),
         }
     }
@@ -187,7 +200,7 @@ impl Fs {
 
     /// `open`: readers fetch the body now, so no file ever reads as empty; a file with no
     /// GET reads as the last response to this mount's write to it.
-    pub async fn open(&self, ino: u64, access: Access) -> Result<u64, FsError> {
+    pub async fn open(&self, ino: u64, access: Access, direct: bool) -> Result<Opened, FsError> {
         let node = self.path_of(ino)?;
         if node.kind == EntryKind::Dir {
             return Err(FsError::IsADirectory);
@@ -198,16 +211,22 @@ impl Fs {
         if let Some(text) = self.control.content(ino) {
             let fh = self.handle();
             self.files().insert(fh, FileHandle { ino, path: node.path, body: text.into(), write: None });
-            return Ok(fh);
+            return Ok(Opened { fh, keep_cache: false });
         }
-        let body = match access {
-            Access::Write => Bytes::new(),
-            Access::Read | Access::ReadWrite => {
+        let cached = (access == Access::Read && !direct).then(|| self.cache.get(&node.path)).flatten();
+        let mut keep_cache = false;
+        let body = match (access, cached) {
+            (Access::Write, _) => Bytes::new(),
+            (Access::Read, Some(served)) => {
+                keep_cache = served.keep_kernel_cache;
+                served.body
+            }
+            (Access::Read | Access::ReadWrite, _) => {
                 let fetched = self.client.call_ok_with_headers(Method::GET, &fs_route("read", &node.path), None).await;
                 match fetched {
                     Ok(answer) => {
                         self.control.ok("READ", &node.path, &answer);
-                        answer.body
+                        self.cache.put(&node.path, answer.body).body
                     }
                     Err(e) if e.code() == agentfs::wire::ErrorCode::NotSupported => {
                         match self.last.lock().unwrap_or_else(|p| p.into_inner()).get(&node.path) {
@@ -230,7 +249,7 @@ impl Fs {
         };
         let fh = self.handle();
         self.files().insert(fh, FileHandle { ino, path: node.path, body, write });
-        Ok(fh)
+        Ok(Opened { fh, keep_cache })
     }
 
     /// `read`: a slice of the handle's body (or of what was written to it).
@@ -309,6 +328,7 @@ impl Fs {
         match result {
             Ok(answer) => {
                 self.control.ok("WRITE", &path, &answer);
+                self.cache.invalidate(&path);
                 let response = answer.body;
                 let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
                 if last.len() >= MAX_LAST_RESPONSES && !last.contains_key(&path) {
@@ -337,6 +357,7 @@ impl Fs {
         let answer = self.client.call_ok_with_headers(Method::POST, &fs_route("delete", &path), None).await;
         let answer = self.noted("DELETE", &path, answer.map_err(FsError::from))?;
         self.control.ok("DELETE", &path, &answer);
+        self.cache.invalidate(&path);
         self.last.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
         Ok(())
     }
