@@ -8,7 +8,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
+use super::audit::Pending;
 use super::error::ApiError;
+use crate::audit::Operation;
 use crate::vault::Secret;
 use crate::Gateway;
 
@@ -17,6 +19,7 @@ fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 }
 
 pub async fn status(State(gw): State<Arc<Gateway>>) -> Json<Status> {
+    Pending::start(&gw, Operation::Status).ok();
     Json(Status {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         pid: std::process::id(),
@@ -28,11 +31,13 @@ pub async fn status(State(gw): State<Arc<Gateway>>) -> Json<Status> {
 }
 
 pub async fn shutdown(State(gw): State<Arc<Gateway>>) -> StatusCode {
+    Pending::start(&gw, Operation::Shutdown).ok();
     gw.request_shutdown();
     StatusCode::ACCEPTED
 }
 
 pub async fn list_services(State(gw): State<Arc<Gateway>>) -> Json<ServiceList> {
+    Pending::start(&gw, Operation::ServicesList).ok();
     Json(ServiceList { services: gw.registry().iter().map(|s| s.info()).collect() })
 }
 
@@ -40,7 +45,29 @@ pub async fn register(
     State(gw): State<Arc<Gateway>>,
     req: Result<Json<RegisterRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ServiceInfo>), ApiError> {
+    let mut audit = Pending::start(&gw, Operation::Register);
+    let result = register_service(&gw, req, &mut audit).await;
+    audit.finish(result)
+}
+
+/// The target recorded for a registration: the domain asked for, or the URL's host and port
+/// (never its user, path or query, which may carry a token).
+fn registration_target(req: &RegisterRequest) -> String {
+    let host = |u: &url::Url| u.host_str().map(|h| u.port().map_or(h.to_owned(), |p| format!("{h}:{p}")));
+    match (&req.domain, &req.url) {
+        (Some(d), _) => d.clone(),
+        (None, Some(u)) => url::Url::parse(u).ok().and_then(|u| host(&u)).unwrap_or_default(),
+        (None, None) => String::new(),
+    }
+}
+
+async fn register_service(
+    gw: &Arc<Gateway>,
+    req: Result<Json<RegisterRequest>, JsonRejection>,
+    audit: &mut Pending,
+) -> Result<(StatusCode, Json<ServiceInfo>), ApiError> {
     let mut req = body(req)?;
+    audit.target(registration_target(&req));
     let (document, found_at) = match (&req.document, &req.url) {
         (Some(doc), None) => (doc.clone(), None),
         (None, Some(url)) => {
@@ -57,11 +84,13 @@ pub async fn register(
         }
         _ => return Err(ApiError::bad_request("gatewayd: give exactly one of `document` and `url`")),
     };
+    audit.bytes(document.len() as u64);
     let info = {
         let conn = gw.db();
         gw.registry_mut().register(&conn, &document, found_at.as_ref(), &req)?
     };
     tracing::info!(domain = %info.domain, operations = info.operations, "service registered");
+    audit.target(&info.domain);
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -69,16 +98,23 @@ pub async fn remove_service(
     State(gw): State<Arc<Gateway>>,
     Path(domain): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let conn = gw.db();
-    gw.registry_mut().remove(&conn, &domain)?;
-    Ok(StatusCode::NO_CONTENT)
+    let mut audit = Pending::start(&gw, Operation::ServicesRemove);
+    audit.target(&domain);
+    let removed = {
+        let conn = gw.db();
+        gw.registry_mut().remove(&conn, &domain)
+    };
+    audit.finish(removed.map(|()| StatusCode::NO_CONTENT))
 }
 
 pub async fn list_keys(State(gw): State<Arc<Gateway>>) -> Result<Json<KeyList>, ApiError> {
-    let conn = gw.db();
-    let keys = gw
-        .vault
-        .list(&conn)?
+    let audit = Pending::start(&gw, Operation::KeysList);
+    let stored = {
+        let conn = gw.db();
+        gw.vault.list(&conn)
+    };
+    let keys = audit
+        .finish(stored)?
         .into_iter()
         .map(|k| KeyInfo { domain: k.domain, scope: k.scope, key_id: k.key_id, created_at: k.created_at })
         .collect();
@@ -90,6 +126,21 @@ pub async fn set_key(
     Path(domain): Path<String>,
     req: Result<Json<SetKeyRequest>, JsonRejection>,
 ) -> Result<Json<KeyInfo>, ApiError> {
+    let mut audit = Pending::start(&gw, Operation::KeysSet);
+    audit.target(domain.to_ascii_lowercase());
+    let stored = store_key(&gw, domain, req);
+    if let Ok(info) = &stored {
+        audit.key_id(&info.key_id);
+    }
+    audit.finish(stored.map(Json))
+}
+
+/// Stores a pool key. The audit record gets the domain and the key id, never the secret.
+fn store_key(
+    gw: &Gateway,
+    domain: String,
+    req: Result<Json<SetKeyRequest>, JsonRejection>,
+) -> Result<KeyInfo, ApiError> {
     let req = body(req)?;
     let secret = Secret::new(req.secret);
     if secret.expose().is_empty() {
@@ -104,13 +155,21 @@ pub async fn set_key(
     tracing::info!(domain = %domain, key_id = %key_id, "pool key stored");
     let created_at =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    Ok(Json(KeyInfo { domain, scope: crate::vault::POOL.to_owned(), key_id, created_at }))
+    Ok(KeyInfo { domain, scope: crate::vault::POOL.to_owned(), key_id, created_at })
 }
 
 pub async fn remove_key(State(gw): State<Arc<Gateway>>, Path(domain): Path<String>) -> Result<StatusCode, ApiError> {
-    let conn = gw.db();
-    match gw.vault.remove(&conn, &domain.to_ascii_lowercase())? {
-        0 => Err(ApiError::new(agentfs::wire::ErrorCode::NotFound, format!("gatewayd: no key is stored for {domain}"))),
-        _ => Ok(StatusCode::NO_CONTENT),
-    }
+    let mut audit = Pending::start(&gw, Operation::KeysRemove);
+    audit.target(domain.to_ascii_lowercase());
+    let removed = {
+        let conn = gw.db();
+        gw.vault.remove(&conn, &domain.to_ascii_lowercase())
+    };
+    audit.finish(match removed {
+        Ok(0) => {
+            Err(ApiError::new(agentfs::wire::ErrorCode::NotFound, format!("gatewayd: no key is stored for {domain}")))
+        }
+        Ok(_) => Ok(StatusCode::NO_CONTENT),
+        Err(e) => Err(e.into()),
+    })
 }

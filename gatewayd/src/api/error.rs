@@ -30,6 +30,16 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(ErrorCode::BadRequest, message)
     }
+
+    /// The class (what the audit log records; never the message).
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    /// The upstream's HTTP status, when the upstream answered.
+    pub fn upstream_status(&self) -> Option<u16> {
+        self.upstream_status
+    }
 }
 
 /// The HTTP status gatewayd answers with for each class.

@@ -13,7 +13,9 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
+use super::audit::Pending;
 use super::error::ApiError;
+use crate::audit::Operation;
 use crate::{ops, Gateway};
 
 /// `?path=/domain/...`
@@ -32,16 +34,18 @@ pub async fn stat(
     State(gw): State<Arc<Gateway>>,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<Json<Entry>, ApiError> {
-    let path = parse(q)?;
-    Ok(Json(ops::stat(&gw, &path)?))
+    let mut audit = Pending::start(&gw, Operation::Stat);
+    let path = audit.path(parse(q))?;
+    audit.finish(ops::stat(&gw, &path).map(Json))
 }
 
 pub async fn list(
     State(gw): State<Arc<Gateway>>,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<Json<Listing>, ApiError> {
-    let path = parse(q)?;
-    Ok(Json(ops::list(&gw, &path).await?))
+    let mut audit = Pending::start(&gw, Operation::List);
+    let path = audit.path(parse(q))?;
+    audit.finish(ops::list(&gw, &path).await.map(Json))
 }
 
 /// Streams the upstream body; a body that grows past the cap is cut off with an error.
@@ -49,26 +53,29 @@ pub async fn read(
     State(gw): State<Arc<Gateway>>,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let path = parse(q)?;
+    let mut audit = Pending::start(&gw, Operation::Read);
+    let path = audit.path(parse(q))?;
     let started = std::time::Instant::now();
     let resp = match ops::read(&gw, &path).await {
         Ok(ops::Output::Upstream(resp)) => resp,
-        Ok(ops::Output::Whole { body, content_type }) => {
-            return Ok(([(CONTENT_TYPE, content_type)], body).into_response());
-        }
+        Ok(whole @ ops::Output::Whole { .. }) => return Ok(respond(&gw, whole, audit)),
         Err(e) => {
             tracing::info!(path = %path, error = %e, "read failed");
-            return Err(e.into());
+            return Err(audit.fail(e));
         }
     };
     tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
-    Ok(stream_response(&gw, resp))
+    Ok(stream_response(&gw, resp, audit))
 }
 
-fn respond(gw: &Gateway, out: ops::Output) -> Response {
+/// The response to a completed operation; `audit` records it once its body is sent.
+fn respond(gw: &Gateway, out: ops::Output, audit: Pending) -> Response {
     match out {
-        ops::Output::Upstream(resp) => stream_response(gw, resp),
-        ops::Output::Whole { body, content_type } => ([(CONTENT_TYPE, content_type)], body).into_response(),
+        ops::Output::Upstream(resp) => stream_response(gw, resp, audit),
+        ops::Output::Whole { body, content_type } => {
+            audit.sent(body.len());
+            ([(CONTENT_TYPE, content_type)], body).into_response()
+        }
     }
 }
 
@@ -77,12 +84,14 @@ pub const UPSTREAM_STATUS: &str = "x-nkmc-upstream-status";
 
 /// Passes an upstream response on: its content type and length, and its body streamed
 /// (cut off with an error past `upstream.max_body_bytes`).
-fn stream_response(gw: &Gateway, resp: reqwest::Response) -> Response {
-    let mut builder = Response::builder().status(200).header(UPSTREAM_STATUS, resp.status().as_u16());
+fn stream_response(gw: &Gateway, resp: reqwest::Response, audit: Pending) -> Response {
+    let status = resp.status().as_u16();
+    let mut builder = Response::builder().status(200).header(UPSTREAM_STATUS, status);
     if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
         builder = builder.header(CONTENT_TYPE, ct.clone());
     }
-    if let Some(len) = resp.content_length() {
+    let length = resp.content_length();
+    if let Some(len) = length {
         builder = builder.header(CONTENT_LENGTH, len);
     }
     let limit = gw.upstream.config().max_body_bytes;
@@ -91,10 +100,12 @@ fn stream_response(gw: &Gateway, resp: reqwest::Response) -> Response {
         let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
         seen += chunk.len() as u64;
         if seen > limit {
-            return Err(std::io::Error::other(format!("upstream body over the limit of {limit} bytes")));
+            let message = format!("upstream body over the limit of {limit} bytes");
+            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, message));
         }
         Ok(chunk)
     });
+    let stream = audit.streaming(status, length, stream);
     builder
         .body(Body::from_stream(stream))
         .unwrap_or_else(|e| ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")).into_response())
@@ -106,16 +117,19 @@ pub async fn write(
     q: Result<Query<PathQuery>, QueryRejection>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let path = parse(q)?;
-    let body = body.map_err(|e| {
+    let mut audit = Pending::start(&gw, Operation::Write);
+    let path = audit.path(parse(q))?;
+    let body = audit.check(body.map_err(|e| {
         ApiError::new(
             agentfs::wire::ErrorCode::TooLarge,
             format!("gatewayd: the body cannot be read: {}", e.body_text()),
         )
-    })?;
-    let resp =
-        ops::write(&gw, &path, body).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "write failed"))?;
-    Ok(respond(&gw, resp))
+    }))?;
+    audit.bytes(body.len() as u64);
+    let resp = audit.check(
+        ops::write(&gw, &path, body).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "write failed")),
+    )?;
+    Ok(respond(&gw, resp, audit))
 }
 
 /// `rm FILE`.
@@ -123,8 +137,10 @@ pub async fn delete(
     State(gw): State<Arc<Gateway>>,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let path = parse(q)?;
-    let resp =
-        ops::delete(&gw, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "delete failed"))?;
-    Ok(respond(&gw, resp))
+    let mut audit = Pending::start(&gw, Operation::Delete);
+    let path = audit.path(parse(q))?;
+    let resp = audit.check(
+        ops::delete(&gw, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "delete failed")),
+    )?;
+    Ok(respond(&gw, resp, audit))
 }

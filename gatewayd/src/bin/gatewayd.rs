@@ -42,7 +42,8 @@ fn main() -> anyhow::Result<()> {
         let gw = gatewayd::Gateway::open(paths.clone(), config)?;
         let listener = gatewayd::api::socket::bind(&paths.socket)?;
         tracing::info!(socket = %paths.socket.display(), data_dir = %paths.data_dir.display(), services = gw.registry().len(), "gatewayd ready");
-        gatewayd::api::serve(gw, gatewayd::api::socket::OwnerOnly::new(listener)).await?;
+        gatewayd::api::serve(gw.clone(), gatewayd::api::socket::OwnerOnly::new(listener)).await?;
+        gw.audit.flush();
         let _ = std::fs::remove_file(&paths.socket);
         tracing::info!("gatewayd stopped");
         Ok(())
