@@ -238,6 +238,114 @@ pub struct Status {
     pub uptime_secs: u64,
 }
 
+/// `GET /v1/audit?after=SEQ&limit=N`: which audit records to return.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Records after this sequence number, oldest first; absent: the last `limit` records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
+    /// At most this many records (default 100, at most 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// One record of the audit log: one operation, after it completed. Holds no secret (key ids
+/// only, error codes and never error messages); text fields are data, escaped in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    /// Position in the chain, from 1, without gaps.
+    pub seq: u64,
+    /// When the operation started, in milliseconds since the Unix epoch.
+    pub time_ms: i64,
+    /// Who asked (`owner` until agent tokens exist).
+    pub agent: String,
+    /// `stat`, `list`, `read`, `write`, `delete`, `register`, `keys.set`, ...
+    pub operation: String,
+    /// The canonical virtual path, or the domain for service and key operations; empty when
+    /// the request was refused before a valid one was known.
+    pub target: String,
+    /// `ok`, `cancelled` (the client went away first), or the error code.
+    pub outcome: String,
+    /// The upstream's HTTP status, when an upstream answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_status: Option<u16>,
+    /// Bytes of the body the operation carried: returned for reads and deletes, written for
+    /// writes, the document for a registration; 0 otherwise.
+    pub bytes: u64,
+    /// How long the operation took, in milliseconds.
+    pub duration_ms: u64,
+    /// The federated peer involved, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<String>,
+    /// The id of the credential stored or used, if any (never the credential).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The previous record's hash (hex SHA-256); the genesis value for the first record.
+    pub prev_hash: String,
+    /// SHA-256 (hex) over this record's fields and `prev_hash`.
+    pub hash: String,
+}
+
+/// `GET /v1/audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecords {
+    /// The records, oldest first.
+    pub records: Vec<AuditRecord>,
+}
+
+/// What is wrong with the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditProblemKind {
+    /// A record's content no longer matches its hash, or the next record's link to it.
+    Edited,
+    /// Records are missing from the middle (or the start) of the chain.
+    Missing,
+    /// A record was written at another position.
+    Reordered,
+    /// Records are missing from the end (the anchor names a later record).
+    Truncated,
+    /// The anchor file is missing or unreadable, so truncation cannot be checked.
+    Anchor,
+}
+
+/// The first problem `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditProblem {
+    /// The sequence number of the first bad (or first missing) record.
+    pub seq: u64,
+    /// What is wrong.
+    pub kind: AuditProblemKind,
+    /// In words.
+    pub message: String,
+}
+
+/// `GET /v1/audit/verify`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditVerification {
+    /// Whether the whole chain is intact.
+    pub ok: bool,
+    /// Records checked and found intact before the first problem (all of them when `ok`).
+    pub records: u64,
+    /// The last record's sequence number, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seq: Option<u64>,
+    /// The last record's hash; keep a copy elsewhere to detect a rewrite of the whole log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_hash: Option<String>,
+    /// The sequence number the anchor file names, if it was readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anchor_seq: Option<u64>,
+    /// The first problem, when not `ok`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<AuditProblem>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,4 +356,104 @@ mod tests {
             assert_eq!(serde_json::to_value(code).unwrap(), serde_json::Value::String(code.as_str().into()));
         }
     }
+}
+
+/// `POST /v1/tokens`: mint an agent token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MintTokenRequest {
+    /// The agent's name: 1 to 64 characters among letters, digits and `. _ @ -`.
+    pub agent: String,
+}
+
+/// A token (the answer of `POST /v1/tokens`): biscuit, URL-safe base64.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenResponse {
+    /// The token. A bearer credential: keep it out of logs and URLs.
+    pub token: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse").field("token", &"<redacted>").finish()
+    }
+}
+
+/// `POST /v1/tokens/inspect`: a token to describe.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InspectTokenRequest {
+    /// The token.
+    pub token: String,
+}
+
+impl std::fmt::Debug for InspectTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InspectTokenRequest").field("token", &"<redacted>").finish()
+    }
+}
+
+/// `POST /v1/tokens/revoke`: a token to revoke.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeTokenRequest {
+    /// The token (it must have been issued by this gateway).
+    pub token: String,
+    /// Also revoke the tokens it was attenuated from (every block's revocation id), and so
+    /// everything derived from them; otherwise only this token and the tokens derived from it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lineage: bool,
+}
+
+impl std::fmt::Debug for RevokeTokenRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevokeTokenRequest").field("token", &"<redacted>").field("lineage", &self.lineage).finish()
+    }
+}
+
+/// The answer of `POST /v1/tokens/revoke`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeResponse {
+    /// How many revocation ids were newly recorded (0: the token was already revoked).
+    pub revoked: u64,
+}
+
+/// What a token says (`POST /v1/tokens/inspect`, `nkmc token inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenInfo {
+    /// The agent it was minted for (the authority block's `agent` fact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// When it was minted, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<u64>,
+    /// The earliest expiry among the blocks' time limits, in seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+    /// Whether its signatures verify with the gateway's root key (false offline).
+    pub verified: bool,
+    /// Whether it is revoked (only gatewayd knows; absent offline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<bool>,
+    /// Its blocks, authority first: every block must allow a request.
+    pub blocks: Vec<TokenBlock>,
+}
+
+/// One block of a token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBlock {
+    /// Its position (0: the authority block, signed by the root key).
+    pub index: u32,
+    /// Its revocation id (hex).
+    pub revocation_id: String,
+    /// What it allows, in words (`only api.example.test:read/models`, `until 2025-...Z`).
+    pub rights: Vec<String>,
+    /// Whether it holds Datalog that nkmc did not generate (read `source` for it).
+    pub custom: bool,
+    /// Its Datalog.
+    pub source: String,
 }

@@ -47,6 +47,27 @@ const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         UNIQUE (domain, scope, owner)
     );",
+    // 2: the hash-chained audit log (see audit.rs for the hash and the anchor file).
+    "CREATE TABLE audit (
+        seq             INTEGER PRIMARY KEY,
+        time_ms         INTEGER NOT NULL,
+        agent           TEXT NOT NULL,
+        operation       TEXT NOT NULL,
+        target          TEXT NOT NULL,
+        outcome         TEXT NOT NULL,
+        upstream_status INTEGER,
+        bytes           INTEGER NOT NULL,
+        duration_ms     INTEGER NOT NULL,
+        peer            TEXT,
+        key_id          TEXT,
+        prev_hash       TEXT NOT NULL,
+        hash            TEXT NOT NULL
+    );",
+    // 3: revoked agent tokens: biscuit block revocation ids (hex), see auth/revocation.rs.
+    "CREATE TABLE revoked_tokens (
+        revocation_id TEXT PRIMARY KEY,
+        revoked_at    INTEGER NOT NULL
+    );",
 ];
 
 const LATEST: i64 = MIGRATIONS.len() as i64;

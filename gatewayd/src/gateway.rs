@@ -6,6 +6,8 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::Notify;
 
+use crate::audit::{AuditError, AuditLog, SystemClock};
+use crate::auth::{AuthError, Authority};
 use crate::config::{Config, Paths};
 use crate::db::{self, DbError, InstanceLock};
 use crate::registry::{Registry, RegistryError};
@@ -35,6 +37,12 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("gatewayd: cannot build the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The audit log could not be opened.
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// The token root key or the revocation list could not be loaded.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// Everything the API handlers share.
@@ -48,6 +56,11 @@ pub struct Gateway {
     pub upstream: Upstream,
     /// The vault.
     pub vault: Vault,
+    /// The audit log (its records are in the database).
+    pub audit: AuditLog,
+    /// Agent tokens: the root key pair (`biscuit.key`, created on first run) and the
+    /// revocation list.
+    pub auth: Authority,
     db: Mutex<Connection>,
     registry: RwLock<Registry>,
     started: Instant,
@@ -64,12 +77,16 @@ impl Gateway {
         let vault = Vault::open(&paths.master_key())?;
         let private_hosts = crate::ssrf::PrivateHosts::default();
         let registry = Registry::load(&conn, private_hosts.clone())?;
+        let audit = AuditLog::open(&conn, paths.data_dir.join(crate::audit::ANCHOR_FILE), Box::new(SystemClock))?;
         let upstream = Upstream::new(config.upstream.clone(), private_hosts)?;
+        let auth = Authority::open(&paths.data_dir, &conn)?;
         Ok(Arc::new(Gateway {
             paths,
             config,
             upstream,
             vault,
+            audit,
+            auth,
             db: Mutex::new(conn),
             registry: RwLock::new(registry),
             started: Instant::now(),

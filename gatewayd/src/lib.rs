@@ -9,8 +9,12 @@
 //! - [`upstream`]: outbound HTTP with credential injection.
 //! - [`ops`]: the file-system operations (stat, list, read) as plain async logic.
 //! - [`api`]: the HTTP/1.1 + JSON API on the Unix socket.
+//! - [`audit`]: the hash-chained audit log of every operation, and its verification.
+//! - [`auth`]: agent tokens (biscuit): the root key, minting, attenuation, authorization, revocation.
 
 pub mod api;
+pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod db;
 pub mod discovery;

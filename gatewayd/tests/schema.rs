@@ -60,6 +60,7 @@ fn check(schema: &Value, shape: &Value, v: &Value, at: &str) {
             }
         }
         Some("integer") => assert!(v.is_i64() || v.is_u64(), "{at}: expected an integer, got {v}"),
+        Some("boolean") => assert!(v.is_boolean(), "{at}: expected a boolean, got {v}"),
         other => panic!("{at}: the checker does not know type {other:?}"),
     }
 }
@@ -137,6 +138,74 @@ async fn real_responses_fit_the_schema() {
     ok("GET", "/v1/fs/read", st.as_u16(), &body);
     let (st, body) = client.call(Method::GET, "/v1/status", None).await.unwrap();
     ok("GET", "/v1/status", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, "/v1/audit?limit=50", None).await.unwrap();
+    ok("GET", "/v1/audit", st.as_u16(), &body);
+    let records: agentfs::wire::AuditRecords = serde_json::from_slice(&body).unwrap();
+    let ops: Vec<&str> = records.records.iter().map(|r| r.operation.as_str()).collect();
+    assert!(ops.contains(&"register") && ops.contains(&"keys.set") && ops.contains(&"read"), "{ops:?}");
+    assert!(!String::from_utf8_lossy(&body).contains("s3cret"), "no secret in the audit log");
+    let (st, body) = client.call(Method::GET, "/v1/audit?after=2&limit=1", None).await.unwrap();
+    ok("GET", "/v1/audit", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, "/v1/audit?limit=x", None).await.unwrap();
+    assert_eq!(st.as_u16(), 400);
+    ok("GET", "/v1/audit", st.as_u16(), &body);
+    let (st, body) = client.call(Method::GET, "/v1/audit/verify", None).await.unwrap();
+    ok("GET", "/v1/audit/verify", st.as_u16(), &body);
+    let verdict: agentfs::wire::AuditVerification = serde_json::from_slice(&body).unwrap();
+    assert!(verdict.ok, "{verdict:?}");
+    // A damaged log: the verdict with its problem fits the schema too.
+    rusqlite::Connection::open(paths.database())
+        .unwrap()
+        .execute("UPDATE audit SET outcome = 'ok' WHERE seq = 2", [])
+        .unwrap();
+    let (st, body) = client.call(Method::GET, "/v1/audit/verify", None).await.unwrap();
+    ok("GET", "/v1/audit/verify", st.as_u16(), &body);
+    let verdict: agentfs::wire::AuditVerification = serde_json::from_slice(&body).unwrap();
+    assert_eq!(verdict.problem.map(|p| (p.seq, p.kind)), Some((2, agentfs::wire::AuditProblemKind::Edited)));
+
+    // Agent tokens: the public key (plain text), mint, inspect, revoke.
+    let (st, body) = client.call(Method::GET, "/.well-known/nkmc/biscuit-public-key", None).await.unwrap();
+    assert_eq!(st.as_u16(), 200);
+    let key = String::from_utf8(body.to_vec()).unwrap();
+    assert!(key.len() == 72 && key.starts_with("ed25519/"), "{key}");
+    assert!(key[8..].chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{key}");
+    let (st, body) = client.call(Method::POST, "/v1/tokens", json(r#"{"agent":"a1"}"#)).await.unwrap();
+    ok("POST", "/v1/tokens", st.as_u16(), &body);
+    let token = serde_json::from_slice::<agentfs::wire::TokenResponse>(&body).unwrap().token;
+    let (st, body) = client.call(Method::POST, "/v1/tokens", json(r#"{"agent":"no spaces"}"#)).await.unwrap();
+    assert_eq!(st.as_u16(), 400);
+    ok("POST", "/v1/tokens", st.as_u16(), &body);
+    let narrow = gatewayd::auth::token::attenuate(
+        &token,
+        &["pets.test:read/pets".parse().unwrap()],
+        Some(Duration::from_secs(3600)),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let req = serde_json::json!({ "token": narrow });
+    let (st, body) = client.call(Method::POST, "/v1/tokens/inspect", json(&req.to_string())).await.unwrap();
+    ok("POST", "/v1/tokens/inspect", st.as_u16(), &body);
+    let info: agentfs::wire::TokenInfo = serde_json::from_slice(&body).unwrap();
+    assert!(info.verified && info.revoked == Some(false) && info.expires_at.is_some(), "{info:?}");
+    let (st, body) = client.call(Method::POST, "/v1/tokens/inspect", json(r#"{"token":"garbage"}"#)).await.unwrap();
+    assert_eq!(st.as_u16(), 400);
+    ok("POST", "/v1/tokens/inspect", st.as_u16(), &body);
+    let (st, body) = client.call(Method::POST, "/v1/tokens/revoke", json(&req.to_string())).await.unwrap();
+    ok("POST", "/v1/tokens/revoke", st.as_u16(), &body);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["revoked"], 1);
+    let lineage = serde_json::json!({ "token": narrow, "lineage": true });
+    let (st, body) = client.call(Method::POST, "/v1/tokens/revoke", json(&lineage.to_string())).await.unwrap();
+    ok("POST", "/v1/tokens/revoke", st.as_u16(), &body);
+    let (st, body) = client.call(Method::POST, "/v1/tokens/inspect", json(&req.to_string())).await.unwrap();
+    ok("POST", "/v1/tokens/inspect", st.as_u16(), &body);
+    assert!(String::from_utf8_lossy(&body).contains(r#""revoked":true"#));
+    let foreign =
+        gatewayd::auth::token::mint(&gatewayd::auth::RootKey::generate(), "x", std::time::SystemTime::now()).unwrap();
+    let req = serde_json::json!({ "token": foreign });
+    let (st, body) = client.call(Method::POST, "/v1/tokens/revoke", json(&req.to_string())).await.unwrap();
+    assert_eq!(st.as_u16(), 400);
+    ok("POST", "/v1/tokens/revoke", st.as_u16(), &body);
+    assert!(!String::from_utf8_lossy(&body).contains(&foreign[..40]), "no token in errors");
 
     // Strict requests: an unknown member is refused with an ErrorBody.
     let err = client

@@ -2,9 +2,11 @@
 //! Every route is described in `schemas/gatewayd.openapi.yaml`.
 
 mod admin;
+mod audit;
 pub mod error;
 mod fs;
 pub mod socket;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -38,6 +40,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/fs/read"),
     ("POST", "/v1/fs/write"),
     ("POST", "/v1/fs/delete"),
+    ("GET", "/v1/audit"),
+    ("GET", "/v1/audit/verify"),
+    ("GET", "/.well-known/nkmc/biscuit-public-key"),
+    ("POST", "/v1/tokens"),
+    ("POST", "/v1/tokens/revoke"),
+    ("POST", "/v1/tokens/inspect"),
 ];
 
 /// Every route, for the socket.
@@ -57,6 +65,12 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/fs/read", get(fs::read))
         .route("/v1/fs/write", post(fs::write).layer(DefaultBodyLimit::max(WRITE_BODY_LIMIT)))
         .route("/v1/fs/delete", post(fs::delete))
+        .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route("/.well-known/nkmc/biscuit-public-key", get(tokens::public_key))
+        .route("/v1/tokens", post(tokens::mint))
+        .route("/v1/tokens/revoke", post(tokens::revoke))
+        .route("/v1/tokens/inspect", post(tokens::inspect))
         .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")

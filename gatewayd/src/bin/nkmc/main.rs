@@ -1,9 +1,11 @@
 //! `nkmc`: the command-line client of gatewayd.
 
 mod admin;
+mod audit;
 mod daemons;
 mod files;
 mod mounts;
+mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -98,6 +100,19 @@ enum Command {
     Rm {
         /// A path such as `/api.openai.com/models.d/ft-1`.
         path: String,
+    },
+    /// The audit log: every operation, hash-chained.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
+    /// Mint a token for an agent (asks gatewayd) and save it where nkmc and mountd find it:
+    /// $NKMC_DATA_DIR/agent.token, mode 0600. $NKMC_TOKEN, when set, takes precedence.
+    Auth(token::AuthArgs),
+    /// Agent tokens: mint, attenuate (offline), inspect, revoke.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
 }
 
@@ -211,5 +226,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cat { path } => files::cat(&ctx, &path).await,
         Command::Write { path, data } => files::write(&ctx, &path, data).await,
         Command::Rm { path } => files::rm(&ctx, &path).await,
+        Command::Audit { command } => audit::run(&ctx, command).await,
+        Command::Auth(args) => token::auth(&ctx, args).await,
+        Command::Token { command } => token::run(&ctx, command).await,
     }
 }
