@@ -83,18 +83,35 @@ fn api_error(status: StatusCode, bytes: &Bytes) -> ClientError {
     }
 }
 
+impl std::fmt::Debug for GatewayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayClient")
+            .field("socket", &self.socket)
+            .field("timeout", &self.timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// A client of one gatewayd socket.
-#[derive(Debug)]
 pub struct GatewayClient {
     socket: PathBuf,
     timeout: Duration,
+    /// An agent token sent with every request (`Authorization: Bearer`); none acts as the owner.
+    token: Option<String>,
     idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
 
 impl GatewayClient {
     /// A client for the socket at `socket`; every call gives up after `timeout`.
     pub fn new(socket: impl Into<PathBuf>, timeout: Duration) -> Self {
-        GatewayClient { socket: socket.into(), timeout, idle: Mutex::new(Vec::new()) }
+        GatewayClient { socket: socket.into(), timeout, token: None, idle: Mutex::new(Vec::new()) }
+    }
+
+    /// This client acting as an agent token (or as the owner with `None`).
+    pub fn with_token(mut self, token: Option<String>) -> Self {
+        self.token = token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
+        self
     }
 
     /// The socket path.
@@ -176,6 +193,9 @@ impl GatewayClient {
     ) -> Result<Answer, ClientError> {
         let build = || {
             let mut req = Request::builder().method(method.clone()).uri(path_and_query).header("host", "gatewayd");
+            if let Some(token) = &self.token {
+                req = req.header("authorization", format!("Bearer {token}"));
+            }
             let payload = match &body {
                 Some((bytes, content_type)) => {
                     req = req.header("content-type", *content_type);

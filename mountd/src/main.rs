@@ -39,6 +39,10 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The agent token comes in the environment (never argv, which `ps` shows) and leaves it
+    // before any thread starts.
+    let token = std::env::var("NKMC_TOKEN").ok();
+    std::env::remove_var("NKMC_TOKEN");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NKMC_LOG")
@@ -52,7 +56,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("mountd: cannot start the runtime")?;
-    let client = agentfs::client::GatewayClient::new(&args.socket, Duration::from_millis(args.timeout_ms));
+    let client =
+        agentfs::client::GatewayClient::new(&args.socket, Duration::from_millis(args.timeout_ms)).with_token(token);
     let ttl = if args.no_cache { Duration::ZERO } else { Duration::try_from_secs_f64(args.cache_ttl)? };
     let cache = fs::cache::ContentCache::new(ttl, args.cache_bytes, Box::new(fs::cache::SystemClock));
     let filesystem = Arc::new(fs::Fs::new(client, cache));

@@ -50,6 +50,7 @@ pub async fn verify(State(gw): State<Arc<Gateway>>) -> Result<Json<AuditVerifica
 /// end, after releasing the database connection (recording takes it).
 pub struct Pending {
     gw: Arc<Gateway>,
+    agent: String,
     operation: Operation,
     target: String,
     key_id: Option<String>,
@@ -66,6 +67,7 @@ impl Pending {
     pub fn start(gw: &Arc<Gateway>, operation: Operation) -> Self {
         Pending {
             gw: gw.clone(),
+            agent: OWNER.to_owned(),
             operation,
             target: String::new(),
             key_id: None,
@@ -76,6 +78,11 @@ impl Pending {
             time_ms: gw.audit.now_ms(),
             started: Instant::now(),
         }
+    }
+
+    /// Who acts: the agent a token names (the owner when there is no token).
+    pub fn agent(&mut self, name: String) {
+        self.agent = name;
     }
 
     /// What the operation acts on: a canonical path or a domain.
@@ -164,7 +171,7 @@ impl Drop for Pending {
         };
         let event = Event {
             time_ms: self.time_ms,
-            agent: OWNER.to_owned(),
+            agent: std::mem::take(&mut self.agent),
             operation: self.operation,
             target: std::mem::take(&mut self.target),
             outcome,

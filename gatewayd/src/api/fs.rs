@@ -7,7 +7,8 @@ use agentfs::wire::{Entry, Listing};
 use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::StreamExt;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use super::audit::Pending;
 use super::error::ApiError;
 use crate::audit::Operation;
+use crate::ops::Caller;
 use crate::{ops, Gateway};
 
 /// `?path=/domain/...`
@@ -25,6 +27,28 @@ pub struct PathQuery {
     path: String,
 }
 
+/// The caller: an agent when the request carries `Authorization: Bearer <token>`, else the
+/// owner (the socket admits only the owner's uid). The audit records the agent the token
+/// names; the operation itself verifies the token.
+fn caller(headers: &HeaderMap, audit: &mut Pending) -> Result<Caller, ApiError> {
+    let Some(value) = headers.get(AUTHORIZATION) else { return Ok(Caller::Owner) };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                agentfs::wire::ErrorCode::PermissionDenied,
+                "gatewayd: the Authorization header is not `Bearer <token>`",
+            )
+        })?;
+    let claimed = crate::auth::token::inspect(token, None).ok().and_then(|i| i.agent);
+    audit.agent(claimed.unwrap_or_else(|| "unknown".to_owned()));
+    Ok(Caller::Agent(token.to_owned()))
+}
+
 fn parse(q: Result<Query<PathQuery>, QueryRejection>) -> Result<VPath, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("gatewayd: {e}")))?;
     Ok(VPath::parse(&q.path)?)
@@ -32,31 +56,40 @@ fn parse(q: Result<Query<PathQuery>, QueryRejection>) -> Result<VPath, ApiError>
 
 pub async fn stat(
     State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<Json<Entry>, ApiError> {
     let mut audit = Pending::start(&gw, Operation::Stat);
+    let who = caller(&headers, &mut audit);
+    let who = audit.check(who)?;
     let path = audit.path(parse(q))?;
-    audit.finish(ops::stat(&gw, &path).map(Json))
+    audit.finish(ops::stat(&gw, &who, &path).map(Json))
 }
 
 pub async fn list(
     State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<Json<Listing>, ApiError> {
     let mut audit = Pending::start(&gw, Operation::List);
+    let who = caller(&headers, &mut audit);
+    let who = audit.check(who)?;
     let path = audit.path(parse(q))?;
-    audit.finish(ops::list(&gw, &path).await.map(Json))
+    audit.finish(ops::list(&gw, &who, &path).await.map(Json))
 }
 
 /// Streams the upstream body; a body that grows past the cap is cut off with an error.
 pub async fn read(
     State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let mut audit = Pending::start(&gw, Operation::Read);
+    let who = caller(&headers, &mut audit);
+    let who = audit.check(who)?;
     let path = audit.path(parse(q))?;
     let started = std::time::Instant::now();
-    let resp = match ops::read(&gw, &path).await {
+    let resp = match ops::read(&gw, &who, &path).await {
         Ok(ops::Output::Upstream(resp)) => resp,
         Ok(whole @ ops::Output::Whole { .. }) => return Ok(respond(&gw, whole, audit)),
         Err(e) => {
@@ -114,10 +147,13 @@ fn stream_response(gw: &Gateway, resp: reqwest::Response, audit: Pending) -> Res
 /// `echo '{...}' > FILE`: the body is the JSON to send; the answer is the upstream's body.
 pub async fn write(
     State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
     q: Result<Query<PathQuery>, QueryRejection>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let mut audit = Pending::start(&gw, Operation::Write);
+    let who = caller(&headers, &mut audit);
+    let who = audit.check(who)?;
     let path = audit.path(parse(q))?;
     let body = audit.check(body.map_err(|e| {
         ApiError::new(
@@ -127,7 +163,9 @@ pub async fn write(
     }))?;
     audit.bytes(body.len() as u64);
     let resp = audit.check(
-        ops::write(&gw, &path, body).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "write failed")),
+        ops::write(&gw, &who, &path, body)
+            .await
+            .inspect_err(|e| tracing::info!(path = %path, error = %e, "write failed")),
     )?;
     Ok(respond(&gw, resp, audit))
 }
@@ -135,12 +173,15 @@ pub async fn write(
 /// `rm FILE`.
 pub async fn delete(
     State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
     q: Result<Query<PathQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let mut audit = Pending::start(&gw, Operation::Delete);
+    let who = caller(&headers, &mut audit);
+    let who = audit.check(who)?;
     let path = audit.path(parse(q))?;
     let resp = audit.check(
-        ops::delete(&gw, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "delete failed")),
+        ops::delete(&gw, &who, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "delete failed")),
     )?;
     Ok(respond(&gw, resp, audit))
 }

@@ -154,8 +154,9 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     Ok(if running { ExitCode::SUCCESS } else { ExitCode::from(3) })
 }
 
-/// Starts a mountd at `dir` and waits until the mount answers.
-async fn start_mount(ctx: &Ctx, dir: &Path) -> anyhow::Result<()> {
+/// Starts a mountd at `dir` acting as `token` (the owner without one) and waits until the
+/// mount answers.
+async fn start_mount(ctx: &Ctx, dir: &Path, token: Option<String>) -> anyhow::Result<()> {
     let dir = std::path::absolute(dir)?;
     if mounts::is_stale(&dir) {
         eprintln!("nkmc: {} is a stale mount (its mountd died); unmounting it", dir.display());
@@ -177,10 +178,18 @@ async fn start_mount(ctx: &Ctx, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the mount point {}", dir.display()))?;
     let log_path = ctx.paths.data_dir.join(format!("mountd{}.log", dir.to_string_lossy().replace('/', "_")));
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
-    let mut child = Command::new(binary("mountd"))
+    let mut mountd = Command::new(binary("mountd"));
+    match token {
+        Some(t) => mountd.env("NKMC_TOKEN", t),
+        None => mountd.env_remove("NKMC_TOKEN"),
+    };
+    let timeout_ms = (ctx.config.upstream.timeout() + Duration::from_secs(5)).as_millis().to_string();
+    let mut child = mountd
         .arg(&dir)
         .arg("--socket")
         .arg(&ctx.paths.socket)
+        .arg("--timeout-ms")
+        .arg(timeout_ms)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -233,14 +242,23 @@ async fn stop_mount(ctx: &Ctx, rec: &MountRecord) -> anyhow::Result<()> {
 pub async fn up(ctx: &Ctx, mount: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     ensure_gateway(ctx).await?;
     let dir = mount.unwrap_or_else(|| ctx.paths.mount.clone());
-    start_mount(ctx, &dir).await?;
+    start_mount(ctx, &dir, crate::token::current_token(ctx)).await?;
     println!("{}", std::path::absolute(&dir)?.display());
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn mount(ctx: &Ctx, dir: &Path) -> anyhow::Result<ExitCode> {
+pub async fn mount(ctx: &Ctx, dir: &Path, token: Option<String>) -> anyhow::Result<ExitCode> {
     ensure_gateway(ctx).await?;
-    start_mount(ctx, dir).await?;
+    let token = match token.as_deref() {
+        Some("-") => {
+            let mut t = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut t).context("cannot read the token from stdin")?;
+            Some(t.trim().to_owned())
+        }
+        Some(t) => Some(t.to_owned()),
+        None => crate::token::current_token(ctx),
+    };
+    start_mount(ctx, dir, token).await?;
     println!("{}", std::path::absolute(dir)?.display());
     Ok(ExitCode::SUCCESS)
 }

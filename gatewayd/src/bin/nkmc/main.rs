@@ -42,6 +42,9 @@ enum Command {
     Mount {
         /// The mount point (created if missing).
         dir: PathBuf,
+        /// Act as this agent token (`-` reads it from stdin); default: NKMC_TOKEN or the saved token.
+        #[arg(long)]
+        token: Option<String>,
     },
     /// Unmount a mount started by nkmc.
     Umount {
@@ -169,10 +172,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A client whose timeout outlasts one upstream call.
+    /// A client whose timeout outlasts one upstream call, acting as the current agent token
+    /// (`NKMC_TOKEN`, else the one `nkmc auth` saved) or, without one, as the owner.
     pub fn client(&self) -> GatewayClient {
         let timeout = self.config.upstream.timeout() + Duration::from_secs(5);
-        GatewayClient::new(&self.paths.socket, timeout)
+        GatewayClient::new(&self.paths.socket, timeout).with_token(token::current_token(self))
     }
 }
 
@@ -204,7 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Gateway { command: GatewayCommand::Start { daemon } } => daemons::gateway_start(&ctx, daemon).await,
         Command::Gateway { command: GatewayCommand::Stop } => daemons::gateway_stop(&ctx).await,
         Command::Gateway { command: GatewayCommand::Status } => daemons::status(&ctx).await,
-        Command::Mount { dir } => daemons::mount(&ctx, &dir).await,
+        Command::Mount { dir, token } => daemons::mount(&ctx, &dir, token).await,
         Command::Umount { dir } => daemons::umount(&ctx, &dir).await,
         Command::Register { spec, skill, url, domain, base_url } => {
             let source = match (spec, skill, url) {
