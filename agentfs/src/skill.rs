@@ -109,7 +109,8 @@ pub fn parse(text: &str) -> Result<crate::spec::ServiceSpec, crate::spec::SpecEr
         .strip_prefix("---\n")
         .ok_or_else(|| invalid("front matter", "a skill.md starts with a `---` line and YAML front matter".into()))?;
     let end = rest.find("\n---\n").ok_or_else(|| invalid("front matter", "no closing `---` line".into()))?;
-    let front = crate::spec::parse_document(&rest.as_bytes()[..end])?;
+    let front_bytes = &rest.as_bytes()[..end];
+    let front = crate::spec::on_parse_stack(|| crate::spec::parse_document(front_bytes))?;
     let body = &rest[end + 5..];
     let name = front.get("name").and_then(serde_json::Value::as_str).map(str::to_owned);
     let version = match front.get("version") {

@@ -15,14 +15,36 @@ use serde::{Deserialize, Serialize};
 pub use openapi::{parse_document, parse_openapi};
 pub use openrpc::{parse_openrpc, RpcMethod};
 
-/// Parses an OpenAPI (3.0, 3.1) or OpenRPC document, recognised by its content.
+/// Parses an OpenAPI (3.0, 3.1) or OpenRPC document, recognised by its content. The
+/// document is read once.
 pub fn parse_any(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
-    let doc = parse_document(bytes)?;
-    if doc.get("openrpc").is_some() {
-        parse_openrpc(bytes)
-    } else {
-        parse_openapi(bytes)
-    }
+    on_parse_stack(|| {
+        let doc = parse_document(bytes)?;
+        if doc.get("openrpc").is_some() {
+            openrpc::parse_openrpc_value(doc)
+        } else {
+            openapi::parse_openapi_value(doc)
+        }
+    })
+}
+
+/// The stack of the thread that reads a document: room for the deepest nesting the parsers
+/// accept, in a debug build, several times over (an async worker's 2 MiB is not).
+const PARSE_STACK_BYTES: usize = 32 * 1024 * 1024;
+
+/// Runs a parse on a thread with a stack deep enough for any document the parsers accept.
+pub(crate) fn on_parse_stack<T: Send>(parse: impl FnOnce() -> Result<T, SpecError> + Send) -> Result<T, SpecError> {
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("nkmc-spec".into())
+            .stack_size(PARSE_STACK_BYTES)
+            .spawn_scoped(scope, parse);
+        match worker {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            // No thread to be had: fail clearly rather than risk the caller's stack.
+            Err(e) => Err(SpecError::Unsupported(format!("cannot start the parser thread: {e}"))),
+        }
+    })
 }
 
 /// How the service is called.
@@ -191,5 +213,29 @@ impl ServiceSpec {
     pub fn schemes_for(&self, op: &Operation) -> Vec<&SecurityScheme> {
         let reqs = op.security.as_ref().unwrap_or(&self.security);
         reqs.iter().flatten().filter_map(|name| self.security_schemes.get(name)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deep_documents_parse_on_a_small_caller_stack() {
+        let mut schema = String::from(r#"{"type":"string"}"#);
+        for _ in 0..120 {
+            schema = format!(r#"{{"type":"array","items":{schema}}}"#);
+        }
+        let doc = format!(
+            r#"{{"openapi":"3.0.0","info":{{"title":"t","version":"1"}},"paths":{{}},"components":{{"schemas":{{"D":{schema}}}}}}}"#
+        );
+        // An async worker has 2 MiB; this caller has far less.
+        let parsed = std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || parse_any(doc.as_bytes()).map(|s| s.title))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(parsed.unwrap(), "t");
     }
 }

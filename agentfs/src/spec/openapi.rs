@@ -9,30 +9,17 @@ use super::{openapi31, KeyLocation, Method, Operation, SecurityScheme, ServiceSp
 
 /// Parses an OpenAPI 3.0 or 3.1 document, JSON or YAML.
 ///
-/// The work runs on a thread of its own with a [`PARSE_STACK_BYTES`] stack: reading a
+/// The work runs on a thread of its own with a 32 MiB stack: reading a
 /// schema nested as deep as the JSON and YAML parsers allow (128 levels) takes far more
 /// stack than a caller's thread may have (openapiv3's untagged and flattened schema types
 /// recurse through buffered content), and running out of stack aborts the process.
 pub fn parse_openapi(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
-    std::thread::scope(|scope| {
-        let worker = std::thread::Builder::new()
-            .name("nkmc-spec".into())
-            .stack_size(PARSE_STACK_BYTES)
-            .spawn_scoped(scope, || parse_openapi_here(bytes));
-        match worker {
-            Ok(handle) => handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            // No thread to be had: parse here rather than fail.
-            Err(_) => parse_openapi_here(bytes),
-        }
-    })
+    super::on_parse_stack(|| parse_openapi_value(parse_document(bytes)?))
 }
 
-/// The stack of the thread that reads a document: room for the deepest nesting the
-/// parsers accept, in a debug build, several times over.
-const PARSE_STACK_BYTES: usize = 32 * 1024 * 1024;
-
-fn parse_openapi_here(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
-    let mut doc = parse_document(bytes)?;
+/// An OpenAPI document already read into a value. Deep documents need a deep stack: call it
+/// through [`super::on_parse_stack`].
+pub(super) fn parse_openapi_value(mut doc: Value) -> Result<ServiceSpec, SpecError> {
     if !doc.is_object() {
         let kind = match doc {
             Value::Null => "empty",

@@ -84,7 +84,11 @@ fn server_url(s: &Value) -> Option<String> {
 
 /// Parses an OpenRPC document.
 pub fn parse_openrpc(bytes: &[u8]) -> Result<ServiceSpec, SpecError> {
-    let doc = parse_document(bytes)?;
+    super::on_parse_stack(|| parse_openrpc_value(parse_document(bytes)?))
+}
+
+/// An OpenRPC document already read into a value.
+pub(super) fn parse_openrpc_value(doc: Value) -> Result<ServiceSpec, SpecError> {
     let invalid = |path: String, message: &str| SpecError::Invalid { path, message: message.to_owned() };
     if doc.get("openrpc").and_then(Value::as_str).is_none() {
         return Err(SpecError::Unsupported("not an OpenRPC document: the `openrpc` version field is missing".into()));
