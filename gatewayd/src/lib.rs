@@ -6,6 +6,7 @@
 //! - [`discovery`]: finding a document from a URL (`nkmc register --url`).
 //! - [`registry`]: registered services, their specs and trees.
 //! - [`ssrf`]: which addresses outbound calls may reach.
+//! - [`timefmt`]: calendar dates for the times nkmc prints.
 //! - [`upstream`]: outbound HTTP with credential injection.
 //! - [`ops`]: the file-system operations (stat, list, read) as plain async logic.
 //! - [`api`]: the HTTP/1.1 + JSON API on the Unix socket.
@@ -22,6 +23,7 @@ pub mod gateway;
 pub mod ops;
 pub mod registry;
 pub mod ssrf;
+pub mod timefmt;
 pub mod upstream;
 pub mod vault;
 
