@@ -196,6 +196,11 @@ pub struct ServiceList {
 pub struct SetKeyRequest {
     /// The secret. Travels only over the owner-only socket; never echoed back.
     pub secret: String,
+    /// Where the key goes, overriding the document's security schemes: `{"kind":"bearer"}`,
+    /// `{"kind":"basic"}` (the secret is `user:password`), or
+    /// `{"kind":"api_key","location":"header"|"query"|"cookie","name":"x-api-key"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<crate::spec::SecurityScheme>,
 }
 
 /// What `keys list` shows of a stored key: never the secret.

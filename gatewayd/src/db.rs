@@ -68,6 +68,8 @@ const MIGRATIONS: &[&str] = &[
         revocation_id TEXT PRIMARY KEY,
         revoked_at    INTEGER NOT NULL
     );",
+    // 4: where a key goes when the owner said so (`keys set --header H`); JSON, never secret.
+    "ALTER TABLE keys ADD COLUMN placement TEXT;",
 ];
 
 const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -369,6 +369,8 @@ async fn call_rpc(
         let conn = gw.db();
         gw.vault.pool_key(&conn, &service.domain)?
     };
+    let placement = credential.as_ref().and_then(|c| c.placement.clone());
+    let credential = credential.map(|c| c.secret);
     let call = Call {
         domain: &service.domain,
         method: Method::Post,
@@ -376,6 +378,7 @@ async fn call_rpc(
         segments: &[],
         query: None,
         schemes: Vec::new(),
+        placement,
         credential,
         body: Some(envelope.to_string().into()),
     };
@@ -423,6 +426,8 @@ async fn send_op(
         let conn = gw.db();
         gw.vault.pool_key(&conn, &service.domain)?
     };
+    let placement = credential.as_ref().and_then(|c| c.placement.clone());
+    let credential = credential.map(|c| c.secret);
     let query = match (&op.fixed_query, &resolved.query) {
         (Some(a), Some(b)) => Some(format!("{a}&{b}")),
         (a, b) => a.clone().or_else(|| b.clone()),
@@ -434,6 +439,7 @@ async fn send_op(
         segments: &resolved.segments,
         query,
         schemes: service.spec.schemes_for(op),
+        placement,
         credential,
         body,
     };

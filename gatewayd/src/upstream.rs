@@ -93,6 +93,8 @@ pub struct Call<'a> {
     pub query: Option<String>,
     /// How to present the credential, in preference order.
     pub schemes: Vec<&'a SecurityScheme>,
+    /// Where the owner said the credential goes; wins over `schemes`.
+    pub placement: Option<SecurityScheme>,
     /// The credential, if one is stored.
     pub credential: Option<Secret>,
     /// A JSON request body.
@@ -164,7 +166,10 @@ impl Upstream {
             Method::Patch => reqwest::Method::PATCH,
             Method::Delete => reqwest::Method::DELETE,
         };
-        let scheme = call.schemes.iter().copied().find(|s| !matches!(s, SecurityScheme::Unsupported { .. }));
+        let scheme = call
+            .placement
+            .as_ref()
+            .or_else(|| call.schemes.iter().copied().find(|s| !matches!(s, SecurityScheme::Unsupported { .. })));
         if let (Some(SecurityScheme::ApiKey { location: KeyLocation::Query, name }), Some(secret)) =
             (scheme, &call.credential)
         {

@@ -93,3 +93,32 @@ fn idempotent_reads_are_retried_on_503_and_writes_are_not() {
     assert!(!out.status.success());
     assert_eq!(up.seen().len(), before + 1, "a POST is sent once, never retried");
 }
+
+#[test]
+fn keys_go_where_the_owner_says() {
+    let up = Upstream::start(|req| {
+        let header = req.headers.get("x-api-key").cloned().unwrap_or_default();
+        let auth = req.headers.get("authorization").cloned().unwrap_or_default();
+        json(200, &serde_json::json!({"uri": req.uri, "x-api-key": header, "authorization": auth}).to_string())
+    });
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+    assert!(petstore(&n, "pets.test", &up.url("/v1")).status.success());
+    let seen = |n: &Nkmc| -> serde_json::Value { serde_json::from_str(&n.ok(&["cat", "/pets.test/pets"])).unwrap() };
+
+    n.ok(&["keys", "set", "pets.test", "--header", "x-api-key", "--value", "k-header"]);
+    let v = seen(&n);
+    assert_eq!((v["x-api-key"].as_str(), v["authorization"].as_str()), (Some("k-header"), Some("")));
+
+    let out = n.run_stdin(&["keys", "set", "pets.test", "--query", "api_key", "--value", "-"], b"k-query\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(seen(&n)["uri"], "/v1/pets?api_key=k-query");
+
+    n.ok(&["keys", "set", "pets.test", "--basic", "alice:s3cret"]);
+    assert_eq!(seen(&n)["authorization"], "Basic YWxpY2U6czNjcmV0");
+
+    n.ok(&["keys", "set", "pets.test", "--token", "k-bearer"]);
+    assert_eq!(seen(&n)["authorization"], "Bearer k-bearer", "petstore declares no scheme: bearer");
+    let out = n.run(&["keys", "set", "pets.test", "--header", "x-api-key"]);
+    assert!(!out.status.success(), "--header needs --value");
+}

@@ -151,7 +151,14 @@ fn store_key(
     }
     let domain = domain.to_ascii_lowercase();
     let conn = gw.db();
-    let key_id = gw.vault.set_pool_key(&conn, &domain, &secret)?;
+    if let Some(
+        agentfs::spec::SecurityScheme::OAuth2ClientCredentials { .. }
+        | agentfs::spec::SecurityScheme::Unsupported { .. },
+    ) = &req.placement
+    {
+        return Err(ApiError::bad_request("gatewayd: a placement is bearer, basic or api_key"));
+    }
+    let key_id = gw.vault.set_pool_key(&conn, &domain, &secret, req.placement.as_ref())?;
     tracing::info!(domain = %domain, key_id = %key_id, "pool key stored");
     let created_at =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);

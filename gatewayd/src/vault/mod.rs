@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::OsRng;
+use agentfs::spec::SecurityScheme;
 use rusqlite::{params, Connection, OptionalExtension};
 use zeroize::Zeroizing;
 
@@ -42,6 +43,15 @@ pub enum VaultError {
 
 /// Scope of the pool key (the owner's).
 pub const POOL: &str = "pool";
+
+/// A decrypted credential and where it goes.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    /// The secret.
+    pub secret: Secret,
+    /// Where the owner said it goes; `None` follows the document's security schemes.
+    pub placement: Option<SecurityScheme>,
+}
 
 /// A stored key as listed: never the secret.
 #[derive(Debug, Clone)]
@@ -84,36 +94,50 @@ impl Vault {
         Ok(Vault { master })
     }
 
-    /// Stores (or replaces) the pool key of `domain`.
-    pub fn set_pool_key(&self, conn: &Connection, domain: &str, secret: &Secret) -> Result<String, VaultError> {
+    /// Stores (or replaces) the pool key of `domain`; `placement` overrides the document's
+    /// security schemes (where the key goes: a header, a query parameter, basic auth...).
+    pub fn set_pool_key(
+        &self,
+        conn: &Connection,
+        domain: &str,
+        secret: &Secret,
+        placement: Option<&SecurityScheme>,
+    ) -> Result<String, VaultError> {
+        let placement =
+            placement.map(serde_json::to_string).transpose().map_err(|e| VaultError::Crypto(e.to_string()))?;
         let key_id = hex(&random_bytes::<12>());
         let row = RowBinding { key_id: &key_id, domain, scope: POOL, owner: "" };
         let ct = blob::seal(&self.master, row, secret.expose().as_bytes(), random_bytes())?;
         let tx = conn.unchecked_transaction()?;
         tx.execute("DELETE FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ''", params![domain, POOL])?;
         tx.execute(
-            "INSERT INTO keys (key_id, domain, scope, owner, ciphertext, created_at) VALUES (?1, ?2, ?3, '', ?4, ?5)",
-            params![key_id, domain, POOL, ct, now()],
+            "INSERT INTO keys (key_id, domain, scope, owner, ciphertext, created_at, placement)
+             VALUES (?1, ?2, ?3, '', ?4, ?5, ?6)",
+            params![key_id, domain, POOL, ct, now(), placement],
         )?;
         tx.commit()?;
         Ok(key_id)
     }
 
     /// The pool key of `domain`, decrypted, if one is stored.
-    pub fn pool_key(&self, conn: &Connection, domain: &str) -> Result<Option<Secret>, VaultError> {
-        let row: Option<(String, Vec<u8>)> = conn
+    pub fn pool_key(&self, conn: &Connection, domain: &str) -> Result<Option<Credential>, VaultError> {
+        let row: Option<(String, Vec<u8>, Option<String>)> = conn
             .query_row(
-                "SELECT key_id, ciphertext FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ''",
+                "SELECT key_id, ciphertext, placement FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ''",
                 params![domain, POOL],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        let Some((key_id, ct)) = row else {
+        let Some((key_id, ct, placement)) = row else {
             return Ok(None);
         };
+        let placement = placement
+            .map(|p| serde_json::from_str::<SecurityScheme>(&p))
+            .transpose()
+            .map_err(|e| VaultError::Crypto(format!("key {key_id} for {domain}: unreadable placement: {e}")))?;
         let plain = blob::open(&self.master, RowBinding { key_id: &key_id, domain, scope: POOL, owner: "" }, &ct)?;
         let text = std::str::from_utf8(&plain).map_err(|_| VaultError::NotText)?;
-        Ok(Some(Secret::new(text.to_owned())))
+        Ok(Some(Credential { secret: Secret::new(text.to_owned()), placement }))
     }
 
     /// Removes every key of `domain`; returns how many.
@@ -145,9 +169,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = crate::db::open(&dir.path().join("db")).unwrap();
         let v = Vault::open(&dir.path().join("master.key")).unwrap();
-        v.set_pool_key(&conn, "a.example", &Secret::new("CANARY_a".into())).unwrap();
-        v.set_pool_key(&conn, "b.example", &Secret::new("CANARY_b".into())).unwrap();
-        assert_eq!(v.pool_key(&conn, "a.example").unwrap().unwrap().expose(), "CANARY_a");
+        v.set_pool_key(&conn, "a.example", &Secret::new("CANARY_a".into()), None).unwrap();
+        let basic = SecurityScheme::Basic;
+        v.set_pool_key(&conn, "b.example", &Secret::new("CANARY_b".into()), Some(&basic)).unwrap();
+        assert_eq!(v.pool_key(&conn, "a.example").unwrap().unwrap().secret.expose(), "CANARY_a");
+        assert_eq!(v.pool_key(&conn, "b.example").unwrap().unwrap().placement, Some(SecurityScheme::Basic));
         conn.execute_batch(
             "UPDATE keys SET ciphertext = (SELECT ciphertext FROM keys WHERE domain = 'b.example') WHERE domain = 'a.example'",
         )

@@ -55,7 +55,12 @@ pub async fn services_remove(ctx: &Ctx, domain: &str) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn keys_set(ctx: &Ctx, domain: &str, token: &str) -> anyhow::Result<ExitCode> {
+pub async fn keys_set(
+    ctx: &Ctx,
+    domain: &str,
+    token: &str,
+    placement: Option<agentfs::spec::SecurityScheme>,
+) -> anyhow::Result<ExitCode> {
     let secret = if token == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).context("cannot read the secret from stdin")?;
@@ -63,7 +68,10 @@ pub async fn keys_set(ctx: &Ctx, domain: &str, token: &str) -> anyhow::Result<Ex
     } else {
         token.to_owned()
     };
-    let req = SetKeyRequest { secret };
+    if secret.is_empty() {
+        anyhow::bail!("the secret is empty");
+    }
+    let req = SetKeyRequest { secret, placement };
     let info: KeyInfo = ctx.client().send_json(Method::PUT, &format!("/v1/keys/{}", segment(domain)), &req).await?;
     println!("stored the key for {} (key id {})", info.domain, info.key_id);
     Ok(ExitCode::SUCCESS)

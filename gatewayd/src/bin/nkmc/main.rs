@@ -147,12 +147,26 @@ enum ServicesCommand {
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Store the key of DOMAIN (encrypted), replacing any previous one.
+    #[command(group(clap::ArgGroup::new("how").required(true).args(["token", "header", "query", "basic"])))]
     Set {
         /// The service's domain.
         domain: String,
-        /// The secret, or `-` to read it from stdin (keeps it out of shell history).
+        /// The secret, or `-` to read it from stdin (keeps it out of shell history). Injected
+        /// as the document's security schemes say (a bearer token when they say nothing).
         #[arg(long)]
-        token: String,
+        token: Option<String>,
+        /// Send the key in this request header (with --value).
+        #[arg(long, requires = "value")]
+        header: Option<String>,
+        /// Send the key in this query parameter (with --value).
+        #[arg(long, requires = "value")]
+        query: Option<String>,
+        /// The key for --header or --query, or `-` for stdin.
+        #[arg(long)]
+        value: Option<String>,
+        /// HTTP basic credentials `USER:PASSWORD`, or `-` for stdin.
+        #[arg(long)]
+        basic: Option<String>,
     },
     /// List stored keys (domains, never secrets).
     List,
@@ -223,7 +237,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Services { command: ServicesCommand::Remove { domain } } => {
             admin::services_remove(&ctx, &domain).await
         }
-        Command::Keys { command: KeysCommand::Set { domain, token } } => admin::keys_set(&ctx, &domain, &token).await,
+        Command::Keys { command: KeysCommand::Set { domain, token, header, query, value, basic } } => {
+            use agentfs::spec::{KeyLocation, SecurityScheme};
+            let (secret, placement) = match (token, header, query, basic) {
+                (Some(t), None, None, None) => (t, None),
+                (None, Some(name), None, None) => {
+                    (value.unwrap_or_default(), Some(SecurityScheme::ApiKey { location: KeyLocation::Header, name }))
+                }
+                (None, None, Some(name), None) => {
+                    (value.unwrap_or_default(), Some(SecurityScheme::ApiKey { location: KeyLocation::Query, name }))
+                }
+                (None, None, None, Some(b)) => (b, Some(SecurityScheme::Basic)),
+                _ => anyhow::bail!("give one of --token, --header/--value, --query/--value, --basic"),
+            };
+            admin::keys_set(&ctx, &domain, &secret, placement).await
+        }
         Command::Keys { command: KeysCommand::List } => admin::keys_list(&ctx).await,
         Command::Keys { command: KeysCommand::Remove { domain } } => admin::keys_remove(&ctx, &domain).await,
         Command::Ls { path } => files::ls(&ctx, &path).await,
