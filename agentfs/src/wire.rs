@@ -190,8 +190,8 @@ pub struct ServiceList {
     pub services: Vec<ServiceInfo>,
 }
 
-/// `PUT /v1/keys/{domain}`: store a credential.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// `PUT /v1/keys/{domain}`: store a credential. Its `Debug` never shows the secret.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetKeyRequest {
     /// The secret. Travels only over the owner-only socket; never echoed back.
@@ -201,6 +201,12 @@ pub struct SetKeyRequest {
     /// `{"kind":"api_key","location":"header"|"query"|"cookie","name":"x-api-key"}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<crate::spec::SecurityScheme>,
+}
+
+impl std::fmt::Debug for SetKeyRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SetKeyRequest").field("secret", &"<redacted>").field("placement", &self.placement).finish()
+    }
 }
 
 /// What `keys list` shows of a stored key: never the secret.
@@ -354,6 +360,12 @@ pub struct AuditVerification {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_key_requests_never_print_their_secret() {
+        let req = SetKeyRequest { secret: "CANARY_debug".into(), placement: None };
+        assert!(!format!("{req:?}").contains("CANARY"));
+    }
 
     #[test]
     fn as_str_is_the_serde_name() {

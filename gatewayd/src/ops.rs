@@ -188,7 +188,7 @@ pub fn stat(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Entry, OpErro
     let name = path.names().last().map(|n| n.to_string()).unwrap_or_else(|| "/".into());
     Ok(match locate(gw, path)? {
         Target::Readme => generated_entry(&name, readme::mount_readme().len()),
-        Target::Skill(s) => generated_entry(&name, skill::generate(&s.domain, &s.spec, &s.tree).len()),
+        Target::Skill(s) => generated_entry(&name, s.skill.len()),
         Target::Root | Target::Service(_) => dir_entry(name),
         Target::Node(_, r) if r.view == View::Dir => dir_entry(name),
         Target::Node(s, r) => {
@@ -253,7 +253,7 @@ async fn list_unfiltered(gw: &Gateway, path: &VPath) -> Result<Listing, OpError>
         })
         .collect();
     if path.inside_service().is_empty() {
-        let skill_len = skill::generate(&service.domain, &service.spec, &service.tree).len();
+        let skill_len = service.skill.len();
         entries.retain(|e| e.name != skill::FILE_NAME);
         entries.push(generated_entry(skill::FILE_NAME, skill_len));
     }
@@ -310,7 +310,7 @@ pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output,
     authorize(gw, caller, path, auth::Op::Read)?;
     let (service, resolved) = match locate(gw, path)? {
         Target::Readme => return Ok(markdown(readme::mount_readme())),
-        Target::Skill(s) => return Ok(markdown(skill::generate(&s.domain, &s.spec, &s.tree))),
+        Target::Skill(s) => return Ok(markdown(s.skill.clone())),
         Target::Root | Target::Service(_) => return Err(OpError::IsADirectory(path.to_string())),
         Target::Node(_, r) if r.view == View::Dir => return Err(OpError::IsADirectory(path.to_string())),
         Target::Node(s, r) => (s, r),

@@ -57,12 +57,15 @@ pub struct Service {
     pub spec: ServiceSpec,
     /// The tree, built once.
     pub tree: Tree,
+    /// The generated `skill.md`, built once (it is listed, stat'ed and read often).
+    pub skill: String,
 }
 
 impl Service {
     fn new(domain: String, base_url: Url, spec: ServiceSpec) -> Self {
         let tree = Tree::build(&spec);
-        Service { domain, base_url, spec, tree }
+        let skill = agentfs::skill::generate(&domain, &spec, &tree);
+        Service { domain, base_url, spec, tree, skill }
     }
 
     /// What listings say of it.

@@ -1,4 +1,4 @@
-//! `/v1/fs/*`: stat, list and read on canonical virtual paths.
+//! `/v1/fs/*`: stat, list, read, write and delete on canonical virtual paths.
 
 use std::sync::Arc;
 
