@@ -76,6 +76,8 @@ pub enum ErrorCode {
     BadRequest,
     /// gatewayd failed internally (its database, its vault).
     Internal,
+    /// A request over TCP without a usable `Authorization: Bearer <token>` header (401).
+    Unauthenticated,
 }
 
 impl ErrorCode {
@@ -98,11 +100,12 @@ impl ErrorCode {
             ErrorCode::Unreachable => "unreachable",
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unauthenticated => "unauthenticated",
         }
     }
 
     /// Every code, for checks against the schema.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::InvalidPath,
         ErrorCode::NameTooLong,
         ErrorCode::NotFound,
@@ -119,6 +122,7 @@ impl ErrorCode {
         ErrorCode::Unreachable,
         ErrorCode::BadRequest,
         ErrorCode::Internal,
+        ErrorCode::Unauthenticated,
     ];
 }
 
@@ -247,6 +251,9 @@ pub struct Status {
     pub services: usize,
     /// Seconds since gatewayd started.
     pub uptime_secs: u64,
+    /// Where the agent API listens over TCP (`127.0.0.1:9090`); absent when it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<String>,
 }
 
 /// `GET /v1/audit?after=SEQ&limit=N`: which audit records to return.

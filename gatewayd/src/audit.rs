@@ -468,6 +468,7 @@ pub struct AuditLog {
     anchor: PathBuf,
     head: Mutex<Head>,
     writer: AnchorWriter,
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl AuditLog {
@@ -497,7 +498,7 @@ impl AuditLog {
             Err(e) => tracing::warn!(file = %anchor.display(), error = %e, "audit: the anchor file is unreadable"),
         }
         let writer = AnchorWriter::start(&anchor, head.seq)?;
-        Ok(AuditLog { clock, anchor, head: Mutex::new(head), writer })
+        Ok(AuditLog { clock, anchor, head: Mutex::new(head), writer, failing: Default::default() })
     }
 
     /// The current time from the log's clock.
@@ -519,6 +520,12 @@ impl AuditLog {
     pub fn flush(&self) {
         let seq = self.head().seq;
         self.writer.flush_to(seq);
+    }
+
+    /// Whether the last append failed: gatewayd then refuses operations (fail closed) until
+    /// an append succeeds again.
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Appends `event` as the next record: one INSERT on the connection `db` returns (held
@@ -546,7 +553,7 @@ impl AuditLog {
             hash: String::new(),
         };
         record.hash = record_hash(&record);
-        {
+        let inserted = (|| -> Result<(), AuditError> {
             let conn = db();
             let mut stmt = conn.prepare_cached(&format!(
                 "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
@@ -566,7 +573,10 @@ impl AuditLog {
                 record.prev_hash,
                 record.hash,
             ])?;
-        }
+            Ok(())
+        })();
+        self.failing.store(inserted.is_err(), std::sync::atomic::Ordering::Relaxed);
+        inserted?;
         *head = Head { seq: record.seq, hash: record.hash.clone() };
         self.writer.post(head.clone());
         Ok(record)

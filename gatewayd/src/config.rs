@@ -112,6 +112,67 @@ fn absolute(p: &Path) -> PathBuf {
 pub struct Config {
     /// Outbound calls.
     pub upstream: UpstreamConfig,
+    /// The agent API over TCP.
+    pub tcp: TcpConfig,
+}
+
+/// `[tcp]`: the agent subset of the API over TCP (`Authorization: Bearer <token>` on every
+/// request but the health checks). `NKMC_HOST` and `NKMC_PORT` override the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Whether to listen at all.
+    pub enabled: bool,
+    /// The address or host name to bind.
+    pub host: String,
+    /// The port (0: any free port, shown by `nkmc gateway status`).
+    pub port: u16,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig { enabled: true, host: "127.0.0.1".to_owned(), port: 9090 }
+    }
+}
+
+/// Where the TCP listener binds, once the file and the environment are combined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpListen {
+    /// The address or host name.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+    /// Whether the user asked for this address (file or environment): then a failure to bind
+    /// stops gatewayd; the built-in default only logs a warning and runs without TCP.
+    pub explicit: bool,
+}
+
+impl TcpConfig {
+    /// The listener to start, given `NKMC_HOST` and `NKMC_PORT` (`off` disables TCP);
+    /// `None` when TCP is disabled.
+    pub fn resolve(&self, host: Option<&str>, port: Option<&str>) -> Result<Option<TcpListen>, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid { path: PathBuf::from("NKMC_PORT"), message };
+        let port = match port.map(str::trim).filter(|p| !p.is_empty()) {
+            Some("off" | "none" | "disabled") => return Ok(None),
+            Some(p) => Some(p.parse::<u16>().map_err(|_| {
+                invalid(format!("`{p}` is not a port number (0-65535), or `off` to disable the TCP listener"))
+            })?),
+            None => None,
+        };
+        let host = host.map(str::trim).filter(|h| !h.is_empty());
+        if port.is_none() && host.is_none() && !self.enabled {
+            return Ok(None);
+        }
+        let explicit = port.is_some() || host.is_some() || *self != TcpConfig::default();
+        Ok(Some(TcpListen { host: host.unwrap_or(&self.host).to_owned(), port: port.unwrap_or(self.port), explicit }))
+    }
+
+    /// [`TcpConfig::resolve`] with the process environment.
+    pub fn from_env(&self) -> Result<Option<TcpListen>, ConfigError> {
+        let host = std::env::var("NKMC_HOST").ok();
+        let port = std::env::var("NKMC_PORT").ok();
+        self.resolve(host.as_deref(), port.as_deref())
+    }
 }
 
 /// `[upstream]`: outbound HTTP.
@@ -181,5 +242,22 @@ mod tests {
         std::fs::write(&f, "[upstream]\ntimeout = 1\n").unwrap();
         let err = Config::load(&f).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");
+    }
+
+    #[test]
+    fn tcp_listener_from_file_and_environment() {
+        let default = TcpConfig::default();
+        let listen = default.resolve(None, None).unwrap().unwrap();
+        assert_eq!((listen.host.as_str(), listen.port, listen.explicit), ("127.0.0.1", 9090, false));
+        let listen = default.resolve(Some("0.0.0.0"), Some("0")).unwrap().unwrap();
+        assert_eq!((listen.host.as_str(), listen.port, listen.explicit), ("0.0.0.0", 0, true));
+        assert_eq!(default.resolve(None, Some("off")).unwrap(), None);
+        let err = default.resolve(None, Some("http")).unwrap_err().to_string();
+        assert!(err.contains("not a port number"), "{err}");
+        let disabled = TcpConfig { enabled: false, ..TcpConfig::default() };
+        assert_eq!(disabled.resolve(None, None).unwrap(), None);
+        assert!(disabled.resolve(None, Some("9191")).unwrap().is_some(), "the environment wins over the file");
+        let from_file = TcpConfig { port: 9191, ..TcpConfig::default() };
+        assert!(from_file.resolve(None, None).unwrap().unwrap().explicit);
     }
 }

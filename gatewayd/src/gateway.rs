@@ -64,6 +64,7 @@ pub struct Gateway {
     db: Mutex<Connection>,
     registry: RwLock<Registry>,
     started: Instant,
+    tcp_addr: std::sync::OnceLock<std::net::SocketAddr>,
     shutdown: Notify,
     _lock: InstanceLock,
 }
@@ -90,6 +91,7 @@ impl Gateway {
             db: Mutex::new(conn),
             registry: RwLock::new(registry),
             started: Instant::now(),
+            tcp_addr: std::sync::OnceLock::new(),
             shutdown: Notify::new(),
             _lock: lock,
         }))
@@ -113,6 +115,28 @@ impl Gateway {
     /// Time since start.
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// Records where the agent API listens over TCP (once, at start).
+    pub fn set_tcp_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.tcp_addr.set(addr);
+    }
+
+    /// Where the agent API listens over TCP, if it does.
+    pub fn tcp_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp_addr.get().copied()
+    }
+
+    /// Whether gatewayd can serve: the database answers and the audit log accepts records.
+    /// The reason when not, without any secret or path of the caller's.
+    pub fn readiness(&self) -> Result<(), String> {
+        if let Err(e) = self.db().query_row("SELECT 1", [], |r| r.get::<_, i64>(0)) {
+            return Err(format!("gatewayd: the database does not answer: {e}"));
+        }
+        if self.audit.is_failing() {
+            return Err("gatewayd: the audit log cannot be written; operations are refused until it can".to_owned());
+        }
+        Ok(())
     }
 
     /// Asks the server to stop.

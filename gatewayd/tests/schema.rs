@@ -82,6 +82,19 @@ fn routes_match_the_schema() {
     assert_eq!(described, served);
 
     let schema = schema();
+    let mut marked = BTreeSet::new();
+    for (path, item) in schema["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if op.get("x-nkmc-tcp").and_then(Value::as_bool) == Some(true) {
+                marked.insert((method.to_ascii_uppercase(), path.clone()));
+            }
+        }
+    }
+    let agent: BTreeSet<(String, String)> =
+        gatewayd::api::AGENT_ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    assert_eq!(marked, agent, "the operations marked x-nkmc-tcp are the agent routes");
+    assert!(agent.is_subset(&served));
+
     let codes: Vec<String> = schema["components"]["schemas"]["ErrorCode"]["enum"]
         .as_array()
         .unwrap()
@@ -104,7 +117,9 @@ async fn real_responses_fit_the_schema() {
     };
     let gw = gatewayd::Gateway::open(paths.clone(), Config::default()).unwrap();
     let listener = gatewayd::api::socket::bind(&paths.socket).unwrap();
-    let server = tokio::spawn(gatewayd::api::serve(gw, gatewayd::api::socket::OwnerOnly::new(listener)));
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let tcp_addr = tcp.local_addr().unwrap();
+    let server = tokio::spawn(gatewayd::api::serve(gw, gatewayd::api::socket::OwnerOnly::new(listener), Some(tcp)));
     let client = GatewayClient::new(&paths.socket, Duration::from_secs(10));
     let schema = schema();
     let json = |s: &str| Some((bytes::Bytes::from(s.to_owned()), "application/json"));
@@ -138,6 +153,28 @@ async fn real_responses_fit_the_schema() {
     ok("GET", "/v1/fs/read", st.as_u16(), &body);
     let (st, body) = client.call(Method::GET, "/v1/status", None).await.unwrap();
     ok("GET", "/v1/status", st.as_u16(), &body);
+    for probe in ["/healthz", "/readyz"] {
+        let (st, body) = client.call(Method::GET, probe, None).await.unwrap();
+        ok("GET", probe, st.as_u16(), &body);
+    }
+    // Over TCP: the probes answer without a token, the rest is 401 with an ErrorBody.
+    let tcp_get = |path: &'static str| async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(tcp_addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: gatewayd\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).await.unwrap();
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+        (status, body.to_owned())
+    };
+    let (st, body) = tcp_get("/readyz").await;
+    ok("GET", "/readyz", st, body.as_bytes());
+    let (st, body) = tcp_get("/v1/fs/list?path=/").await;
+    assert_eq!(st, 401);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    check(&schema, &schema["components"]["schemas"]["ErrorBody"], &v, "401 over TCP");
     let (st, body) = client.call(Method::GET, "/v1/audit?limit=50", None).await.unwrap();
     ok("GET", "/v1/audit", st.as_u16(), &body);
     let records: agentfs::wire::AuditRecords = serde_json::from_slice(&body).unwrap();

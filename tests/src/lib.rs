@@ -83,8 +83,18 @@ impl Nkmc {
             .env("NKMC_CONFIG", &self.config)
             .env("NKMC_MOUNT", &self.mount)
             .env("NKMC_LOG", "trace")
+            // Any free port: tests run side by side, and 9090 may be a user's gatewayd.
+            .env("NKMC_PORT", "0")
+            .env_remove("NKMC_HOST")
             .env_remove("NKMC_SOCKET");
         c
+    }
+
+    /// Where the running gatewayd's agent API listens over TCP (from `nkmc gateway status`).
+    pub fn tcp_addr(&self) -> SocketAddr {
+        let status = self.ok(&["gateway", "status"]);
+        let line = status.lines().find_map(|l| l.trim().strip_prefix("tcp:")).expect("a tcp line in the status");
+        line.trim().parse().unwrap_or_else(|e| panic!("tcp address `{line}`: {e}"))
     }
 
     /// Runs `nkmc ARGS` and returns its output.
@@ -240,4 +250,64 @@ pub fn canary() -> String {
 /// Whether `hay` contains `needle`.
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// An HTTP answer: status, headers (names lower-cased), body.
+#[derive(Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: HashMap<String, String>,
+    /// The body (chunked encoding undone).
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// One HTTP/1.1 request over a fresh TCP connection (`Connection: close`), written by hand
+/// so tests see exactly what goes over the wire.
+pub fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    s.write_all(head.as_bytes()).expect("write head");
+    s.write_all(body).expect("write body");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read answer");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("end of headers");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).expect("status line");
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.get("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        body = dechunk(&body);
+    }
+    Answer { status, headers, body }
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else { return out };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..eol]).trim(), 16).expect("chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[eol + 2 + size + 2..];
+    }
 }

@@ -236,3 +236,41 @@ fn verify_finds_the_last_records_removed_while_gatewayd_was_stopped() {
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains(&format!("damaged at record {seq} (missing)")), "{said}");
 }
+
+#[test]
+fn operations_are_refused_while_the_audit_log_cannot_be_written() {
+    let key = canary();
+    let up = openai_upstream(key.clone());
+    let (n, _) = setup(&key, &up);
+    let db = n.data_dir.join("nkmc.db");
+    let tcp = n.tcp_addr();
+    let ready = || nkmc_e2e::http(tcp, "GET", "/readyz", &[], b"");
+    assert_eq!(ready().status, 200);
+
+    // The disk "fills": every insert into the audit table fails from now on.
+    sql(&db, "CREATE TRIGGER audit_full BEFORE INSERT ON audit BEGIN SELECT RAISE(FAIL, 'disk full'); END;");
+    // This read goes through (nothing was known to be wrong); its record fails to be written.
+    n.ok(&["cat", "/api.openai.com/models"]);
+    // A read is recorded once its body is sent, just after the client has it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ready().status == 200 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let calls = up.seen().len();
+    let refused = n.run(&["cat", "/api.openai.com/models"]);
+    assert!(!refused.status.success(), "{:?} {}", ready(), String::from_utf8_lossy(&refused.stdout));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("audit log cannot be written"), "{said}");
+    assert_eq!(up.seen().len(), calls, "nothing reached the upstream while unaudited");
+    let not_ready = ready();
+    assert_eq!(not_ready.status, 503, "{}", not_ready.text());
+    assert!(not_ready.text().contains("audit log"), "{}", not_ready.text());
+
+    // Space again: the next refusal is recorded, and operations resume.
+    sql(&db, "DROP TRIGGER audit_full;");
+    let _ = n.run(&["cat", "/api.openai.com/models"]);
+    assert_eq!(n.ok(&["cat", "/api.openai.com/models"]), MODELS);
+    assert_eq!(ready().status, 200);
+    let verified = n.ok(&["audit", "verify"]);
+    assert!(verified.contains("ok") || verified.contains("intact"), "{verified}");
+}

@@ -80,6 +80,20 @@ impl Pending {
         }
     }
 
+    /// Refuses the operation while the audit log cannot be written (fail closed): nothing
+    /// reaches an upstream unless its record can be kept. The refusal's own record, once it
+    /// can be written again, lifts the state.
+    pub fn admit(&mut self) -> Result<(), ApiError> {
+        if self.gw.audit.is_failing() {
+            return self.check(Err(ApiError::new(
+                ErrorCode::Internal,
+                "gatewayd: the audit log cannot be written, so operations are refused; check the data dir's \
+                 disk space and permissions (gatewayd.log says more), then retry",
+            )));
+        }
+        Ok(())
+    }
+
     /// Who acts: the agent a token names (the owner when there is no token).
     pub fn agent(&mut self, name: String) {
         self.agent = name;

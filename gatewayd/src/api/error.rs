@@ -56,6 +56,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::UpstreamFailed | ErrorCode::Unreachable => StatusCode::BAD_GATEWAY,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
     }
 }
 

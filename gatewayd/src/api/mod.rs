@@ -5,7 +5,9 @@ mod admin;
 mod audit;
 pub mod error;
 mod fs;
+mod health;
 pub mod socket;
+pub mod tcp;
 mod tokens;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ const BODY_LIMIT: usize = 1024 * 1024;
 /// Every route the router serves, as (method, path template). `schemas/gatewayd.openapi.yaml`
 /// describes exactly these; a test holds the three (table, router, schema) in step.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
     ("GET", "/v1/status"),
     ("POST", "/v1/shutdown"),
     ("GET", "/v1/services"),
@@ -48,9 +52,53 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens/inspect"),
 ];
 
+/// The agent subset of [`ROUTES`]: served on the socket and over TCP (where a bearer token
+/// is required on all but the health checks). The schema marks them `x-nkmc-tcp: true`.
+pub const AGENT_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/fs/stat"),
+    ("GET", "/v1/fs/list"),
+    ("GET", "/v1/fs/read"),
+    ("POST", "/v1/fs/write"),
+    ("POST", "/v1/fs/delete"),
+    ("GET", "/.well-known/nkmc/biscuit-public-key"),
+    ("POST", "/v1/tokens/inspect"),
+];
+
+/// The routes of [`AGENT_ROUTES`], without state.
+fn agent_routes() -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/v1/fs/stat", get(fs::stat))
+        .route("/v1/fs/list", get(fs::list))
+        .route("/v1/fs/read", get(fs::read))
+        .route("/v1/fs/write", post(fs::write).layer(DefaultBodyLimit::max(WRITE_BODY_LIMIT)))
+        .route("/v1/fs/delete", post(fs::delete))
+        .route("/.well-known/nkmc/biscuit-public-key", get(tokens::public_key))
+        .route("/v1/tokens/inspect", post(tokens::inspect))
+}
+
+/// Answers for unknown routes and methods, then the body limit and the state.
+fn finish(routes: Router<Arc<Gateway>>, gw: Arc<Gateway>) -> Router {
+    routes
+        .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(gw)
+}
+
+/// The agent API for the TCP listener: [`AGENT_ROUTES`] behind [`tcp::require_bearer`].
+pub fn tcp_router(gw: Arc<Gateway>) -> Router {
+    finish(agent_routes(), gw).layer(axum::middleware::from_fn(tcp::require_bearer))
+}
+
 /// Every route, for the socket.
 pub fn router(gw: Arc<Gateway>) -> Router {
-    Router::new()
+    let admin = Router::new()
         .route("/v1/status", get(admin::status))
         .route("/v1/shutdown", post(admin::shutdown))
         .route(
@@ -60,27 +108,20 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/services/{domain}", axum::routing::delete(admin::remove_service))
         .route("/v1/keys", get(admin::list_keys))
         .route("/v1/keys/{domain}", put(admin::set_key).delete(admin::remove_key))
-        .route("/v1/fs/stat", get(fs::stat))
-        .route("/v1/fs/list", get(fs::list))
-        .route("/v1/fs/read", get(fs::read))
-        .route("/v1/fs/write", post(fs::write).layer(DefaultBodyLimit::max(WRITE_BODY_LIMIT)))
-        .route("/v1/fs/delete", post(fs::delete))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
-        .route("/.well-known/nkmc/biscuit-public-key", get(tokens::public_key))
         .route("/v1/tokens", post(tokens::mint))
-        .route("/v1/tokens/revoke", post(tokens::revoke))
-        .route("/v1/tokens/inspect", post(tokens::inspect))
-        .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")
-        })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(gw)
+        .route("/v1/tokens/revoke", post(tokens::revoke));
+    finish(agent_routes().merge(admin), gw)
 }
 
-/// Serves the API on the socket until a shutdown is requested or SIGTERM/SIGINT arrives.
-pub async fn serve(gw: Arc<Gateway>, listener: socket::OwnerOnly) -> std::io::Result<()> {
+/// Serves the API on the socket, and the agent API on `tcp` when given, until a shutdown is
+/// requested or SIGTERM/SIGINT arrives; both stop together.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: socket::OwnerOnly,
+    tcp: Option<tokio::net::TcpListener>,
+) -> std::io::Result<()> {
     let app = router(gw.clone());
     let stop = {
         let gw = gw.clone();
@@ -99,5 +140,30 @@ pub async fn serve(gw: Arc<Gateway>, listener: socket::OwnerOnly) -> std::io::Re
             }
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(stop).await
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    tokio::spawn(async move {
+        stop.await;
+        let _ = tx.send(true);
+    });
+    let socket = axum::serve(listener, app).with_graceful_shutdown(stopped(rx.clone()));
+    match tcp {
+        Some(tcp) => {
+            use axum::serve::ListenerExt;
+            let tcp = tcp.tap_io(|stream| {
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "tcp: cannot set TCP_NODELAY");
+                }
+            });
+            let agents = axum::serve(tcp, tcp_router(gw.clone())).with_graceful_shutdown(stopped(rx));
+            let (a, b) = tokio::join!(
+                std::future::IntoFuture::into_future(socket),
+                std::future::IntoFuture::into_future(agents)
+            );
+            a.and(b)
+        }
+        None => socket.await,
+    }
 }

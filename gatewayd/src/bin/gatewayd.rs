@@ -41,11 +41,43 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async {
         let gw = gatewayd::Gateway::open(paths.clone(), config)?;
         let listener = gatewayd::api::socket::bind(&paths.socket)?;
-        tracing::info!(socket = %paths.socket.display(), data_dir = %paths.data_dir.display(), services = gw.registry().len(), "gatewayd ready");
-        gatewayd::api::serve(gw.clone(), gatewayd::api::socket::OwnerOnly::new(listener)).await?;
+        let tcp = listen_tcp(&gw).await?;
+        tracing::info!(
+            socket = %paths.socket.display(),
+            tcp = %gw.tcp_addr().map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            data_dir = %paths.data_dir.display(),
+            services = gw.registry().len(),
+            "gatewayd ready"
+        );
+        gatewayd::api::serve(gw.clone(), gatewayd::api::socket::OwnerOnly::new(listener), tcp).await?;
         gw.audit.flush();
         let _ = std::fs::remove_file(&paths.socket);
         tracing::info!("gatewayd stopped");
         Ok(())
     })
+}
+
+/// The TCP listener for the agent API, where `[tcp]`, `NKMC_HOST` and `NKMC_PORT` say. The
+/// built-in default (127.0.0.1:9090) being taken is a warning; an address the user chose
+/// that cannot be bound stops gatewayd.
+async fn listen_tcp(gw: &gatewayd::Gateway) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    let Some(listen) = gw.config.tcp.from_env()? else {
+        tracing::info!("tcp: the agent API over TCP is off");
+        return Ok(None);
+    };
+    match gatewayd::api::tcp::bind(&listen).await {
+        Ok(listener) => {
+            let addr = listener.local_addr().context("gatewayd: the TCP listener has no address")?;
+            if gatewayd::api::tcp::is_public(&addr) {
+                tracing::warn!(%addr, "tcp: the agent API listens beyond loopback; every request needs a token");
+            }
+            gw.set_tcp_addr(addr);
+            Ok(Some(listener))
+        }
+        Err(e) if !listen.explicit => {
+            tracing::warn!(error = %e, "tcp: running without the agent API over TCP");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
 }

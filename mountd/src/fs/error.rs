@@ -85,5 +85,6 @@ pub fn errno_of(code: ErrorCode) -> i32 {
         ErrorCode::Unreachable => libc::ECONNREFUSED,
         ErrorCode::BadRequest => libc::EINVAL,
         ErrorCode::Internal => libc::EIO,
+        ErrorCode::Unauthenticated => libc::EACCES,
     }
 }

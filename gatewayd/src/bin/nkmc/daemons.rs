@@ -126,6 +126,7 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
         Some(s) => {
             println!("gatewayd: running (pid {}, up {}s, version {})", s.pid, s.uptime_secs, s.version);
             println!("  socket:   {}", s.socket);
+            println!("  tcp:      {}", s.tcp.as_deref().unwrap_or("off"));
             println!("  data dir: {}", s.data_dir);
             println!("  services: {}", s.services);
             true
