@@ -40,6 +40,51 @@ pub struct Listing {
     pub entries: Vec<Entry>,
 }
 
+/// `POST /v1/fs/grep`: search the files under a path, as `grep -r` on the mount would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrepRequest {
+    /// Where to start: a directory (searched recursively) or one file.
+    pub path: String,
+    /// A regular expression (Rust `regex` syntax, linear time), or a literal with `fixed`.
+    pub pattern: String,
+    /// The pattern is a literal string (`grep -F`).
+    #[serde(default)]
+    pub fixed: bool,
+    /// Case-insensitive (`grep -i`).
+    #[serde(default)]
+    pub ignore_case: bool,
+    /// Stop after this many files (default 1000, at most 10000); `truncated` says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_files: Option<u32>,
+}
+
+/// One matching line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrepMatch {
+    /// The file's canonical virtual path.
+    pub path: String,
+    /// The line number, from 1.
+    pub line: u64,
+    /// The line (lossy UTF-8, without its newline; cut at 4096 bytes).
+    pub text: String,
+}
+
+/// What a search found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrepResult {
+    /// Matching lines, by path then line.
+    pub matches: Vec<GrepMatch>,
+    /// Files read.
+    pub files_searched: u64,
+    /// Files that could not be read (their errors, as `grep -s` would hide them).
+    pub files_failed: u64,
+    /// The search stopped at a limit (files, depth, or bytes per file).
+    pub truncated: bool,
+}
+
 /// The machine-readable class of an error; each maps to one errno in mountd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

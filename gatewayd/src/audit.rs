@@ -154,6 +154,12 @@ pub enum Operation {
     Write,
     /// `POST /v1/fs/delete`.
     Delete,
+    /// `POST /v1/fs/grep`.
+    Grep,
+    /// `POST /v1/tokens`.
+    TokenMint,
+    /// `POST /v1/tokens/revoke`.
+    TokenRevoke,
 }
 
 impl Operation {
@@ -173,6 +179,9 @@ impl Operation {
             Operation::Read => "read",
             Operation::Write => "write",
             Operation::Delete => "delete",
+            Operation::Grep => "grep",
+            Operation::TokenMint => "token.mint",
+            Operation::TokenRevoke => "token.revoke",
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod db;
 pub mod discovery;
 pub mod gateway;
+pub mod grep;
 pub mod ops;
 pub mod registry;
 pub mod ssrf;

@@ -82,6 +82,9 @@ pub enum OpError {
         /// Its message.
         message: String,
     },
+    /// A search pattern that does not compile.
+    #[error("gatewayd: the grep pattern is invalid: {0}")]
+    InvalidPattern(String),
     /// The upstream failed.
     #[error("{0}")]
     Upstream(#[from] UpstreamError),

@@ -110,7 +110,13 @@ fn auth_attenuate_inspect_revoke() {
     assert!(ok_stdin(&n, &["token", "inspect", "--token", "-"], offline.trim()).contains("verified: yes"));
     assert!(ok_stdin(&n, &["token", "inspect", "--token", "-"], &narrow).contains("revoked:  YES"));
 
-    // No token is ever written anywhere but the saved token file (logs, database, WAL).
+    // Minting and revoking are audited: who, for which agent, the token's revocation id.
+    let tail = n.ok(&["audit", "tail", "-n", "200"]);
+    let mints: Vec<&str> = tail.lines().filter(|l| l.contains("token.mint")).collect();
+    assert!(mints.iter().any(|l| l.contains("agent:a1")), "{tail}");
+    assert!(tail.lines().any(|l| l.contains("token.revoke") && l.contains("agent:a1")), "{tail}");
+
+    // No token is ever written anywhere but the saved token file (logs, database, WAL, audit).
     for t in [&full, &narrow, &other] {
         let needle = &t.as_bytes()[..48];
         for f in n.data_files() {

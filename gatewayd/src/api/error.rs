@@ -130,6 +130,7 @@ impl From<OpError> for ApiError {
             OpError::NotADirectory(_) => ApiError::new(ErrorCode::NotADirectory, e.to_string()),
             OpError::NoOperation { .. } => ApiError::new(ErrorCode::NotSupported, e.to_string()),
             OpError::Generated(_) => ApiError::new(ErrorCode::NotSupported, e.to_string()),
+            OpError::InvalidPattern(_) => ApiError::new(ErrorCode::InvalidInput, e.to_string()),
             OpError::Hidden(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
             OpError::Auth(ref a) if a.is_refusal() => ApiError::new(ErrorCode::PermissionDenied, e.to_string()),
             OpError::Auth(_) => ApiError::new(ErrorCode::Internal, e.to_string()),

@@ -187,3 +187,21 @@ pub async fn delete(
     )?;
     Ok(respond(&gw, resp, audit))
 }
+
+/// `POST /v1/fs/grep`: `grep -r` under a path, with the caller's rights.
+pub async fn grep(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    req: Result<Json<agentfs::wire::GrepRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<agentfs::wire::GrepResult>, ApiError> {
+    let mut audit = Pending::start(&gw, Operation::Grep);
+    let who = caller(&headers, &mut audit);
+    let who = audit.check(who)?;
+    let Json(req) = audit.check(req.map_err(|e| ApiError::bad_request(format!("gatewayd: {}", e.body_text()))))?;
+    let path = audit.path(VPath::parse(&req.path).map_err(ApiError::from))?;
+    let found = crate::grep::grep(&gw, &who, &path, &req).await;
+    if let Ok(found) = &found {
+        audit.bytes(found.files_searched);
+    }
+    audit.finish(found.map(Json))
+}

@@ -44,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/fs/read"),
     ("POST", "/v1/fs/write"),
     ("POST", "/v1/fs/delete"),
+    ("POST", "/v1/fs/grep"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/audit/verify"),
     ("GET", "/.well-known/nkmc/biscuit-public-key"),
@@ -62,6 +63,7 @@ pub const AGENT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/fs/read"),
     ("POST", "/v1/fs/write"),
     ("POST", "/v1/fs/delete"),
+    ("POST", "/v1/fs/grep"),
     ("GET", "/.well-known/nkmc/biscuit-public-key"),
     ("POST", "/v1/tokens/inspect"),
 ];
@@ -76,6 +78,7 @@ fn agent_routes() -> Router<Arc<Gateway>> {
         .route("/v1/fs/read", get(fs::read))
         .route("/v1/fs/write", post(fs::write).layer(DefaultBodyLimit::max(WRITE_BODY_LIMIT)))
         .route("/v1/fs/delete", post(fs::delete))
+        .route("/v1/fs/grep", post(fs::grep))
         .route("/.well-known/nkmc/biscuit-public-key", get(tokens::public_key))
         .route("/v1/tokens/inspect", post(tokens::inspect))
 }

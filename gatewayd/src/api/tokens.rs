@@ -14,7 +14,9 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
 
+use super::audit::Pending;
 use super::error::ApiError;
+use crate::audit::Operation;
 use crate::auth::{AuthError, RevokeScope};
 use crate::Gateway;
 
@@ -63,10 +65,16 @@ pub async fn mint(
     State(gw): State<Arc<Gateway>>,
     req: Result<Json<MintTokenRequest>, JsonRejection>,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let req = body(req)?;
-    let token = gw.auth.mint(&req.agent, SystemTime::now()).map_err(token_error)?;
-    let id = crate::auth::revocation::revocation_ids(&token).map_err(token_error)?;
-    tracing::info!(agent = %req.agent, revocation_id = %id.first().map(String::as_str).unwrap_or(""), "token minted");
+    let mut audit = Pending::start(&gw, Operation::TokenMint);
+    let req = audit.check(body(req))?;
+    audit.target(format!("agent:{}", req.agent));
+    let token = audit.check(gw.auth.mint(&req.agent, SystemTime::now()).map_err(token_error))?;
+    let id = audit.check(crate::auth::revocation::revocation_ids(&token).map_err(token_error))?;
+    let id = id.first().map(String::as_str).unwrap_or("");
+    tracing::info!(agent = %req.agent, revocation_id = %id, "token minted");
+    // The revocation id names the token in the record; it grants nothing.
+    audit.key_id(id);
+    audit.ok();
     Ok(Json(TokenResponse { token }))
 }
 
@@ -75,12 +83,21 @@ pub async fn revoke(
     State(gw): State<Arc<Gateway>>,
     req: Result<Json<RevokeTokenRequest>, JsonRejection>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
-    let req = body(req)?;
+    let mut audit = Pending::start(&gw, Operation::TokenRevoke);
+    let req = audit.check(body(req))?;
+    if let Some(id) = crate::auth::revocation::revocation_ids(&req.token).ok().and_then(|ids| ids.last().cloned()) {
+        audit.key_id(&id);
+    }
+    // The owner acts; the target is the agent the token was minted for.
+    if let Some(agent) = gw.auth.inspect(&req.token).ok().and_then(|i| i.agent) {
+        audit.target(format!("agent:{agent}"));
+    }
     let scope = if req.lineage { RevokeScope::Lineage } else { RevokeScope::Token };
     let revoked = {
         let conn = gw.db();
-        gw.auth.revoke(&conn, &req.token, scope, SystemTime::now()).map_err(token_error)?
+        gw.auth.revoke(&conn, &req.token, scope, SystemTime::now()).map_err(token_error)
     };
+    let revoked = audit.finish(revoked)?;
     tracing::info!(revoked, lineage = req.lineage, "token revoked");
     Ok(Json(RevokeResponse { revoked: revoked as u64 }))
 }

@@ -5,6 +5,7 @@ mod audit;
 mod daemons;
 mod files;
 mod mounts;
+mod pipe;
 mod token;
 
 use std::path::PathBuf;
@@ -103,6 +104,17 @@ enum Command {
     Rm {
         /// A path such as `/api.openai.com/models.d/ft-1`.
         path: String,
+    },
+    /// Search files under a path (as `grep -r` on the mount): prints `PATH:LINE` per match.
+    /// Exits 0 when something matched, 1 when nothing did, 2 on an error.
+    Grep(files::GrepArgs),
+    /// Run a small pipeline of file commands inside nkmc, moving bodies, not envelopes:
+    /// `nkmc pipe "cat /a/items | write /b/items"`. Stages: `cat PATH` (first),
+    /// `grep [-i] [-v] [-F] PATTERN` (keeps matching lines), `write PATH` (sends what it gets
+    /// and passes the response on). The last stage's output is printed.
+    Pipe {
+        /// The pipeline, one argument (quote it).
+        pipeline: String,
     },
     /// The audit log: every operation, hash-chained.
     Audit {
@@ -258,6 +270,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cat { path } => files::cat(&ctx, &path).await,
         Command::Write { path, data } => files::write(&ctx, &path, data).await,
         Command::Rm { path } => files::rm(&ctx, &path).await,
+        Command::Grep(args) => files::grep(&ctx, args).await,
+        Command::Pipe { pipeline } => pipe::run(&ctx, &pipeline).await,
         Command::Audit { command } => audit::run(&ctx, command).await,
         Command::Auth(args) => token::auth(&ctx, args).await,
         Command::Token { command } => token::run(&ctx, command).await,
