@@ -296,6 +296,10 @@ pub struct Status {
     pub services: usize,
     /// Seconds since gatewayd started.
     pub uptime_secs: u64,
+    /// This gateway's id among peers.
+    pub gateway_id: String,
+    /// This gateway's display name.
+    pub gateway_name: String,
     /// Where the agent API listens over TCP (`127.0.0.1:9090`); absent when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,

@@ -70,7 +70,56 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 4: where a key goes when the owner said so (`keys set --header H`); JSON, never secret.
     "ALTER TABLE keys ADD COLUMN placement TEXT;",
+    // 5: federation: this gateway's identity, its peers and its lending rules; peer secrets
+    // are vault rows of scope `peer` (owner: the peer's id), so the keys table is rebuilt
+    // with the wider CHECK.
+    FEDERATION_TABLES,
 ];
+
+/// The tables of migration 5 (also used by unit tests).
+pub const FEDERATION_TABLES: &str = "CREATE TABLE settings (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE peers (
+        id           TEXT PRIMARY KEY,
+        name         TEXT NOT NULL,
+        url          TEXT NOT NULL,
+        added_ms     INTEGER NOT NULL,
+        last_seen_ms INTEGER,
+        status       TEXT NOT NULL DEFAULT 'unknown',
+        domains      TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE rules (
+        domain       TEXT PRIMARY KEY,
+        allow        INTEGER NOT NULL,
+        peers        TEXT NOT NULL,
+        ops          TEXT NOT NULL,
+        pricing      TEXT NOT NULL,
+        amount       TEXT,
+        rate_per_min INTEGER
+    );
+    CREATE TABLE keys_v5 (
+        key_id     TEXT PRIMARY KEY,
+        domain     TEXT NOT NULL,
+        scope      TEXT NOT NULL CHECK (scope IN ('pool', 'byok', 'peer')),
+        owner      TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        placement  TEXT,
+        UNIQUE (domain, scope, owner)
+    );
+    INSERT INTO keys_v5 (key_id, domain, scope, owner, ciphertext, created_at, placement)
+        SELECT key_id, domain, scope, owner, ciphertext, created_at, placement FROM keys;
+    DROP TABLE keys;
+    ALTER TABLE keys_v5 RENAME TO keys;";
+
+/// The rules table alone (unit tests of the rules).
+#[cfg(test)]
+pub const RULES_TABLE: &str = "CREATE TABLE rules (
+        domain TEXT PRIMARY KEY, allow INTEGER NOT NULL, peers TEXT NOT NULL, ops TEXT NOT NULL,
+        pricing TEXT NOT NULL, amount TEXT, rate_per_min INTEGER
+    );";
 
 const LATEST: i64 = MIGRATIONS.len() as i64;
 

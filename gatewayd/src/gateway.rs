@@ -43,6 +43,9 @@ pub enum StartError {
     /// The token root key or the revocation list could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The gateway's federation identity is invalid.
+    #[error(transparent)]
+    Identity(#[from] crate::federation::identity::IdentityError),
 }
 
 /// Everything the API handlers share.
@@ -61,6 +64,8 @@ pub struct Gateway {
     /// Agent tokens: the root key pair (`biscuit.key`, created on first run) and the
     /// revocation list.
     pub auth: Authority,
+    /// Who this gateway is to its peers.
+    pub identity: crate::federation::identity::Identity,
     db: Mutex<Connection>,
     registry: RwLock<Registry>,
     started: Instant,
@@ -81,6 +86,13 @@ impl Gateway {
         let audit = AuditLog::open(&conn, paths.data_dir.join(crate::audit::ANCHOR_FILE), Box::new(SystemClock))?;
         let upstream = Upstream::new(config.upstream.clone(), private_hosts)?;
         let auth = Authority::open(&paths.data_dir, &conn)?;
+        let identity = crate::federation::identity::settle(
+            &conn,
+            std::env::var("NKMC_GATEWAY_ID").ok().as_deref(),
+            std::env::var("NKMC_GATEWAY_NAME").ok().as_deref(),
+            || crate::federation::sign::nonce().chars().take(16).collect(),
+            || std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()),
+        )?;
         Ok(Arc::new(Gateway {
             paths,
             config,
@@ -88,6 +100,7 @@ impl Gateway {
             vault,
             audit,
             auth,
+            identity,
             db: Mutex::new(conn),
             registry: RwLock::new(registry),
             started: Instant::now(),

@@ -19,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod discovery;
+pub mod federation;
 pub mod gateway;
 pub mod grep;
 pub mod ops;

@@ -27,6 +27,8 @@ pub async fn status(State(gw): State<Arc<Gateway>>) -> Json<Status> {
         socket: gw.paths.socket.display().to_string(),
         services: gw.registry().len(),
         uptime_secs: gw.uptime().as_secs(),
+        gateway_id: gw.identity.id.clone(),
+        gateway_name: gw.identity.name.clone(),
         tcp: gw.tcp_addr().map(|a| a.to_string()),
     })
 }

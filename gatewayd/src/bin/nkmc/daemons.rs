@@ -125,6 +125,7 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let running = match gateway_status(&client).await {
         Some(s) => {
             println!("gatewayd: running (pid {}, up {}s, version {})", s.pid, s.uptime_secs, s.version);
+            println!("  gateway:  {} ({})", s.gateway_id, s.gateway_name);
             println!("  socket:   {}", s.socket);
             println!("  tcp:      {}", s.tcp.as_deref().unwrap_or("off"));
             println!("  data dir: {}", s.data_dir);

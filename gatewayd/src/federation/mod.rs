@@ -1,0 +1,9 @@
+//! Federation: gateways lend and borrow API access under rules, and keys never move.
+//!
+//! - [`sign`]: HMAC-SHA256 signatures of every peer message and answer, the time window and
+//!   the replay cache.
+//! - [`rules`]: what this gateway lends, to whom, for which operations, at what price and rate.
+
+pub mod identity;
+pub mod rules;
+pub mod sign;
