@@ -4,6 +4,8 @@
 //!   the replay cache.
 //! - [`rules`]: what this gateway lends, to whom, for which operations, at what price and rate.
 
+pub mod client;
 pub mod identity;
+pub mod protocol;
 pub mod rules;
 pub mod sign;
