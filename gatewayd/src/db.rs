@@ -121,6 +121,14 @@ pub const RULES_TABLE: &str = "CREATE TABLE rules (
         pricing TEXT NOT NULL, amount TEXT, rate_per_min INTEGER
     );";
 
+/// The settings and peers tables alone (unit tests).
+#[cfg(test)]
+pub const FEDERATION_TABLES_NO_KEYS: &str = "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE peers (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, url TEXT NOT NULL, added_ms INTEGER NOT NULL,
+        last_seen_ms INTEGER, status TEXT NOT NULL DEFAULT 'unknown', domains TEXT NOT NULL DEFAULT '[]'
+    );";
+
 const LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Holds the single-instance lock for as long as it lives.

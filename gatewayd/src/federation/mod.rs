@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod peers;
 pub mod protocol;
 pub mod rules;
 pub mod sign;
