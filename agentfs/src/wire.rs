@@ -221,6 +221,23 @@ pub struct KeyInfo {
     pub key_id: String,
     /// Seconds since the Unix epoch.
     pub created_at: i64,
+    /// The agent a `byok` key belongs to (absent for the pool key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// `POST /v1/vault/rotate`: what a master-key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultRotation {
+    /// How many keys were re-encrypted.
+    pub keys: u64,
+    /// The id of the retired master key (8 hex digits; not secret).
+    pub old_master_id: String,
+    /// The id of the master key now in use.
+    pub new_master_id: String,
+    /// The cipher the keys are now sealed with.
+    pub cipher: String,
 }
 
 /// `GET /v1/keys`.

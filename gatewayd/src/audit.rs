@@ -154,6 +154,8 @@ pub enum Operation {
     Write,
     /// `POST /v1/fs/delete`.
     Delete,
+    /// `POST /v1/vault/rotate`.
+    VaultRotate,
 }
 
 impl Operation {
@@ -173,6 +175,7 @@ impl Operation {
             Operation::Read => "read",
             Operation::Write => "write",
             Operation::Delete => "delete",
+            Operation::VaultRotate => "vault.rotate",
         }
     }
 }

@@ -112,6 +112,17 @@ fn absolute(p: &Path) -> PathBuf {
 pub struct Config {
     /// Outbound calls.
     pub upstream: UpstreamConfig,
+    /// The vault.
+    pub vault: VaultConfig,
+}
+
+/// `[vault]`: how keys are sealed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// The AEAD new keys are sealed with: `aes-256-gcm` (default) or `xchacha20-poly1305`.
+    /// Keys sealed with either decrypt whatever this says.
+    pub cipher: crate::vault::Cipher,
 }
 
 /// `[upstream]`: outbound HTTP.
@@ -178,6 +189,11 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "[upstream]\ntimeout_ms = 1500\n").unwrap();
         assert_eq!(Config::load(&f).unwrap().upstream.timeout(), Duration::from_millis(1500));
+        std::fs::write(&f, "[vault]\ncipher = \"xchacha20-poly1305\"\n").unwrap();
+        assert_eq!(Config::load(&f).unwrap().vault.cipher, crate::vault::Cipher::XChaCha20Poly1305);
+        std::fs::write(&f, "[vault]\ncipher = \"rot13\"\n").unwrap();
+        let err = Config::load(&f).unwrap_err().to_string();
+        assert!(err.contains("aes-256-gcm"), "{err}");
         std::fs::write(&f, "[upstream]\ntimeout = 1\n").unwrap();
         let err = Config::load(&f).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");

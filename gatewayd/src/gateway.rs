@@ -74,7 +74,7 @@ impl Gateway {
         create_private_dir(&paths.data_dir)?;
         let lock = db::lock_instance(&paths.lock_file(), &paths.data_dir)?;
         let conn = db::open(&paths.database())?;
-        let vault = Vault::open(&paths.master_key())?;
+        let vault = Vault::open(&paths.master_key(), config.vault.cipher, &conn)?;
         let private_hosts = crate::ssrf::PrivateHosts::default();
         let registry = Registry::load(&conn, private_hosts.clone())?;
         let audit = AuditLog::open(&conn, paths.data_dir.join(crate::audit::ANCHOR_FILE), Box::new(SystemClock))?;

@@ -126,6 +126,18 @@ pub fn authorize(gw: &Gateway, caller: &Caller, path: &VPath, op: auth::Op) -> R
     }
 }
 
+/// The credential for a request to `domain` by `agent` (the identity [`authorize`] returned
+/// for the caller; `None` for the owner): the agent's own key (BYOK) first, then the pool
+/// key. Looked up per request, never cached per mount or per caller.
+pub fn credential_for(
+    gw: &Gateway,
+    agent: Option<&auth::AgentId>,
+    domain: &str,
+) -> Result<Option<crate::vault::Credential>, OpError> {
+    let conn = gw.db();
+    Ok(gw.vault.credential(&conn, agent.map(auth::AgentId::as_str), domain)?)
+}
+
 /// Whether `caller` may see `path` at all (listings leave out what it cannot reach).
 fn visible(gw: &Gateway, caller: &Caller, path: &VPath) -> bool {
     authorize(gw, caller, path, auth::Op::Lookup).is_ok()
@@ -201,8 +213,8 @@ pub fn stat(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Entry, OpErro
 /// `ls`: the entries of a directory. A collection's directory (`models.d/`) also lists
 /// the items its GET returns, capped at [`items::MAX_ITEMS`].
 pub async fn list(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Listing, OpError> {
-    authorize(gw, caller, path, auth::Op::List)?;
-    let listing = list_unfiltered(gw, path).await?;
+    let agent = authorize(gw, caller, path, auth::Op::List)?;
+    let listing = list_unfiltered(gw, agent.as_ref(), path).await?;
     if matches!(caller, Caller::Owner) {
         return Ok(listing);
     }
@@ -224,7 +236,7 @@ pub async fn list(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Listing
 }
 
 /// The listing as the owner sees it.
-async fn list_unfiltered(gw: &Gateway, path: &VPath) -> Result<Listing, OpError> {
+async fn list_unfiltered(gw: &Gateway, agent: Option<&auth::AgentId>, path: &VPath) -> Result<Listing, OpError> {
     let (service, resolved) = match locate(gw, path)? {
         Target::Root => {
             let mut entries = vec![generated_entry(readme::FILE_NAME, readme::mount_readme().len())];
@@ -242,7 +254,7 @@ async fn list_unfiltered(gw: &Gateway, path: &VPath) -> Result<Listing, OpError>
     };
     let mut tree_entries = service.tree.list(resolved.node);
     if service.tree.lists_items(resolved.node) {
-        let ids = collection_ids(gw, &service, &resolved).await?;
+        let ids = collection_ids(gw, agent, &service, &resolved).await?;
         tree_entries.extend(service.tree.item_entries(resolved.node, &ids));
     }
     let mut entries: Vec<Entry> = tree_entries
@@ -266,8 +278,13 @@ async fn list_unfiltered(gw: &Gateway, path: &VPath) -> Result<Listing, OpError>
 const MAX_LISTING_BODY: u64 = 16 * 1024 * 1024;
 
 /// The ids in a collection's GET response.
-async fn collection_ids(gw: &Gateway, service: &Service, dir: &Resolved) -> Result<Vec<String>, OpError> {
-    let resp = send_get(gw, service, dir).await?;
+async fn collection_ids(
+    gw: &Gateway,
+    agent: Option<&auth::AgentId>,
+    service: &Service,
+    dir: &Resolved,
+) -> Result<Vec<String>, OpError> {
+    let resp = send_get(gw, agent, service, dir).await?;
     if resp.content_length().is_some_and(|l| l > MAX_LISTING_BODY) {
         return Ok(Vec::new());
     }
@@ -307,7 +324,7 @@ fn markdown(text: String) -> Output {
 
 /// `cat`: the upstream response to the file's GET, or a generated file.
 pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output, OpError> {
-    authorize(gw, caller, path, auth::Op::Read)?;
+    let agent = authorize(gw, caller, path, auth::Op::Read)?;
     let (service, resolved) = match locate(gw, path)? {
         Target::Readme => return Ok(markdown(readme::mount_readme())),
         Target::Skill(s) => return Ok(markdown(s.skill.clone())),
@@ -319,9 +336,9 @@ pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output,
         return Err(OpError::NoOperation { path: path.to_string(), method: "GET" });
     }
     if service.spec.protocol == Protocol::JsonRpc {
-        return call_rpc(gw, &service, &resolved, None).await;
+        return call_rpc(gw, agent.as_ref(), &service, &resolved, None).await;
     }
-    Ok(Output::Upstream(send_get(gw, &service, &resolved).await?))
+    Ok(Output::Upstream(send_get(gw, agent.as_ref(), &service, &resolved).await?))
 }
 
 /// Ids of JSON-RPC calls (unique per gatewayd run).
@@ -335,6 +352,7 @@ const MAX_RPC_BODY: usize = 16 * 1024 * 1024;
 /// becomes an error with its code and message.
 async fn call_rpc(
     gw: &Gateway,
+    agent: Option<&auth::AgentId>,
     service: &Service,
     resolved: &Resolved,
     params: Option<Bytes>,
@@ -365,10 +383,7 @@ async fn call_rpc(
     };
     let id = RPC_IDS.fetch_add(1, Ordering::Relaxed);
     let envelope = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method.name, "params": params});
-    let credential = {
-        let conn = gw.db();
-        gw.vault.pool_key(&conn, &service.domain)?
-    };
+    let credential = credential_for(gw, agent, &service.domain)?;
     let placement = credential.as_ref().and_then(|c| c.placement.clone());
     let credential = credential.map(|c| c.secret);
     let call = Call {
@@ -405,13 +420,19 @@ async fn call_rpc(
 }
 
 /// Sends the GET of a resolved node with the service's credential.
-async fn send_get(gw: &Gateway, service: &Service, resolved: &Resolved) -> Result<reqwest::Response, OpError> {
-    send_op(gw, service, resolved, Method::Get, None).await
+async fn send_get(
+    gw: &Gateway,
+    agent: Option<&auth::AgentId>,
+    service: &Service,
+    resolved: &Resolved,
+) -> Result<reqwest::Response, OpError> {
+    send_op(gw, agent, service, resolved, Method::Get, None).await
 }
 
 /// Sends one of a node's operations with the service's credential.
 async fn send_op(
     gw: &Gateway,
+    agent: Option<&auth::AgentId>,
     service: &Service,
     resolved: &Resolved,
     method: Method,
@@ -422,10 +443,7 @@ async fn send_op(
         method: method.as_str(),
     })?;
     let op = &service.spec.operations[op_index];
-    let credential = {
-        let conn = gw.db();
-        gw.vault.pool_key(&conn, &service.domain)?
-    };
+    let credential = credential_for(gw, agent, &service.domain)?;
     let placement = credential.as_ref().and_then(|c| c.placement.clone());
     let credential = credential.map(|c| c.secret);
     let query = match (&op.fixed_query, &resolved.query) {
@@ -460,10 +478,10 @@ fn writable_target(gw: &Gateway, path: &VPath) -> Result<(Arc<Service>, Resolved
 /// else its PATCH, with the JSON body. A body that is not JSON is refused before anything
 /// is sent; an empty body is sent as no body.
 pub async fn write(gw: &Gateway, caller: &Caller, path: &VPath, body: Bytes) -> Result<Output, OpError> {
-    authorize(gw, caller, path, auth::Op::Write)?;
+    let agent = authorize(gw, caller, path, auth::Op::Write)?;
     let (service, resolved) = writable_target(gw, path)?;
     if service.spec.protocol == Protocol::JsonRpc {
-        return call_rpc(gw, &service, &resolved, Some(body)).await;
+        return call_rpc(gw, agent.as_ref(), &service, &resolved, Some(body)).await;
     }
     let method = [Method::Post, Method::Put, Method::Patch]
         .into_iter()
@@ -474,12 +492,12 @@ pub async fn write(gw: &Gateway, caller: &Caller, path: &VPath, body: Bytes) -> 
             .map_err(|e| OpError::NotJson { path: path.to_string(), message: e.to_string() })?;
     }
     let body = (!body.is_empty()).then_some(body);
-    Ok(Output::Upstream(send_op(gw, &service, &resolved, method, body).await?))
+    Ok(Output::Upstream(send_op(gw, agent.as_ref(), &service, &resolved, method, body).await?))
 }
 
 /// `rm FILE`: sends the file's DELETE.
 pub async fn delete(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output, OpError> {
-    authorize(gw, caller, path, auth::Op::Delete)?;
+    let agent = authorize(gw, caller, path, auth::Op::Delete)?;
     let (service, resolved) = writable_target(gw, path)?;
-    Ok(Output::Upstream(send_op(gw, &service, &resolved, Method::Delete, None).await?))
+    Ok(Output::Upstream(send_op(gw, agent.as_ref(), &service, &resolved, Method::Delete, None).await?))
 }

@@ -33,6 +33,11 @@ enum Command {
     },
     /// Unmount every mount started by nkmc and stop gatewayd.
     Down,
+    /// The vault's master key.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
     /// Control gatewayd.
     Gateway {
         #[command(subcommand)]
@@ -167,14 +172,34 @@ enum KeysCommand {
         /// HTTP basic credentials `USER:PASSWORD`, or `-` for stdin.
         #[arg(long)]
         basic: Option<String>,
+        /// Store it as the current agent's own key (BYOK: NKMC_TOKEN, else the token `nkmc
+        /// auth` saved), used for that agent's requests before the pool key and seen by no
+        /// other agent. Without it, the owner sets the pool key.
+        #[arg(long)]
+        byok: bool,
     },
     /// List stored keys (domains, never secrets).
-    List,
-    /// Remove the keys of DOMAIN.
+    List {
+        /// Only the current agent's own keys (as its token sees them).
+        #[arg(long)]
+        byok: bool,
+    },
+    /// Remove the keys of DOMAIN (the pool key and every agent's own).
     Remove {
         /// The service's domain.
         domain: String,
+        /// Only the current agent's own key.
+        #[arg(long)]
+        byok: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum VaultCommand {
+    /// Re-encrypt every stored key under a new master key, online (gatewayd keeps serving).
+    /// A crash at any moment leaves every key readable. Not available when the master key
+    /// comes from NKMC_ENCRYPTION_KEY (the error says what to do instead).
+    Rotate,
 }
 
 /// What every command needs: where things are and a client for the socket.
@@ -191,6 +216,22 @@ impl Ctx {
     pub fn client(&self) -> GatewayClient {
         let timeout = self.config.upstream.timeout() + Duration::from_secs(5);
         GatewayClient::new(&self.paths.socket, timeout).with_token(token::current_token(self))
+    }
+
+    /// A client that acts as the owner, whatever token is saved or in NKMC_TOKEN.
+    pub fn owner_client(&self) -> GatewayClient {
+        GatewayClient::new(&self.paths.socket, self.config.upstream.timeout() + Duration::from_secs(5))
+    }
+
+    /// The owner's client, or with `byok` the current agent's (an error without a token).
+    pub fn keys_client(&self, byok: bool) -> anyhow::Result<GatewayClient> {
+        if !byok {
+            return Ok(self.owner_client());
+        }
+        let token = token::current_token(self).ok_or_else(|| {
+            anyhow::anyhow!("--byok acts as an agent: set NKMC_TOKEN or run `nkmc auth --agent NAME` first")
+        })?;
+        Ok(self.owner_client().with_token(Some(token)))
     }
 }
 
@@ -237,7 +278,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Services { command: ServicesCommand::Remove { domain } } => {
             admin::services_remove(&ctx, &domain).await
         }
-        Command::Keys { command: KeysCommand::Set { domain, token, header, query, value, basic } } => {
+        Command::Keys { command: KeysCommand::Set { domain, token, header, query, value, basic, byok } } => {
             use agentfs::spec::{KeyLocation, SecurityScheme};
             let (secret, placement) = match (token, header, query, basic) {
                 (Some(t), None, None, None) => (t, None),
@@ -250,10 +291,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, None, None, Some(b)) => (b, Some(SecurityScheme::Basic)),
                 _ => anyhow::bail!("give one of --token, --header/--value, --query/--value, --basic"),
             };
-            admin::keys_set(&ctx, &domain, &secret, placement).await
+            admin::keys_set(&ctx, &domain, &secret, placement, byok).await
         }
-        Command::Keys { command: KeysCommand::List } => admin::keys_list(&ctx).await,
-        Command::Keys { command: KeysCommand::Remove { domain } } => admin::keys_remove(&ctx, &domain).await,
+        Command::Keys { command: KeysCommand::List { byok } } => admin::keys_list(&ctx, byok).await,
+        Command::Keys { command: KeysCommand::Remove { domain, byok } } => {
+            admin::keys_remove(&ctx, &domain, byok).await
+        }
+        Command::Vault { command: VaultCommand::Rotate } => admin::vault_rotate(&ctx).await,
         Command::Ls { path } => files::ls(&ctx, &path).await,
         Command::Cat { path } => files::cat(&ctx, &path).await,
         Command::Write { path, data } => files::write(&ctx, &path, data).await,
