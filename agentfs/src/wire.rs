@@ -240,6 +240,18 @@ pub struct VaultRotation {
     pub cipher: String,
 }
 
+/// `GET /v1/vault/check`: every stored key decrypts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultCheck {
+    /// How many keys are stored (all of them decrypted).
+    pub keys: u64,
+    /// The id of the master key new keys are sealed under (8 hex digits; not secret).
+    pub master_id: String,
+    /// Where the master key comes from: `file` or `env`.
+    pub source: String,
+}
+
 /// `GET /v1/keys`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -156,6 +156,8 @@ pub enum Operation {
     Delete,
     /// `POST /v1/vault/rotate`.
     VaultRotate,
+    /// `GET /v1/vault/check`.
+    VaultCheck,
 }
 
 impl Operation {
@@ -176,6 +178,7 @@ impl Operation {
             Operation::Write => "write",
             Operation::Delete => "delete",
             Operation::VaultRotate => "vault.rotate",
+            Operation::VaultCheck => "vault.check",
         }
     }
 }

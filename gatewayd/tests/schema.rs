@@ -140,6 +140,9 @@ async fn real_responses_fit_the_schema() {
     assert_eq!(st.as_u16(), 200, "{}", String::from_utf8_lossy(&body));
     ok("POST", "/v1/vault/rotate", st.as_u16(), &body);
     assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["keys"], 2);
+    let (st, body) = client.call(Method::GET, "/v1/vault/check", None).await.unwrap();
+    ok("GET", "/v1/vault/check", st.as_u16(), &body);
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["keys"], 2);
     let (st, body) = alice.call(Method::POST, "/v1/vault/rotate", None).await.unwrap();
     ok("POST", "/v1/vault/rotate", st.as_u16(), &body);
     assert_eq!(st.as_u16(), 403);

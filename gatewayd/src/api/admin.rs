@@ -260,3 +260,30 @@ pub async fn rotate_vault(
         cipher: gw.vault.cipher().name().to_owned(),
     }))
 }
+
+/// `GET /v1/vault/check`: decrypts every stored key (owner only); the first that does not
+/// decrypt is named in the error.
+pub async fn check_vault(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Json<agentfs::wire::VaultCheck>, ApiError> {
+    let mut audit = Pending::start(&gw, Operation::VaultCheck);
+    let who = caller(&headers, &mut audit);
+    let who = audit.check(who)?;
+    if matches!(who, Caller::Agent(_)) {
+        return Err(audit.fail(ApiError::new(
+            agentfs::wire::ErrorCode::PermissionDenied,
+            "gatewayd: only the owner checks the vault (run `nkmc vault check` without NKMC_TOKEN)",
+        )));
+    }
+    let checked = {
+        let conn = gw.db();
+        gw.vault.check_all(&conn)
+    };
+    let keys = audit.finish(checked)?;
+    let source = match gw.vault.source() {
+        crate::vault::MasterSource::File(_) => "file",
+        crate::vault::MasterSource::Env => "env",
+    };
+    Ok(Json(agentfs::wire::VaultCheck { keys: keys as u64, master_id: gw.vault.master_id(), source: source.into() }))
+}

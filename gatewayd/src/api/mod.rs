@@ -47,6 +47,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens/revoke"),
     ("POST", "/v1/tokens/inspect"),
     ("POST", "/v1/vault/rotate"),
+    ("GET", "/v1/vault/check"),
 ];
 
 /// Every route, for the socket.
@@ -73,6 +74,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/tokens/revoke", post(tokens::revoke))
         .route("/v1/tokens/inspect", post(tokens::inspect))
         .route("/v1/vault/rotate", post(admin::rotate_vault))
+        .route("/v1/vault/check", get(admin::check_vault))
         .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")

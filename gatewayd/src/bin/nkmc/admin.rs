@@ -117,6 +117,12 @@ pub async fn vault_rotate(ctx: &Ctx) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+pub async fn vault_check(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let c: agentfs::wire::VaultCheck = ctx.owner_client().get_json("/v1/vault/check").await?;
+    println!("vault ok: {} keys decrypt (master key {}, from {})", c.keys, c.master_id, c.source);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A domain as one URL path segment.
 fn segment(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()

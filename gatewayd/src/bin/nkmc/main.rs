@@ -200,6 +200,9 @@ enum VaultCommand {
     /// A crash at any moment leaves every key readable. Not available when the master key
     /// comes from NKMC_ENCRYPTION_KEY (the error says what to do instead).
     Rotate,
+    /// Decrypt every stored key (never printing one): says how many there are, or names the
+    /// first that does not decrypt and exits 1.
+    Check,
 }
 
 /// What every command needs: where things are and a client for the socket.
@@ -298,6 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin::keys_remove(&ctx, &domain, byok).await
         }
         Command::Vault { command: VaultCommand::Rotate } => admin::vault_rotate(&ctx).await,
+        Command::Vault { command: VaultCommand::Check } => admin::vault_check(&ctx).await,
         Command::Ls { path } => files::ls(&ctx, &path).await,
         Command::Cat { path } => files::cat(&ctx, &path).await,
         Command::Write { path, data } => files::write(&ctx, &path, data).await,
