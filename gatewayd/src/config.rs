@@ -123,6 +123,9 @@ pub struct VaultConfig {
     /// The AEAD new keys are sealed with: `aes-256-gcm` (default) or `xchacha20-poly1305`.
     /// Keys sealed with either decrypt whatever this says.
     pub cipher: crate::vault::Cipher,
+    /// Origins besides a service's own where an OAuth2 client secret may be sent to fetch
+    /// an access token (`["https://auth.example.com"]`).
+    pub oauth2_token_origins: Vec<String>,
 }
 
 /// `[upstream]`: outbound HTTP.

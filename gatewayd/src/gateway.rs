@@ -56,6 +56,8 @@ pub struct Gateway {
     pub upstream: Upstream,
     /// The vault.
     pub vault: Vault,
+    /// OAuth2 access tokens fetched with stored client credentials.
+    pub oauth2: crate::oauth2::TokenCache,
     /// The audit log (its records are in the database).
     pub audit: AuditLog,
     /// Agent tokens: the root key pair (`biscuit.key`, created on first run) and the
@@ -85,6 +87,7 @@ impl Gateway {
             config,
             upstream,
             vault,
+            oauth2: crate::oauth2::TokenCache::new(Box::new(SystemClock)),
             audit,
             auth,
             db: Mutex::new(conn),

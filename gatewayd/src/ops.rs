@@ -88,6 +88,9 @@ pub enum OpError {
     /// The vault failed.
     #[error("{0}")]
     Vault(#[from] VaultError),
+    /// No OAuth2 access token could be had.
+    #[error("{0}")]
+    OAuth2(#[from] crate::oauth2::OAuth2Error),
 }
 
 /// Who asks. The socket already proved the owner's uid; a request that carries an agent
@@ -136,6 +139,46 @@ pub fn credential_for(
 ) -> Result<Option<crate::vault::Credential>, OpError> {
     let conn = gw.db();
     Ok(gw.vault.credential(&conn, agent.map(auth::AgentId::as_str), domain)?)
+}
+
+/// What is sent for a stored credential, and how: the secret where its placement (or the
+/// document) says; for a key stored as OAuth2 client credentials, an access token from the
+/// token URL (the placement's, else the operation's or document's oauth2 scheme), as bearer.
+async fn present(
+    gw: &Gateway,
+    service: &Service,
+    schemes: &[&agentfs::spec::SecurityScheme],
+    credential: Option<crate::vault::Credential>,
+) -> Result<(Option<crate::vault::Secret>, Option<agentfs::spec::SecurityScheme>), OpError> {
+    use agentfs::spec::SecurityScheme;
+    let Some(c) = credential else { return Ok((None, None)) };
+    let Some(SecurityScheme::OAuth2ClientCredentials { token_url }) = &c.placement else {
+        return Ok((Some(c.secret), c.placement));
+    };
+    let from_document = || {
+        schemes.iter().copied().chain(service.spec.security_schemes.values()).find_map(|s| match s {
+            SecurityScheme::OAuth2ClientCredentials { token_url } => Some(token_url.clone()),
+            _ => None,
+        })
+    };
+    let token_url = Some(token_url.clone()).filter(|u| !u.is_empty()).or_else(from_document).ok_or_else(|| {
+        crate::oauth2::OAuth2Error::TokenUrl {
+            domain: service.domain.clone(),
+            message: "no token URL: the document declares no oauth2 client-credentials flow; store the key \
+                      again with `--oauth2-token-url URL`"
+                .into(),
+        }
+    })?;
+    let url = crate::oauth2::check_token_url(
+        &service.domain,
+        &token_url,
+        &service.base_url,
+        &gw.config.vault.oauth2_token_origins,
+    )?;
+    let exchange =
+        crate::oauth2::Exchange { domain: &service.domain, key_id: &c.key_id, client: &c.secret, token_url: &url };
+    let token = gw.oauth2.access_token(gw.upstream.http(), exchange).await?;
+    Ok((Some(token), Some(SecurityScheme::Bearer)))
 }
 
 /// Whether `caller` may see `path` at all (listings leave out what it cannot reach).
@@ -384,8 +427,7 @@ async fn call_rpc(
     let id = RPC_IDS.fetch_add(1, Ordering::Relaxed);
     let envelope = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method.name, "params": params});
     let credential = credential_for(gw, agent, &service.domain)?;
-    let placement = credential.as_ref().and_then(|c| c.placement.clone());
-    let credential = credential.map(|c| c.secret);
+    let (credential, placement) = present(gw, service, &[], credential).await?;
     let call = Call {
         domain: &service.domain,
         method: Method::Post,
@@ -443,9 +485,9 @@ async fn send_op(
         method: method.as_str(),
     })?;
     let op = &service.spec.operations[op_index];
+    let schemes = service.spec.schemes_for(op);
     let credential = credential_for(gw, agent, &service.domain)?;
-    let placement = credential.as_ref().and_then(|c| c.placement.clone());
-    let credential = credential.map(|c| c.secret);
+    let (credential, placement) = present(gw, service, &schemes, credential).await?;
     let query = match (&op.fixed_query, &resolved.query) {
         (Some(a), Some(b)) => Some(format!("{a}&{b}")),
         (a, b) => a.clone().or_else(|| b.clone()),
@@ -456,7 +498,7 @@ async fn send_op(
         base_url: &service.base_url,
         segments: &resolved.segments,
         query,
-        schemes: service.spec.schemes_for(op),
+        schemes,
         placement,
         credential,
         body,

@@ -306,3 +306,50 @@ fn kill_9_during_keys_set_loses_no_acknowledged_key() {
         }
     }
 }
+
+#[test]
+fn oauth2_client_credentials_are_exchanged_once_and_the_token_sent() {
+    let access = canary();
+    let token_answer = format!(r#"{{"access_token":"{access}","token_type":"Bearer","expires_in":3600}}"#);
+    let up = Upstream::start(move |req| match (req.method.as_str(), req.uri.as_str()) {
+        ("POST", "/oauth/token") => json(200, &token_answer),
+        ("GET", "/v1/pets") => json(200, "[]"),
+        _ => json(404, "{}"),
+    });
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+    register_pets(&n, &up, "pets.test");
+    let client_secret = canary();
+    let creds = format!("my-client:{client_secret}");
+    let out = n.run_stdin(
+        &["keys", "set", "pets.test", "--oauth2", "-", "--oauth2-token-url", &up.url("/oauth/token")],
+        creds.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    for _ in 0..3 {
+        n.ok(&["cat", "/pets.test/pets"]);
+        assert_eq!(last_authorization(&up), format!("Bearer {access}"));
+    }
+    let seen = up.seen();
+    let fetches: Vec<_> = seen.iter().filter(|s| s.uri == "/oauth/token").collect();
+    assert_eq!(fetches.len(), 1, "one exchange, then the cached token");
+    let basic = fetches[0].headers.get("authorization").unwrap();
+    assert!(basic.starts_with("Basic "), "{basic}");
+    assert_eq!(fetches[0].body, b"grant_type=client_credentials");
+    assert!(seen
+        .iter()
+        .filter(|s| s.uri == "/v1/pets")
+        .all(|s| !String::from_utf8_lossy(&s.body).contains(&client_secret)));
+
+    // A token URL on another origin is refused: the client secret goes nowhere else.
+    let elsewhere = format!("http://localhost:{}/oauth/token", up.addr.port());
+    let out =
+        n.run_stdin(&["keys", "set", "pets.test", "--oauth2", "-", "--oauth2-token-url", &elsewhere], creds.as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = n.run(&["cat", "/pets.test/pets"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("oauth2_token_origins"), "{}", stderr(&out));
+    assert_eq!(up.seen().iter().filter(|s| s.uri == "/oauth/token").count(), 1, "nothing sent there");
+    let db = std::fs::read(n.data_dir.join("nkmc.db")).unwrap();
+    assert!(!nkmc_e2e::contains(&db, client_secret.as_bytes()) && !nkmc_e2e::contains(&db, access.as_bytes()));
+}

@@ -180,12 +180,21 @@ fn store_key(
     let domain = domain.to_ascii_lowercase();
     let agent = key_agent(gw, who, Some(&domain))?;
     let owner = agent.as_ref().map_or(KeyOwner::Pool, |a| KeyOwner::Agent(a.as_str()));
-    if let Some(
-        agentfs::spec::SecurityScheme::OAuth2ClientCredentials { .. }
-        | agentfs::spec::SecurityScheme::Unsupported { .. },
-    ) = &req.placement
-    {
-        return Err(ApiError::bad_request("gatewayd: a placement is bearer, basic or api_key"));
+    match &req.placement {
+        Some(agentfs::spec::SecurityScheme::Unsupported { .. }) => {
+            return Err(ApiError::bad_request("gatewayd: a placement is bearer, basic, api_key or oauth2"));
+        }
+        Some(agentfs::spec::SecurityScheme::OAuth2ClientCredentials { token_url }) => {
+            if !secret.expose().contains(':') {
+                return Err(ApiError::bad_request(
+                    "gatewayd: OAuth2 client credentials are stored as `client_id:client_secret`",
+                ));
+            }
+            if !token_url.is_empty() && url::Url::parse(token_url).is_err() {
+                return Err(ApiError::bad_request("gatewayd: the OAuth2 token URL is not an absolute URL"));
+            }
+        }
+        _ => {}
     }
     let conn = gw.db();
     let key_id = gw.vault.set_key(&conn, owner, &domain, &secret, req.placement.as_ref())?;

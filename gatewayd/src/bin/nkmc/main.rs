@@ -152,7 +152,7 @@ enum ServicesCommand {
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Store the key of DOMAIN (encrypted), replacing any previous one.
-    #[command(group(clap::ArgGroup::new("how").required(true).args(["token", "header", "query", "basic"])))]
+    #[command(group(clap::ArgGroup::new("how").required(true).args(["token", "header", "query", "basic", "oauth2"])))]
     Set {
         /// The service's domain.
         domain: String,
@@ -172,6 +172,15 @@ enum KeysCommand {
         /// HTTP basic credentials `USER:PASSWORD`, or `-` for stdin.
         #[arg(long)]
         basic: Option<String>,
+        /// OAuth2 client credentials `CLIENT_ID:CLIENT_SECRET`, or `-` for stdin: gatewayd
+        /// fetches an access token from the token URL (the document's client-credentials flow,
+        /// or --oauth2-token-url), caches it until it expires, and sends it as a bearer token.
+        #[arg(long)]
+        oauth2: Option<String>,
+        /// The OAuth2 token URL, when the document declares none (on the service's origin, or
+        /// an origin listed in config.toml `[vault] oauth2_token_origins`).
+        #[arg(long, requires = "oauth2")]
+        oauth2_token_url: Option<String>,
         /// Store it as the current agent's own key (BYOK: NKMC_TOKEN, else the token `nkmc
         /// auth` saved), used for that agent's requests before the pool key and seen by no
         /// other agent. Without it, the owner sets the pool key.
@@ -281,18 +290,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Services { command: ServicesCommand::Remove { domain } } => {
             admin::services_remove(&ctx, &domain).await
         }
-        Command::Keys { command: KeysCommand::Set { domain, token, header, query, value, basic, byok } } => {
+        Command::Keys {
+            command: KeysCommand::Set { domain, token, header, query, value, basic, oauth2, oauth2_token_url, byok },
+        } => {
             use agentfs::spec::{KeyLocation, SecurityScheme};
-            let (secret, placement) = match (token, header, query, basic) {
-                (Some(t), None, None, None) => (t, None),
-                (None, Some(name), None, None) => {
+            let (secret, placement) = match (token, header, query, basic, oauth2) {
+                (Some(t), None, None, None, None) => (t, None),
+                (None, Some(name), None, None, None) => {
                     (value.unwrap_or_default(), Some(SecurityScheme::ApiKey { location: KeyLocation::Header, name }))
                 }
-                (None, None, Some(name), None) => {
+                (None, None, Some(name), None, None) => {
                     (value.unwrap_or_default(), Some(SecurityScheme::ApiKey { location: KeyLocation::Query, name }))
                 }
-                (None, None, None, Some(b)) => (b, Some(SecurityScheme::Basic)),
-                _ => anyhow::bail!("give one of --token, --header/--value, --query/--value, --basic"),
+                (None, None, None, Some(b), None) => (b, Some(SecurityScheme::Basic)),
+                (None, None, None, None, Some(c)) => {
+                    let token_url = oauth2_token_url.unwrap_or_default();
+                    (c, Some(SecurityScheme::OAuth2ClientCredentials { token_url }))
+                }
+                _ => anyhow::bail!("give one of --token, --header/--value, --query/--value, --basic, --oauth2"),
             };
             admin::keys_set(&ctx, &domain, &secret, placement, byok).await
         }
