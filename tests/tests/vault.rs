@@ -37,6 +37,18 @@ fn register_pets(n: &Nkmc, up: &Upstream, domain: &str) {
     n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", domain, "--base-url", &up.url("/v1")]);
 }
 
+/// No data file (database, WAL, logs at trace level, key files) holds any of `secrets`.
+fn assert_nowhere_on_disk(n: &Nkmc, secrets: &[&str]) {
+    let files = n.data_files();
+    assert!(files.iter().any(|f| f.ends_with("gatewayd.log")), "{files:?}");
+    for f in files {
+        let bytes = std::fs::read(&f).unwrap();
+        for s in secrets {
+            assert!(!nkmc_e2e::contains(&bytes, s.as_bytes()), "{} holds a secret", f.display());
+        }
+    }
+}
+
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -99,6 +111,7 @@ fn an_agents_own_key_is_used_for_its_requests_only_and_seen_by_it_only() {
     let said = n.ok(&["keys", "set", "pets.test", "--token", &pool]);
     assert!(said.starts_with("stored the key for pets.test"), "{said}");
     assert!(!n.ok(&["keys", "list"]).contains("carol"));
+    assert_nowhere_on_disk(&n, &[&own, &pool]);
 }
 
 #[test]
@@ -350,6 +363,5 @@ fn oauth2_client_credentials_are_exchanged_once_and_the_token_sent() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("oauth2_token_origins"), "{}", stderr(&out));
     assert_eq!(up.seen().iter().filter(|s| s.uri == "/oauth/token").count(), 1, "nothing sent there");
-    let db = std::fs::read(n.data_dir.join("nkmc.db")).unwrap();
-    assert!(!nkmc_e2e::contains(&db, client_secret.as_bytes()) && !nkmc_e2e::contains(&db, access.as_bytes()));
+    assert_nowhere_on_disk(&n, &[&client_secret, &access]);
 }

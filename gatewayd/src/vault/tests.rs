@@ -164,3 +164,23 @@ fn a_key_from_the_environment_cannot_rotate_but_moves_rows_from_the_old_one() {
     let alone = Vault::open_env(MasterKey::new(env_key), None, Cipher::Aes256Gcm, &conn).unwrap();
     assert_eq!(alone.pool_key(&conn, "a.example").unwrap().unwrap().secret.expose(), "A");
 }
+
+#[test]
+fn rows_written_in_format_1_still_open_and_rotation_rewrites_them_in_format_2() {
+    let (dir, conn, v) = setup();
+    let file_key: [u8; 32] = std::fs::read(dir.path().join("master.key")).unwrap().try_into().unwrap();
+    let master = MasterKey::new(Zeroizing::new(file_key));
+    let row = RowBinding { key_id: "legacy1", domain: "old.example", scope: POOL, owner: "", placement: None };
+    let ct = blob::seal_v1(&master, row, b"LEGACY");
+    conn.execute(
+        "INSERT INTO keys (key_id, domain, scope, owner, ciphertext, created_at) VALUES ('legacy1', 'old.example', 'pool', '', ?1, 0)",
+        [ct],
+    )
+    .unwrap();
+    assert_eq!(v.pool_key(&conn, "old.example").unwrap().unwrap().secret.expose(), "LEGACY");
+    assert_eq!(master_ids(&conn), vec![None], "format 1 names no master key");
+    let r = v.rotate(&conn).unwrap();
+    assert_eq!(master_ids(&conn), vec![Some(v.ring().current.id())]);
+    assert_eq!(r.new_master_id, v.master_id());
+    assert_eq!(v.pool_key(&conn, "old.example").unwrap().unwrap().secret.expose(), "LEGACY");
+}
