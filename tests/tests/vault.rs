@@ -159,10 +159,12 @@ fn the_master_key_can_come_from_the_environment() {
     n.ok(&["cat", "/pets.test/pets"]);
     assert_eq!(last_authorization(&up), format!("Bearer {key}"));
     n.ok(&["gateway", "stop"]);
-    // The first key alone no longer opens it, and says why.
-    assert!(start(first, None).status.success());
-    let out = n.run(&["vault", "check"]);
-    assert!(!out.status.success() && stderr(&out).contains("NKMC_ENCRYPTION_KEY_OLD"), "{}", stderr(&out));
+    // The first key alone no longer opens it: gatewayd refuses to start, and says why.
+    let out = start(first, None);
+    assert!(!out.status.success());
+    let said = stderr(&out) + &std::fs::read_to_string(n.data_dir.join("gatewayd.log")).unwrap();
+    assert!(said.contains("(NKMC_ENCRYPTION_KEY) is not the one the 1 stored keys were sealed with"), "{said}");
+    assert!(!said.contains(first) && !said.contains(&key));
 }
 
 /// gatewayd's pid, as `nkmc gateway status` reports it.
@@ -364,4 +366,32 @@ fn oauth2_client_credentials_are_exchanged_once_and_the_token_sent() {
     assert!(stderr(&out).contains("oauth2_token_origins"), "{}", stderr(&out));
     assert_eq!(up.seen().iter().filter(|s| s.uri == "/oauth/token").count(), 1, "nothing sent there");
     assert_nowhere_on_disk(&n, &[&client_secret, &access]);
+}
+
+#[test]
+fn requests_during_a_rotation_wait_for_it_and_succeed() {
+    let up = pets_upstream();
+    let n = Nkmc::new("");
+    let out = n.cmd(&["gateway", "start", "--daemon"]).env(PAUSE_VAR, "300").output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    register_pets(&n, &up, "pets.test");
+    let key = canary();
+    n.ok(&["keys", "set", "pets.test", "--token", &key]);
+    let mut rotate = n.cmd(&["vault", "rotate"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let next = n.data_dir.join("master.key.next");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !next.exists() {
+        assert!(Instant::now() < deadline, "the rotation never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Mid-rotation: a read with the key and a new key both go through once it is done.
+    let read = n.cmd(&["cat", "/pets.test/pets"]).output().unwrap();
+    let set = n.cmd(&["keys", "set", "during.test", "--token", "v"]).output().unwrap();
+    assert!(read.status.success() && set.status.success(), "{}{}", stderr(&read), stderr(&set));
+    assert_eq!(last_authorization(&up), format!("Bearer {key}"));
+    let rotated = rotate.wait_with_output().unwrap();
+    assert!(rotated.status.success());
+    assert!(String::from_utf8_lossy(&rotated.stdout).contains("1 keys re-encrypted"));
+    assert!(!next.exists());
+    assert!(n.ok(&["vault", "check"]).contains("vault ok: 2 keys decrypt"));
 }

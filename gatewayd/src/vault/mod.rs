@@ -49,6 +49,20 @@ pub enum VaultError {
          NKMC_ENCRYPTION_KEY_OLD"
     )]
     EnvRotation,
+    /// No stored key was sealed under any master key gatewayd holds: the wrong key was given.
+    #[error(
+        "vault: the master key ({source_name}) is not the one the {keys} stored keys were sealed with \
+         (they name master key {sealed_with}); give the right key, or to move them to this one set \
+         NKMC_ENCRYPTION_KEY_OLD to the key they were sealed with"
+    )]
+    WrongMasterKey {
+        /// Where the key came from (`master.key` or `NKMC_ENCRYPTION_KEY`).
+        source_name: &'static str,
+        /// How many keys are stored.
+        keys: usize,
+        /// The master key id the first of them names (`unknown` for format 1).
+        sealed_with: String,
+    },
     /// Encryption or decryption failed.
     #[error("vault: {0}")]
     Crypto(String),
@@ -214,7 +228,9 @@ impl Vault {
     pub fn open_file(key_path: &Path, cipher: Cipher, conn: &Connection) -> Result<Self, VaultError> {
         let current = rotation::recover(key_path, conn)?;
         let ring = Keyring { current, previous: Vec::new() };
-        Ok(Vault { ring: RwLock::new(ring), cipher, source: MasterSource::File(key_path.to_path_buf()) })
+        let vault = Vault { ring: RwLock::new(ring), cipher, source: MasterSource::File(key_path.to_path_buf()) };
+        vault.check_master(conn)?;
+        Ok(vault)
     }
 
     /// Opens the vault with a key given in the environment. With `old`, every row not yet
@@ -231,6 +247,7 @@ impl Vault {
             cipher,
             source: MasterSource::Env,
         };
+        vault.check_master(conn)?;
         let stale = vault.rows_not_under_current(conn)?;
         if stale > 0 && !vault.ring().previous.is_empty() {
             let moved = vault.reseal_all(conn, &vault.ring().current)?;
@@ -261,6 +278,30 @@ impl Vault {
     /// The id of the master key that seals new keys, in hex.
     pub fn master_id(&self) -> String {
         self.ring().current.id_hex()
+    }
+
+    /// Refuses a master key that opens none of the stored keys (the wrong key file or
+    /// `NKMC_ENCRYPTION_KEY`), before anything is written under it. A vault with no keys, or
+    /// with at least one key a held master key opens, passes; single bad rows are reported
+    /// when used (and by [`Vault::check_all`]).
+    fn check_master(&self, conn: &Connection) -> Result<(), VaultError> {
+        let rows = all_rows(conn)?;
+        let ring = self.ring();
+        let keys = ring.all();
+        let held = |r: &Row| match blob::master_id_of(&r.ciphertext) {
+            Some(id) => keys.iter().any(|k| k.id() == id),
+            None => blob::open(&keys, r.binding(), &r.ciphertext).is_ok(),
+        };
+        if rows.is_empty() || rows.iter().any(held) {
+            return Ok(());
+        }
+        let sealed_with =
+            blob::master_id_of(&rows[0].ciphertext).map(|id| hex(&id)).unwrap_or_else(|| "unknown (format 1)".into());
+        let source_name = match self.source {
+            MasterSource::File(_) => "master.key",
+            MasterSource::Env => "NKMC_ENCRYPTION_KEY",
+        };
+        Err(VaultError::WrongMasterKey { source_name, keys: rows.len(), sealed_with })
     }
 
     /// How many rows are not sealed under the current master key.

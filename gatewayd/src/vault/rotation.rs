@@ -61,6 +61,16 @@ fn pause() {
 /// Loads the master key file (creating it on first run), first finishing or rolling back a
 /// rotation that a crash interrupted.
 pub fn recover(key_path: &Path, conn: &Connection) -> Result<MasterKey, VaultError> {
+    let stored = all_rows(conn)?.len();
+    if stored > 0 && !key_path.exists() && !next_path(key_path).exists() {
+        return Err(VaultError::KeyFile {
+            path: key_path.to_path_buf(),
+            message: format!(
+                "is missing but {stored} keys are stored under it; restore it from a backup (a new key would \
+                 open none of them), or set NKMC_ENCRYPTION_KEY if the key is kept there"
+            ),
+        });
+    }
     let current = MasterKey::new(keyfile::load_or_create(key_path, |b| OsRng.fill_bytes(b))?);
     let next_file = next_path(key_path);
     if !next_file.exists() {

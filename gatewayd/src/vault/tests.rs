@@ -114,8 +114,8 @@ fn rotation_reencrypts_every_key_and_replaces_the_file() {
     let reopened = Vault::open_file(&dir.path().join("master.key"), Cipher::Aes256Gcm, &conn).unwrap();
     assert_eq!(reopened.pool_key(&conn, "d3.example").unwrap().unwrap().secret.expose(), "S3");
     let old: [u8; 32] = before.try_into().unwrap();
-    let stale = Vault::open_env(MasterKey::new(Zeroizing::new(old)), None, Cipher::Aes256Gcm, &conn).unwrap();
-    assert!(stale.pool_key(&conn, "d3.example").unwrap_err().to_string().contains("does not hold"));
+    let err = Vault::open_env(MasterKey::new(Zeroizing::new(old)), None, Cipher::Aes256Gcm, &conn).unwrap_err();
+    assert!(err.to_string().contains(&format!("they name master key {}", r.new_master_id)), "{err}");
 }
 
 #[test]
@@ -183,4 +183,39 @@ fn rows_written_in_format_1_still_open_and_rotation_rewrites_them_in_format_2() 
     assert_eq!(master_ids(&conn), vec![Some(v.ring().current.id())]);
     assert_eq!(r.new_master_id, v.master_id());
     assert_eq!(v.pool_key(&conn, "old.example").unwrap().unwrap().secret.expose(), "LEGACY");
+}
+
+#[test]
+fn a_wrong_master_key_is_refused_at_open_before_anything_is_written() {
+    let (dir, conn, v) = setup();
+    v.set_pool_key(&conn, "a.example", &secret("A"), None).unwrap();
+    let other = envkey::parse(envkey::VAR, &"cd".repeat(32)).unwrap();
+    let err = Vault::open_env(MasterKey::new(other), None, Cipher::Aes256Gcm, &conn).unwrap_err().to_string();
+    assert!(err.contains("(NKMC_ENCRYPTION_KEY) is not the one the 1 stored keys") && err.contains("_OLD"), "{err}");
+    // The key file replaced by another one: refused the same way.
+    let key_path = dir.path().join("master.key");
+    let original = std::fs::read(&key_path).unwrap();
+    keyfile::write_atomically(&key_path, MasterKey::generate().bytes()).unwrap();
+    let err = Vault::open_file(&key_path, Cipher::Aes256Gcm, &conn).unwrap_err().to_string();
+    assert!(err.contains("(master.key) is not the one"), "{err}");
+    // Missing: not silently replaced by a fresh key that opens nothing.
+    std::fs::remove_file(&key_path).unwrap();
+    let err = Vault::open_file(&key_path, Cipher::Aes256Gcm, &conn).unwrap_err().to_string();
+    assert!(err.contains("is missing but 1 keys are stored") && !key_path.exists(), "{err}");
+    keyfile::write_atomically(&key_path, &original).unwrap();
+    Vault::open_file(&key_path, Cipher::Aes256Gcm, &conn).unwrap();
+    assert_eq!(v.check_all(&conn).unwrap(), 1, "nothing was rewritten");
+}
+
+#[test]
+fn the_same_secret_sealed_twice_differs_and_a_planted_plaintext_row_is_refused() {
+    let (_dir, conn, v) = setup();
+    v.set_pool_key(&conn, "a.example", &secret("SAME"), None).unwrap();
+    v.set_key(&conn, KeyOwner::Agent("x"), "a.example", &secret("SAME"), None).unwrap();
+    let cts: Vec<Vec<u8>> = all_rows(&conn).unwrap().into_iter().map(|r| r.ciphertext).collect();
+    assert_ne!(cts[0][6..], cts[1][6..]);
+    conn.execute("UPDATE keys SET ciphertext = CAST('sk-live-plaintext' AS BLOB) WHERE scope = 'pool'", []).unwrap();
+    let err = v.pool_key(&conn, "a.example").unwrap_err().to_string();
+    assert!(err.contains("never accepted") || err.contains("unknown"), "{err}");
+    assert!(!err.contains("sk-live"), "{err}");
 }
