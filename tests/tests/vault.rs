@@ -377,7 +377,7 @@ fn requests_during_a_rotation_wait_for_it_and_succeed() {
     register_pets(&n, &up, "pets.test");
     let key = canary();
     n.ok(&["keys", "set", "pets.test", "--token", &key]);
-    let mut rotate = n.cmd(&["vault", "rotate"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let rotate = n.cmd(&["vault", "rotate"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let next = n.data_dir.join("master.key.next");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !next.exists() {
