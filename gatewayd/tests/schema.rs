@@ -127,6 +127,12 @@ async fn real_responses_fit_the_schema() {
     ok("PUT", "/v1/keys/{domain}", st.as_u16(), &body);
     let (st, body) = client.call(Method::GET, "/v1/keys", None).await.unwrap();
     ok("GET", "/v1/keys", st.as_u16(), &body);
+    let oauth2 = r#"{"secret":"id:sec","placement":{"kind":"o_auth2_client_credentials","token_url":""}}"#;
+    let (st, body) = client.call(Method::PUT, "/v1/keys/oauth.test", json(oauth2)).await.unwrap();
+    assert_eq!(st.as_u16(), 200, "{}", String::from_utf8_lossy(&body));
+    ok("PUT", "/v1/keys/{domain}", st.as_u16(), &body);
+    let (st, _) = client.call(Method::DELETE, "/v1/keys/oauth.test", None).await.unwrap();
+    assert_eq!(st.as_u16(), 204);
     let (st, body) = client.call(Method::POST, "/v1/tokens", json(r#"{"agent":"alice"}"#)).await.unwrap();
     assert_eq!(st.as_u16(), 200);
     let token = serde_json::from_slice::<Value>(&body).unwrap()["token"].as_str().unwrap().to_owned();
