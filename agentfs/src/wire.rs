@@ -270,6 +270,35 @@ pub struct KeyInfo {
     pub key_id: String,
     /// Seconds since the Unix epoch.
     pub created_at: i64,
+    /// The agent a `byok` key belongs to (absent for the pool key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+/// `POST /v1/vault/rotate`: what a master-key rotation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultRotation {
+    /// How many keys were re-encrypted.
+    pub keys: u64,
+    /// The id of the retired master key (8 hex digits; not secret).
+    pub old_master_id: String,
+    /// The id of the master key now in use.
+    pub new_master_id: String,
+    /// The cipher the keys are now sealed with.
+    pub cipher: String,
+}
+
+/// `GET /v1/vault/check`: every stored key decrypts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultCheck {
+    /// How many keys are stored (all of them decrypted).
+    pub keys: u64,
+    /// The id of the master key new keys are sealed under (8 hex digits; not secret).
+    pub master_id: String,
+    /// Where the master key comes from: `file` or `env`.
+    pub source: String,
 }
 
 /// `GET /v1/keys`.

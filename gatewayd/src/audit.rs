@@ -160,6 +160,10 @@ pub enum Operation {
     TokenMint,
     /// `POST /v1/tokens/revoke`.
     TokenRevoke,
+    /// `POST /v1/vault/rotate`.
+    VaultRotate,
+    /// `GET /v1/vault/check`.
+    VaultCheck,
 }
 
 impl Operation {
@@ -182,6 +186,8 @@ impl Operation {
             Operation::Grep => "grep",
             Operation::TokenMint => "token.mint",
             Operation::TokenRevoke => "token.revoke",
+            Operation::VaultRotate => "vault.rotate",
+            Operation::VaultCheck => "vault.check",
         }
     }
 }

@@ -114,6 +114,20 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// The agent API over TCP.
     pub tcp: TcpConfig,
+    /// The vault.
+    pub vault: VaultConfig,
+}
+
+/// `[vault]`: how keys are sealed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VaultConfig {
+    /// The AEAD new keys are sealed with: `aes-256-gcm` (default) or `xchacha20-poly1305`.
+    /// Keys sealed with either decrypt whatever this says.
+    pub cipher: crate::vault::Cipher,
+    /// Origins besides a service's own where an OAuth2 client secret may be sent to fetch
+    /// an access token (`["https://auth.example.com"]`).
+    pub oauth2_token_origins: Vec<String>,
 }
 
 /// `[tcp]`: the agent subset of the API over TCP (`Authorization: Bearer <token>` on every
@@ -239,6 +253,11 @@ mod tests {
         let f = dir.path().join("c.toml");
         std::fs::write(&f, "[upstream]\ntimeout_ms = 1500\n").unwrap();
         assert_eq!(Config::load(&f).unwrap().upstream.timeout(), Duration::from_millis(1500));
+        std::fs::write(&f, "[vault]\ncipher = \"xchacha20-poly1305\"\n").unwrap();
+        assert_eq!(Config::load(&f).unwrap().vault.cipher, crate::vault::Cipher::XChaCha20Poly1305);
+        std::fs::write(&f, "[vault]\ncipher = \"rot13\"\n").unwrap();
+        let err = Config::load(&f).unwrap_err().to_string();
+        assert!(err.contains("aes-256-gcm"), "{err}");
         std::fs::write(&f, "[upstream]\ntimeout = 1\n").unwrap();
         let err = Config::load(&f).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");

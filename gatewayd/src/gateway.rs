@@ -59,6 +59,8 @@ pub struct Gateway {
     pub upstream: Upstream,
     /// The vault.
     pub vault: Vault,
+    /// OAuth2 access tokens fetched with stored client credentials.
+    pub oauth2: crate::oauth2::TokenCache,
     /// The audit log (its records are in the database).
     pub audit: AuditLog,
     /// Agent tokens: the root key pair (`biscuit.key`, created on first run) and the
@@ -80,7 +82,7 @@ impl Gateway {
         create_private_dir(&paths.data_dir)?;
         let lock = db::lock_instance(&paths.lock_file(), &paths.data_dir)?;
         let conn = db::open(&paths.database())?;
-        let vault = Vault::open(&paths.master_key())?;
+        let vault = Vault::open(&paths.master_key(), config.vault.cipher, &conn)?;
         let private_hosts = crate::ssrf::PrivateHosts::default();
         let registry = Registry::load(&conn, private_hosts.clone())?;
         let audit = AuditLog::open(&conn, paths.data_dir.join(crate::audit::ANCHOR_FILE), Box::new(SystemClock))?;
@@ -98,6 +100,7 @@ impl Gateway {
             config,
             upstream,
             vault,
+            oauth2: crate::oauth2::TokenCache::new(Box::new(SystemClock)),
             audit,
             auth,
             identity,

@@ -8,6 +8,7 @@
 //! - [`ssrf`]: which addresses outbound calls may reach.
 //! - [`timefmt`]: calendar dates for the times nkmc prints.
 //! - [`upstream`]: outbound HTTP with credential injection.
+//! - [`oauth2`]: OAuth2 client-credentials exchanges and their access-token cache.
 //! - [`ops`]: the file-system operations (stat, list, read) as plain async logic.
 //! - [`api`]: the HTTP/1.1 + JSON API on the Unix socket.
 //! - [`audit`]: the hash-chained audit log of every operation, and its verification.
@@ -22,6 +23,7 @@ pub mod discovery;
 pub mod federation;
 pub mod gateway;
 pub mod grep;
+pub mod oauth2;
 pub mod ops;
 pub mod registry;
 pub mod ssrf;

@@ -91,6 +91,9 @@ pub enum OpError {
     /// The vault failed.
     #[error("{0}")]
     Vault(#[from] VaultError),
+    /// No OAuth2 access token could be had.
+    #[error("{0}")]
+    OAuth2(#[from] crate::oauth2::OAuth2Error),
 }
 
 /// Who asks. The socket already proved the owner's uid; a request that carries an agent
@@ -127,6 +130,58 @@ pub fn authorize(gw: &Gateway, caller: &Caller, path: &VPath, op: auth::Op) -> R
         Err(auth::AuthError::Denied) => Err(OpError::Hidden(path.to_string())),
         Err(e) => Err(OpError::Auth(e)),
     }
+}
+
+/// The credential for a request to `domain` by `agent` (the identity [`authorize`] returned
+/// for the caller; `None` for the owner): the agent's own key (BYOK) first, then the pool
+/// key. Looked up per request, never cached per mount or per caller.
+pub fn credential_for(
+    gw: &Gateway,
+    agent: Option<&auth::AgentId>,
+    domain: &str,
+) -> Result<Option<crate::vault::Credential>, OpError> {
+    let conn = gw.db();
+    Ok(gw.vault.credential(&conn, agent.map(auth::AgentId::as_str), domain)?)
+}
+
+/// What is sent for a stored credential, and how: the secret where its placement (or the
+/// document) says; for a key stored as OAuth2 client credentials, an access token from the
+/// token URL (the placement's, else the operation's or document's oauth2 scheme), as bearer.
+async fn present(
+    gw: &Gateway,
+    service: &Service,
+    schemes: &[&agentfs::spec::SecurityScheme],
+    credential: Option<crate::vault::Credential>,
+) -> Result<(Option<crate::vault::Secret>, Option<agentfs::spec::SecurityScheme>), OpError> {
+    use agentfs::spec::SecurityScheme;
+    let Some(c) = credential else { return Ok((None, None)) };
+    let Some(SecurityScheme::OAuth2ClientCredentials { token_url }) = &c.placement else {
+        return Ok((Some(c.secret), c.placement));
+    };
+    let from_document = || {
+        schemes.iter().copied().chain(service.spec.security_schemes.values()).find_map(|s| match s {
+            SecurityScheme::OAuth2ClientCredentials { token_url } => Some(token_url.clone()),
+            _ => None,
+        })
+    };
+    let token_url = Some(token_url.clone()).filter(|u| !u.is_empty()).or_else(from_document).ok_or_else(|| {
+        crate::oauth2::OAuth2Error::TokenUrl {
+            domain: service.domain.clone(),
+            message: "no token URL: the document declares no oauth2 client-credentials flow; store the key \
+                      again with `--oauth2-token-url URL`"
+                .into(),
+        }
+    })?;
+    let url = crate::oauth2::check_token_url(
+        &service.domain,
+        &token_url,
+        &service.base_url,
+        &gw.config.vault.oauth2_token_origins,
+    )?;
+    let exchange =
+        crate::oauth2::Exchange { domain: &service.domain, key_id: &c.key_id, client: &c.secret, token_url: &url };
+    let token = gw.oauth2.access_token(gw.upstream.http(), exchange).await?;
+    Ok((Some(token), Some(SecurityScheme::Bearer)))
 }
 
 /// Whether `caller` may see `path` at all (listings leave out what it cannot reach).
@@ -204,8 +259,8 @@ pub fn stat(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Entry, OpErro
 /// `ls`: the entries of a directory. A collection's directory (`models.d/`) also lists
 /// the items its GET returns, capped at [`items::MAX_ITEMS`].
 pub async fn list(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Listing, OpError> {
-    authorize(gw, caller, path, auth::Op::List)?;
-    let listing = list_unfiltered(gw, path).await?;
+    let agent = authorize(gw, caller, path, auth::Op::List)?;
+    let listing = list_unfiltered(gw, agent.as_ref(), path).await?;
     if matches!(caller, Caller::Owner) {
         return Ok(listing);
     }
@@ -227,7 +282,7 @@ pub async fn list(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Listing
 }
 
 /// The listing as the owner sees it.
-async fn list_unfiltered(gw: &Gateway, path: &VPath) -> Result<Listing, OpError> {
+async fn list_unfiltered(gw: &Gateway, agent: Option<&auth::AgentId>, path: &VPath) -> Result<Listing, OpError> {
     let (service, resolved) = match locate(gw, path)? {
         Target::Root => {
             let mut entries = vec![generated_entry(readme::FILE_NAME, readme::mount_readme().len())];
@@ -245,7 +300,7 @@ async fn list_unfiltered(gw: &Gateway, path: &VPath) -> Result<Listing, OpError>
     };
     let mut tree_entries = service.tree.list(resolved.node);
     if service.tree.lists_items(resolved.node) {
-        let ids = collection_ids(gw, &service, &resolved).await?;
+        let ids = collection_ids(gw, agent, &service, &resolved).await?;
         tree_entries.extend(service.tree.item_entries(resolved.node, &ids));
     }
     let mut entries: Vec<Entry> = tree_entries
@@ -269,8 +324,13 @@ async fn list_unfiltered(gw: &Gateway, path: &VPath) -> Result<Listing, OpError>
 const MAX_LISTING_BODY: u64 = 16 * 1024 * 1024;
 
 /// The ids in a collection's GET response.
-async fn collection_ids(gw: &Gateway, service: &Service, dir: &Resolved) -> Result<Vec<String>, OpError> {
-    let resp = send_get(gw, service, dir).await?;
+async fn collection_ids(
+    gw: &Gateway,
+    agent: Option<&auth::AgentId>,
+    service: &Service,
+    dir: &Resolved,
+) -> Result<Vec<String>, OpError> {
+    let resp = send_get(gw, agent, service, dir).await?;
     if resp.content_length().is_some_and(|l| l > MAX_LISTING_BODY) {
         return Ok(Vec::new());
     }
@@ -310,7 +370,7 @@ fn markdown(text: String) -> Output {
 
 /// `cat`: the upstream response to the file's GET, or a generated file.
 pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output, OpError> {
-    authorize(gw, caller, path, auth::Op::Read)?;
+    let agent = authorize(gw, caller, path, auth::Op::Read)?;
     let (service, resolved) = match locate(gw, path)? {
         Target::Readme => return Ok(markdown(readme::mount_readme())),
         Target::Skill(s) => return Ok(markdown(s.skill.clone())),
@@ -322,9 +382,9 @@ pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output,
         return Err(OpError::NoOperation { path: path.to_string(), method: "GET" });
     }
     if service.spec.protocol == Protocol::JsonRpc {
-        return call_rpc(gw, &service, &resolved, None).await;
+        return call_rpc(gw, agent.as_ref(), &service, &resolved, None).await;
     }
-    Ok(Output::Upstream(send_get(gw, &service, &resolved).await?))
+    Ok(Output::Upstream(send_get(gw, agent.as_ref(), &service, &resolved).await?))
 }
 
 /// Ids of JSON-RPC calls (unique per gatewayd run).
@@ -338,6 +398,7 @@ const MAX_RPC_BODY: usize = 16 * 1024 * 1024;
 /// becomes an error with its code and message.
 async fn call_rpc(
     gw: &Gateway,
+    agent: Option<&auth::AgentId>,
     service: &Service,
     resolved: &Resolved,
     params: Option<Bytes>,
@@ -368,12 +429,8 @@ async fn call_rpc(
     };
     let id = RPC_IDS.fetch_add(1, Ordering::Relaxed);
     let envelope = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method.name, "params": params});
-    let credential = {
-        let conn = gw.db();
-        gw.vault.pool_key(&conn, &service.domain)?
-    };
-    let placement = credential.as_ref().and_then(|c| c.placement.clone());
-    let credential = credential.map(|c| c.secret);
+    let credential = credential_for(gw, agent, &service.domain)?;
+    let (credential, placement) = present(gw, service, &[], credential).await?;
     let call = Call {
         domain: &service.domain,
         method: Method::Post,
@@ -408,13 +465,19 @@ async fn call_rpc(
 }
 
 /// Sends the GET of a resolved node with the service's credential.
-async fn send_get(gw: &Gateway, service: &Service, resolved: &Resolved) -> Result<reqwest::Response, OpError> {
-    send_op(gw, service, resolved, Method::Get, None).await
+async fn send_get(
+    gw: &Gateway,
+    agent: Option<&auth::AgentId>,
+    service: &Service,
+    resolved: &Resolved,
+) -> Result<reqwest::Response, OpError> {
+    send_op(gw, agent, service, resolved, Method::Get, None).await
 }
 
 /// Sends one of a node's operations with the service's credential.
 async fn send_op(
     gw: &Gateway,
+    agent: Option<&auth::AgentId>,
     service: &Service,
     resolved: &Resolved,
     method: Method,
@@ -425,12 +488,9 @@ async fn send_op(
         method: method.as_str(),
     })?;
     let op = &service.spec.operations[op_index];
-    let credential = {
-        let conn = gw.db();
-        gw.vault.pool_key(&conn, &service.domain)?
-    };
-    let placement = credential.as_ref().and_then(|c| c.placement.clone());
-    let credential = credential.map(|c| c.secret);
+    let schemes = service.spec.schemes_for(op);
+    let credential = credential_for(gw, agent, &service.domain)?;
+    let (credential, placement) = present(gw, service, &schemes, credential).await?;
     let query = match (&op.fixed_query, &resolved.query) {
         (Some(a), Some(b)) => Some(format!("{a}&{b}")),
         (a, b) => a.clone().or_else(|| b.clone()),
@@ -441,7 +501,7 @@ async fn send_op(
         base_url: &service.base_url,
         segments: &resolved.segments,
         query,
-        schemes: service.spec.schemes_for(op),
+        schemes,
         placement,
         credential,
         body,
@@ -463,10 +523,10 @@ fn writable_target(gw: &Gateway, path: &VPath) -> Result<(Arc<Service>, Resolved
 /// else its PATCH, with the JSON body. A body that is not JSON is refused before anything
 /// is sent; an empty body is sent as no body.
 pub async fn write(gw: &Gateway, caller: &Caller, path: &VPath, body: Bytes) -> Result<Output, OpError> {
-    authorize(gw, caller, path, auth::Op::Write)?;
+    let agent = authorize(gw, caller, path, auth::Op::Write)?;
     let (service, resolved) = writable_target(gw, path)?;
     if service.spec.protocol == Protocol::JsonRpc {
-        return call_rpc(gw, &service, &resolved, Some(body)).await;
+        return call_rpc(gw, agent.as_ref(), &service, &resolved, Some(body)).await;
     }
     let method = [Method::Post, Method::Put, Method::Patch]
         .into_iter()
@@ -477,12 +537,12 @@ pub async fn write(gw: &Gateway, caller: &Caller, path: &VPath, body: Bytes) -> 
             .map_err(|e| OpError::NotJson { path: path.to_string(), message: e.to_string() })?;
     }
     let body = (!body.is_empty()).then_some(body);
-    Ok(Output::Upstream(send_op(gw, &service, &resolved, method, body).await?))
+    Ok(Output::Upstream(send_op(gw, agent.as_ref(), &service, &resolved, method, body).await?))
 }
 
 /// `rm FILE`: sends the file's DELETE.
 pub async fn delete(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output, OpError> {
-    authorize(gw, caller, path, auth::Op::Delete)?;
+    let agent = authorize(gw, caller, path, auth::Op::Delete)?;
     let (service, resolved) = writable_target(gw, path)?;
-    Ok(Output::Upstream(send_op(gw, &service, &resolved, Method::Delete, None).await?))
+    Ok(Output::Upstream(send_op(gw, agent.as_ref(), &service, &resolved, Method::Delete, None).await?))
 }

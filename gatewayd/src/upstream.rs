@@ -233,7 +233,10 @@ fn inject(
     scheme: Option<&SecurityScheme>,
     secret: &Secret,
 ) -> Result<reqwest::RequestBuilder, String> {
+    // The formatted value is wiped once copied into the header (hyper's own copies are out of
+    // reach).
     let sensitive = |v: String| {
+        let v = zeroize::Zeroizing::new(v);
         HeaderValue::from_str(&v).map(|mut h| {
             h.set_sensitive(true);
             h

@@ -145,6 +145,10 @@ impl From<OpError> for ApiError {
             }
             OpError::Upstream(u) => u.into(),
             OpError::Vault(v) => v.into(),
+            OpError::OAuth2(crate::oauth2::OAuth2Error::Endpoint { .. }) => {
+                ApiError::new(ErrorCode::UpstreamFailed, e.to_string())
+            }
+            OpError::OAuth2(_) => ApiError::new(ErrorCode::PermissionDenied, e.to_string()),
         }
     }
 }

@@ -31,7 +31,7 @@ pub struct PathQuery {
 /// owner (the socket admits only the owner's uid). The audit records the agent the token
 /// names; the operation itself verifies the token. Refused while the audit log cannot be
 /// written.
-fn caller(headers: &HeaderMap, audit: &mut Pending) -> Result<Caller, ApiError> {
+pub(super) fn caller(headers: &HeaderMap, audit: &mut Pending) -> Result<Caller, ApiError> {
     audit.admit()?;
     let Some(value) = headers.get(AUTHORIZATION) else { return Ok(Caller::Owner) };
     let token = value

@@ -51,6 +51,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens"),
     ("POST", "/v1/tokens/revoke"),
     ("POST", "/v1/tokens/inspect"),
+    ("POST", "/v1/vault/rotate"),
+    ("GET", "/v1/vault/check"),
 ];
 
 /// The agent subset of [`ROUTES`]: served on the socket and over TCP (where a bearer token
@@ -114,7 +116,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/verify", get(audit::verify))
         .route("/v1/tokens", post(tokens::mint))
-        .route("/v1/tokens/revoke", post(tokens::revoke));
+        .route("/v1/tokens/revoke", post(tokens::revoke))
+        .route("/v1/vault/rotate", post(admin::rotate_vault))
+        .route("/v1/vault/check", get(admin::check_vault));
     finish(agent_routes().merge(admin), gw)
 }
 

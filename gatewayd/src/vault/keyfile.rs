@@ -9,11 +9,25 @@ use zeroize::Zeroizing;
 
 use super::VaultError;
 
-/// Length of the master key in bytes.
-pub const KEY_LEN: usize = 32;
+pub use super::blob::KEY_LEN;
 
 /// Reads the master key at `path`, creating it with fresh random bytes if absent.
 pub fn load_or_create(path: &Path, random: impl FnOnce(&mut [u8])) -> Result<Zeroizing<[u8; KEY_LEN]>, VaultError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => read(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut key = Zeroizing::new([0u8; KEY_LEN]);
+            random(key.as_mut_slice());
+            write_atomically(path, key.as_slice())?;
+            Ok(key)
+        }
+        Err(e) => Err(io(path, e)),
+    }
+}
+
+/// Reads the master key at `path`: a regular file of exactly [`KEY_LEN`] bytes that only its
+/// owner can read.
+pub fn read(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, VaultError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !meta.file_type().is_file() {
@@ -36,21 +50,17 @@ pub fn load_or_create(path: &Path, random: impl FnOnce(&mut [u8])) -> Result<Zer
             })?;
             Ok(Zeroizing::new(key))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut key = Zeroizing::new([0u8; KEY_LEN]);
-            random(key.as_mut_slice());
-            write_atomically(path, key.as_slice())?;
-            Ok(key)
-        }
         Err(e) => Err(io(path, e)),
     }
 }
 
-fn io(path: &Path, e: std::io::Error) -> VaultError {
+pub(super) fn io(path: &Path, e: std::io::Error) -> VaultError {
     VaultError::KeyFile { path: path.to_path_buf(), message: e.to_string() }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
+/// Writes `bytes` to `path` so that a crash leaves either the old file or the whole new one:
+/// a 0600 temp file beside it, fsync, rename over `path`, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), VaultError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp: PathBuf = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("key")));
     let _ = std::fs::remove_file(&tmp);

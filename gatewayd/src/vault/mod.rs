@@ -2,21 +2,29 @@
 //!
 //! Each row's ciphertext is bound to the row (see [`blob`]); there is no plaintext
 //! fallback. Secrets leave the vault only as [`Secret`], which never prints itself.
+//!
+//! Keys belong to the owner (`pool`, used for every caller) or to one agent (`byok`, used
+//! only for that agent's requests, before the pool key). The master key comes from
+//! `NKMC_ENCRYPTION_KEY` ([`envkey`]) or from the key file `master.key` ([`keyfile`]); with
+//! the key file it can be rotated online ([`rotation`]).
 
 mod blob;
+pub mod envkey;
 pub mod keyfile;
+pub mod rotation;
 mod secret;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aes_gcm::aead::rand_core::RngCore;
 use aes_gcm::aead::OsRng;
 use agentfs::spec::SecurityScheme;
 use rusqlite::{params, Connection, OptionalExtension};
-use zeroize::Zeroizing;
 
-pub use blob::RowBinding;
+pub use blob::{Cipher, MasterKey, RowBinding};
+pub use rotation::Rotation;
 pub use secret::Secret;
 
 /// Why a vault operation failed.
@@ -29,6 +37,31 @@ pub enum VaultError {
         path: std::path::PathBuf,
         /// What is wrong.
         message: String,
+    },
+    /// `NKMC_ENCRYPTION_KEY` (or `NKMC_ENCRYPTION_KEY_OLD`) is not a usable key.
+    #[error("vault: {0}")]
+    EnvKey(String),
+    /// Online rotation asked for while the master key comes from the environment.
+    #[error(
+        "vault: the master key comes from NKMC_ENCRYPTION_KEY, which gatewayd cannot replace; to rotate, \
+         stop gatewayd, set NKMC_ENCRYPTION_KEY_OLD to the current key and NKMC_ENCRYPTION_KEY to a new one \
+         (`openssl rand -hex 32`), start gatewayd (it re-encrypts every key at start), then unset \
+         NKMC_ENCRYPTION_KEY_OLD"
+    )]
+    EnvRotation,
+    /// No stored key was sealed under any master key gatewayd holds: the wrong key was given.
+    #[error(
+        "vault: the master key ({source_name}) is not the one the {keys} stored keys were sealed with \
+         (they name master key {sealed_with}); give the right key, or to move them to this one set \
+         NKMC_ENCRYPTION_KEY_OLD to the key they were sealed with"
+    )]
+    WrongMasterKey {
+        /// Where the key came from (`master.key` or `NKMC_ENCRYPTION_KEY`).
+        source_name: &'static str,
+        /// How many keys are stored.
+        keys: usize,
+        /// The master key id the first of them names (`unknown` for format 1).
+        sealed_with: String,
     },
     /// Encryption or decryption failed.
     #[error("vault: {0}")]
@@ -43,6 +76,35 @@ pub enum VaultError {
 
 /// Scope of the pool key (the owner's).
 pub const POOL: &str = "pool";
+/// Scope of an agent's own key.
+pub const BYOK: &str = "byok";
+
+/// Whose key: the owner's pool key or one agent's own (BYOK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOwner<'a> {
+    /// The owner's key, used for every caller without a key of its own.
+    Pool,
+    /// The key an agent uploaded, used for that agent only.
+    Agent(&'a str),
+}
+
+impl KeyOwner<'_> {
+    /// The `scope` column.
+    pub fn scope(&self) -> &'static str {
+        match self {
+            KeyOwner::Pool => POOL,
+            KeyOwner::Agent(_) => BYOK,
+        }
+    }
+
+    /// The `owner` column (empty for the pool).
+    pub fn owner(&self) -> &str {
+        match self {
+            KeyOwner::Pool => "",
+            KeyOwner::Agent(a) => a,
+        }
+    }
+}
 
 /// A decrypted credential and where it goes.
 #[derive(Debug, Clone)]
@@ -51,6 +113,10 @@ pub struct Credential {
     pub secret: Secret,
     /// Where the owner said it goes; `None` follows the document's security schemes.
     pub placement: Option<SecurityScheme>,
+    /// The key's id (for the audit log).
+    pub key_id: String,
+    /// `pool` or `byok`.
+    pub scope: &'static str,
 }
 
 /// A stored key as listed: never the secret.
@@ -62,40 +128,247 @@ pub struct StoredKey {
     pub domain: String,
     /// `pool` or `byok`.
     pub scope: String,
+    /// The agent a `byok` key belongs to (empty for the pool key).
+    pub owner: String,
     /// Seconds since the epoch.
     pub created_at: i64,
 }
 
-/// The master key and the operations on encrypted rows.
-pub struct Vault {
-    master: Zeroizing<[u8; keyfile::KEY_LEN]>,
+/// Where the master key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterSource {
+    /// The key file (created 0600 on first run); rotatable online.
+    File(PathBuf),
+    /// `NKMC_ENCRYPTION_KEY`.
+    Env,
 }
 
-impl std::fmt::Debug for Vault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Vault { master: <redacted> }")
+/// The master keys a gatewayd holds: the current one seals; every one of them opens.
+#[derive(Debug)]
+struct Keyring {
+    current: MasterKey,
+    previous: Vec<MasterKey>,
+}
+
+impl Keyring {
+    fn all(&self) -> Vec<&MasterKey> {
+        std::iter::once(&self.current).chain(&self.previous).collect()
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut b = [0u8; N];
-    OsRng.fill_bytes(&mut b);
-    b
+/// The master key and the operations on encrypted rows.
+#[derive(Debug)]
+pub struct Vault {
+    ring: RwLock<Keyring>,
+    cipher: Cipher,
+    source: MasterSource,
 }
 
 fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
+/// One row of the keys table, as needed to open it.
+struct Row {
+    key_id: String,
+    domain: String,
+    scope: String,
+    owner: String,
+    placement: Option<String>,
+    ciphertext: Vec<u8>,
+}
+
+impl Row {
+    fn binding(&self) -> RowBinding<'_> {
+        RowBinding {
+            key_id: &self.key_id,
+            domain: &self.domain,
+            scope: &self.scope,
+            owner: &self.owner,
+            placement: self.placement.as_deref(),
+        }
+    }
+}
+
+const ROW_COLUMNS: &str = "key_id, domain, scope, owner, placement, ciphertext";
+
+fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        key_id: r.get(0)?,
+        domain: r.get(1)?,
+        scope: r.get(2)?,
+        owner: r.get(3)?,
+        placement: r.get(4)?,
+        ciphertext: r.get(5)?,
+    })
+}
+
+fn all_rows(conn: &Connection) -> Result<Vec<Row>, VaultError> {
+    let mut stmt = conn.prepare(&format!("SELECT {ROW_COLUMNS} FROM keys"))?;
+    let rows = stmt.query_map([], read_row)?.collect::<Result<_, _>>()?;
+    Ok(rows)
+}
+
 impl Vault {
-    /// Opens the vault with the master key file at `key_path` (created on first use).
-    pub fn open(key_path: &Path) -> Result<Self, VaultError> {
-        let master = keyfile::load_or_create(key_path, |b| OsRng.fill_bytes(b))?;
-        Ok(Vault { master })
+    /// Opens the vault: the master key from `NKMC_ENCRYPTION_KEY` when it is set (moving rows
+    /// sealed under `NKMC_ENCRYPTION_KEY_OLD`, if given), else from the key file at
+    /// `key_path` (created on first use; an interrupted rotation is finished or rolled back).
+    /// New keys are sealed with `cipher`.
+    pub fn open(key_path: &Path, cipher: Cipher, conn: &Connection) -> Result<Self, VaultError> {
+        match envkey::from_env(envkey::VAR)? {
+            Some(current) => {
+                let old = envkey::from_env(envkey::OLD_VAR)?;
+                Vault::open_env(MasterKey::new(current), old.map(MasterKey::new), cipher, conn)
+            }
+            None => Vault::open_file(key_path, cipher, conn),
+        }
     }
 
-    /// Stores (or replaces) the pool key of `domain`; `placement` overrides the document's
+    /// Opens the vault with the key file at `key_path`, created on first use.
+    pub fn open_file(key_path: &Path, cipher: Cipher, conn: &Connection) -> Result<Self, VaultError> {
+        let current = rotation::recover(key_path, conn)?;
+        let ring = Keyring { current, previous: Vec::new() };
+        let vault = Vault { ring: RwLock::new(ring), cipher, source: MasterSource::File(key_path.to_path_buf()) };
+        vault.check_master(conn)?;
+        Ok(vault)
+    }
+
+    /// Opens the vault with a key given in the environment. With `old`, every row not yet
+    /// sealed under `current` is re-encrypted under it, in one transaction, before anything
+    /// else happens.
+    pub fn open_env(
+        current: MasterKey,
+        old: Option<MasterKey>,
+        cipher: Cipher,
+        conn: &Connection,
+    ) -> Result<Self, VaultError> {
+        let vault = Vault {
+            ring: RwLock::new(Keyring { current, previous: old.into_iter().collect() }),
+            cipher,
+            source: MasterSource::Env,
+        };
+        vault.check_master(conn)?;
+        let stale = vault.rows_not_under_current(conn)?;
+        if stale > 0 && !vault.ring().previous.is_empty() {
+            let moved = vault.reseal_all(conn, &vault.ring().current)?;
+            tracing::info!(keys = moved, "vault: every key re-encrypted under NKMC_ENCRYPTION_KEY");
+        } else if stale > 0 {
+            tracing::warn!(
+                keys = stale,
+                "vault: keys sealed under another master key will not decrypt; set NKMC_ENCRYPTION_KEY_OLD"
+            );
+        }
+        Ok(vault)
+    }
+
+    fn ring(&self) -> RwLockReadGuard<'_, Keyring> {
+        self.ring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where the master key comes from.
+    pub fn source(&self) -> &MasterSource {
+        &self.source
+    }
+
+    /// The cipher new keys are sealed with.
+    pub fn cipher(&self) -> Cipher {
+        self.cipher
+    }
+
+    /// The id of the master key that seals new keys, in hex.
+    pub fn master_id(&self) -> String {
+        self.ring().current.id_hex()
+    }
+
+    /// Refuses a master key that opens none of the stored keys (the wrong key file or
+    /// `NKMC_ENCRYPTION_KEY`), before anything is written under it. A vault with no keys, or
+    /// with at least one key a held master key opens, passes; single bad rows are reported
+    /// when used (and by [`Vault::check_all`]).
+    fn check_master(&self, conn: &Connection) -> Result<(), VaultError> {
+        let rows = all_rows(conn)?;
+        let ring = self.ring();
+        let keys = ring.all();
+        let held = |r: &Row| match blob::master_id_of(&r.ciphertext) {
+            Some(id) => keys.iter().any(|k| k.id() == id),
+            None => blob::open(&keys, r.binding(), &r.ciphertext).is_ok(),
+        };
+        if rows.is_empty() || rows.iter().any(held) {
+            return Ok(());
+        }
+        let sealed_with =
+            blob::master_id_of(&rows[0].ciphertext).map(|id| hex(&id)).unwrap_or_else(|| "unknown (format 1)".into());
+        let source_name = match self.source {
+            MasterSource::File(_) => "master.key",
+            MasterSource::Env => "NKMC_ENCRYPTION_KEY",
+        };
+        Err(VaultError::WrongMasterKey { source_name, keys: rows.len(), sealed_with })
+    }
+
+    /// How many rows are not sealed under the current master key.
+    fn rows_not_under_current(&self, conn: &Connection) -> Result<usize, VaultError> {
+        let id = self.ring().current.id();
+        Ok(all_rows(conn)?.iter().filter(|r| blob::master_id_of(&r.ciphertext) != Some(id)).count())
+    }
+
+    /// Re-encrypts every row under `target` in one transaction (all or nothing); returns how
+    /// many. Rows are opened with every key held plus `target`.
+    fn reseal_all(&self, conn: &Connection, target: &MasterKey) -> Result<usize, VaultError> {
+        let tx = conn.unchecked_transaction()?;
+        let rows = all_rows(&tx)?;
+        {
+            let ring = self.ring();
+            let mut keys = ring.all();
+            keys.push(target);
+            let mut update = tx.prepare("UPDATE keys SET ciphertext = ?1 WHERE key_id = ?2")?;
+            for row in &rows {
+                let plain = blob::open(&keys, row.binding(), &row.ciphertext)?;
+                let sealed = blob::seal(target, self.cipher, row.binding(), &plain)?;
+                update.execute(params![sealed, row.key_id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(rows.len())
+    }
+
+    /// Stores (or replaces) `owner`'s key for `domain`; `placement` overrides the document's
     /// security schemes (where the key goes: a header, a query parameter, basic auth...).
+    /// The placement is bound into the ciphertext's associated data.
+    pub fn set_key(
+        &self,
+        conn: &Connection,
+        owner: KeyOwner<'_>,
+        domain: &str,
+        secret: &Secret,
+        placement: Option<&SecurityScheme>,
+    ) -> Result<String, VaultError> {
+        let placement =
+            placement.map(serde_json::to_string).transpose().map_err(|e| VaultError::Crypto(e.to_string()))?;
+        let mut id = [0u8; 12];
+        OsRng.fill_bytes(&mut id);
+        let key_id = hex(&id);
+        let row = RowBinding {
+            key_id: &key_id,
+            domain,
+            scope: owner.scope(),
+            owner: owner.owner(),
+            placement: placement.as_deref(),
+        };
+        let ct = blob::seal(&self.ring().current, self.cipher, row, secret.expose().as_bytes())?;
+        let tx = conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ?3",
+            params![domain, owner.scope(), owner.owner()],
+        )?;
+        tx.execute(
+            "INSERT INTO keys (key_id, domain, scope, owner, ciphertext, created_at, placement)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![key_id, domain, owner.scope(), owner.owner(), ct, now(), placement],
+        )?;
+        tx.commit()?;
+        Ok(key_id)
+    }
+
+    /// Stores (or replaces) the pool key of `domain` ([`Vault::set_key`] for the pool).
     pub fn set_pool_key(
         &self,
         conn: &Connection,
@@ -103,83 +376,101 @@ impl Vault {
         secret: &Secret,
         placement: Option<&SecurityScheme>,
     ) -> Result<String, VaultError> {
+        self.set_key(conn, KeyOwner::Pool, domain, secret, placement)
+    }
+
+    /// `owner`'s key for `domain`, decrypted, if one is stored.
+    pub fn key(&self, conn: &Connection, owner: KeyOwner<'_>, domain: &str) -> Result<Option<Credential>, VaultError> {
+        let row = conn
+            .query_row(
+                &format!("SELECT {ROW_COLUMNS} FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ?3"),
+                params![domain, owner.scope(), owner.owner()],
+                read_row,
+            )
+            .optional()?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
         let placement =
-            placement.map(serde_json::to_string).transpose().map_err(|e| VaultError::Crypto(e.to_string()))?;
-        let key_id = hex(&random_bytes::<12>());
-        let row = RowBinding { key_id: &key_id, domain, scope: POOL, owner: "" };
-        let ct = blob::seal(&self.master, row, secret.expose().as_bytes(), random_bytes())?;
-        let tx = conn.unchecked_transaction()?;
-        tx.execute("DELETE FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ''", params![domain, POOL])?;
-        tx.execute(
-            "INSERT INTO keys (key_id, domain, scope, owner, ciphertext, created_at, placement)
-             VALUES (?1, ?2, ?3, '', ?4, ?5, ?6)",
-            params![key_id, domain, POOL, ct, now(), placement],
-        )?;
-        tx.commit()?;
-        Ok(key_id)
+            row.placement.as_deref().map(serde_json::from_str::<SecurityScheme>).transpose().map_err(|e| {
+                VaultError::Crypto(format!("key {} for {domain}: unreadable placement: {e}", row.key_id))
+            })?;
+        let plain = blob::open(&self.ring().all(), row.binding(), &row.ciphertext)?;
+        let text = std::str::from_utf8(&plain).map_err(|_| VaultError::NotText)?;
+        Ok(Some(Credential {
+            secret: Secret::new(text.to_owned()),
+            placement,
+            key_id: row.key_id,
+            scope: owner.scope(),
+        }))
     }
 
     /// The pool key of `domain`, decrypted, if one is stored.
     pub fn pool_key(&self, conn: &Connection, domain: &str) -> Result<Option<Credential>, VaultError> {
-        let row: Option<(String, Vec<u8>, Option<String>)> = conn
-            .query_row(
-                "SELECT key_id, ciphertext, placement FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ''",
-                params![domain, POOL],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
-        let Some((key_id, ct, placement)) = row else {
-            return Ok(None);
-        };
-        let placement = placement
-            .map(|p| serde_json::from_str::<SecurityScheme>(&p))
-            .transpose()
-            .map_err(|e| VaultError::Crypto(format!("key {key_id} for {domain}: unreadable placement: {e}")))?;
-        let plain = blob::open(&self.master, RowBinding { key_id: &key_id, domain, scope: POOL, owner: "" }, &ct)?;
-        let text = std::str::from_utf8(&plain).map_err(|_| VaultError::NotText)?;
-        Ok(Some(Credential { secret: Secret::new(text.to_owned()), placement }))
+        self.key(conn, KeyOwner::Pool, domain)
     }
 
-    /// Removes every key of `domain`; returns how many.
+    /// The credential for a request to `domain` by `agent` (`None`: the owner): the agent's
+    /// own key first, then the pool key.
+    pub fn credential(
+        &self,
+        conn: &Connection,
+        agent: Option<&str>,
+        domain: &str,
+    ) -> Result<Option<Credential>, VaultError> {
+        if let Some(agent) = agent {
+            if let Some(own) = self.key(conn, KeyOwner::Agent(agent), domain)? {
+                return Ok(Some(own));
+            }
+        }
+        self.key(conn, KeyOwner::Pool, domain)
+    }
+
+    /// Removes every key of `domain` (the pool key and every agent's); returns how many.
     pub fn remove(&self, conn: &Connection, domain: &str) -> Result<usize, VaultError> {
         Ok(conn.execute("DELETE FROM keys WHERE domain = ?1", params![domain])?)
     }
 
-    /// All stored keys, without secrets.
-    pub fn list(&self, conn: &Connection) -> Result<Vec<StoredKey>, VaultError> {
-        let mut stmt =
-            conn.prepare("SELECT key_id, domain, scope, created_at FROM keys ORDER BY domain, scope, owner")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(StoredKey { key_id: r.get(0)?, domain: r.get(1)?, scope: r.get(2)?, created_at: r.get(3)? })
+    /// Removes `owner`'s key for `domain`; returns how many (0 or 1).
+    pub fn remove_own(&self, conn: &Connection, owner: KeyOwner<'_>, domain: &str) -> Result<usize, VaultError> {
+        Ok(conn.execute(
+            "DELETE FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ?3",
+            params![domain, owner.scope(), owner.owner()],
+        )?)
+    }
+
+    /// Stored keys, without secrets: all of them (`None`), or only `owner`'s.
+    pub fn list(&self, conn: &Connection, only: Option<KeyOwner<'_>>) -> Result<Vec<StoredKey>, VaultError> {
+        let mut stmt = conn.prepare(
+            "SELECT key_id, domain, scope, owner, created_at FROM keys
+             WHERE ?1 IS NULL OR (scope = ?1 AND owner = ?2) ORDER BY domain, scope, owner",
+        )?;
+        let rows = stmt.query_map(params![only.map(|o| o.scope()), only.map(|o| o.owner().to_owned())], |r| {
+            Ok(StoredKey {
+                key_id: r.get(0)?,
+                domain: r.get(1)?,
+                scope: r.get(2)?,
+                owner: r.get(3)?,
+                created_at: r.get(4)?,
+            })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// Checks that every stored key decrypts; returns how many there are.
+    pub fn check_all(&self, conn: &Connection) -> Result<usize, VaultError> {
+        let rows = all_rows(conn)?;
+        let ring = self.ring();
+        for row in &rows {
+            blob::open(&ring.all(), row.binding(), &row.ciphertext)?;
+        }
+        Ok(rows.len())
+    }
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn swapped_ciphertexts_do_not_decrypt() {
-        let dir = tempfile::tempdir().unwrap();
-        let conn = crate::db::open(&dir.path().join("db")).unwrap();
-        let v = Vault::open(&dir.path().join("master.key")).unwrap();
-        v.set_pool_key(&conn, "a.example", &Secret::new("CANARY_a".into()), None).unwrap();
-        let basic = SecurityScheme::Basic;
-        v.set_pool_key(&conn, "b.example", &Secret::new("CANARY_b".into()), Some(&basic)).unwrap();
-        assert_eq!(v.pool_key(&conn, "a.example").unwrap().unwrap().secret.expose(), "CANARY_a");
-        assert_eq!(v.pool_key(&conn, "b.example").unwrap().unwrap().placement, Some(SecurityScheme::Basic));
-        conn.execute_batch(
-            "UPDATE keys SET ciphertext = (SELECT ciphertext FROM keys WHERE domain = 'b.example') WHERE domain = 'a.example'",
-        )
-        .unwrap();
-        let err = v.pool_key(&conn, "a.example").unwrap_err().to_string();
-        assert!(err.contains("does not decrypt") && !err.contains("CANARY"), "{err}");
-        assert_eq!(v.list(&conn).unwrap().len(), 2);
-    }
-}
+mod tests;

@@ -20,6 +20,9 @@ impl Secret {
     }
 }
 
+/// The wrapped `Zeroizing<String>` wipes the bytes when the last copy is dropped.
+impl zeroize::ZeroizeOnDrop for Secret {}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
@@ -35,6 +38,14 @@ impl fmt::Display for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn zeroized_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+
+    #[test]
+    fn is_zeroized_on_drop() {
+        zeroized_on_drop::<Secret>();
+        zeroized_on_drop::<Zeroizing<String>>();
+    }
 
     #[test]
     fn never_prints_itself() {

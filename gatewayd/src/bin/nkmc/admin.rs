@@ -60,7 +60,9 @@ pub async fn keys_set(
     domain: &str,
     token: &str,
     placement: Option<agentfs::spec::SecurityScheme>,
+    byok: bool,
 ) -> anyhow::Result<ExitCode> {
+    let client = ctx.keys_client(byok)?;
     let secret = if token == "-" {
         let mut s = String::new();
         std::io::stdin().read_to_string(&mut s).context("cannot read the secret from stdin")?;
@@ -72,25 +74,52 @@ pub async fn keys_set(
         anyhow::bail!("the secret is empty");
     }
     let req = SetKeyRequest { secret, placement };
-    let info: KeyInfo = ctx.client().send_json(Method::PUT, &format!("/v1/keys/{}", segment(domain)), &req).await?;
-    println!("stored the key for {} (key id {})", info.domain, info.key_id);
+    let info: KeyInfo = client.send_json(Method::PUT, &format!("/v1/keys/{}", segment(domain)), &req).await?;
+    match &info.agent {
+        Some(agent) => println!("stored {agent}'s own key for {} (key id {})", info.domain, info.key_id),
+        None => println!("stored the key for {} (key id {})", info.domain, info.key_id),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn keys_list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let list: KeyList = ctx.client().get_json("/v1/keys").await?;
+pub async fn keys_list(ctx: &Ctx, byok: bool) -> anyhow::Result<ExitCode> {
+    let list: KeyList = ctx.keys_client(byok)?.get_json("/v1/keys").await?;
     if list.keys.is_empty() {
         println!("no keys stored (add one with `nkmc keys set DOMAIN --token -`)");
     }
     for k in list.keys {
-        println!("{}\t{}\t{}", k.domain, k.scope, k.key_id);
+        match k.agent {
+            Some(agent) => println!("{}\t{}\t{}\t{agent}", k.domain, k.scope, k.key_id),
+            None => println!("{}\t{}\t{}", k.domain, k.scope, k.key_id),
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn keys_remove(ctx: &Ctx, domain: &str) -> anyhow::Result<ExitCode> {
-    ctx.client().call_ok(Method::DELETE, &format!("/v1/keys/{}", segment(domain)), None).await?;
-    println!("removed the keys of {domain}");
+pub async fn keys_remove(ctx: &Ctx, domain: &str, byok: bool) -> anyhow::Result<ExitCode> {
+    ctx.keys_client(byok)?.call_ok(Method::DELETE, &format!("/v1/keys/{}", segment(domain)), None).await?;
+    if byok {
+        println!("removed your own key for {domain}");
+    } else {
+        println!("removed the keys of {domain}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn vault_rotate(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let body = ctx.owner_client().call_ok(Method::POST, "/v1/vault/rotate", None).await?;
+    let r: agentfs::wire::VaultRotation =
+        serde_json::from_slice(&body).context("gatewayd answered the rotation with something else")?;
+    println!(
+        "rotated the master key {} -> {}: {} keys re-encrypted ({})",
+        r.old_master_id, r.new_master_id, r.keys, r.cipher
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn vault_check(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let c: agentfs::wire::VaultCheck = ctx.owner_client().get_json("/v1/vault/check").await?;
+    println!("vault ok: {} keys decrypt (master key {}, from {})", c.keys, c.master_id, c.source);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -34,6 +34,11 @@ enum Command {
     },
     /// Unmount every mount started by nkmc and stop gatewayd.
     Down,
+    /// The vault's master key.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
     /// Control gatewayd.
     Gateway {
         #[command(subcommand)]
@@ -159,7 +164,7 @@ enum ServicesCommand {
 #[derive(Debug, Subcommand)]
 enum KeysCommand {
     /// Store the key of DOMAIN (encrypted), replacing any previous one.
-    #[command(group(clap::ArgGroup::new("how").required(true).args(["token", "header", "query", "basic"])))]
+    #[command(group(clap::ArgGroup::new("how").required(true).args(["token", "header", "query", "basic", "oauth2"])))]
     Set {
         /// The service's domain.
         domain: String,
@@ -179,14 +184,46 @@ enum KeysCommand {
         /// HTTP basic credentials `USER:PASSWORD`, or `-` for stdin.
         #[arg(long)]
         basic: Option<String>,
+        /// OAuth2 client credentials `CLIENT_ID:CLIENT_SECRET`, or `-` for stdin: gatewayd
+        /// fetches an access token from the token URL (the document's client-credentials flow,
+        /// or --oauth2-token-url), caches it until it expires, and sends it as a bearer token.
+        #[arg(long)]
+        oauth2: Option<String>,
+        /// The OAuth2 token URL, when the document declares none (on the service's origin, or
+        /// an origin listed in config.toml `[vault] oauth2_token_origins`).
+        #[arg(long, requires = "oauth2")]
+        oauth2_token_url: Option<String>,
+        /// Store it as the current agent's own key (BYOK: NKMC_TOKEN, else the token `nkmc
+        /// auth` saved), used for that agent's requests before the pool key and seen by no
+        /// other agent. Without it, the owner sets the pool key.
+        #[arg(long)]
+        byok: bool,
     },
     /// List stored keys (domains, never secrets).
-    List,
-    /// Remove the keys of DOMAIN.
+    List {
+        /// Only the current agent's own keys (as its token sees them).
+        #[arg(long)]
+        byok: bool,
+    },
+    /// Remove the keys of DOMAIN (the pool key and every agent's own).
     Remove {
         /// The service's domain.
         domain: String,
+        /// Only the current agent's own key.
+        #[arg(long)]
+        byok: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum VaultCommand {
+    /// Re-encrypt every stored key under a new master key, online (gatewayd keeps serving).
+    /// A crash at any moment leaves every key readable. Not available when the master key
+    /// comes from NKMC_ENCRYPTION_KEY (the error says what to do instead).
+    Rotate,
+    /// Decrypt every stored key (never printing one): says how many there are, or names the
+    /// first that does not decrypt and exits 1.
+    Check,
 }
 
 /// What every command needs: where things are and a client for the socket.
@@ -203,6 +240,22 @@ impl Ctx {
     pub fn client(&self) -> GatewayClient {
         let timeout = self.config.upstream.timeout() + Duration::from_secs(5);
         GatewayClient::new(&self.paths.socket, timeout).with_token(token::current_token(self))
+    }
+
+    /// A client that acts as the owner, whatever token is saved or in NKMC_TOKEN.
+    pub fn owner_client(&self) -> GatewayClient {
+        GatewayClient::new(&self.paths.socket, self.config.upstream.timeout() + Duration::from_secs(5))
+    }
+
+    /// The owner's client, or with `byok` the current agent's (an error without a token).
+    pub fn keys_client(&self, byok: bool) -> anyhow::Result<GatewayClient> {
+        if !byok {
+            return Ok(self.owner_client());
+        }
+        let token = token::current_token(self).ok_or_else(|| {
+            anyhow::anyhow!("--byok acts as an agent: set NKMC_TOKEN or run `nkmc auth --agent NAME` first")
+        })?;
+        Ok(self.owner_client().with_token(Some(token)))
     }
 }
 
@@ -249,23 +302,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Services { command: ServicesCommand::Remove { domain } } => {
             admin::services_remove(&ctx, &domain).await
         }
-        Command::Keys { command: KeysCommand::Set { domain, token, header, query, value, basic } } => {
+        Command::Keys {
+            command: KeysCommand::Set { domain, token, header, query, value, basic, oauth2, oauth2_token_url, byok },
+        } => {
             use agentfs::spec::{KeyLocation, SecurityScheme};
-            let (secret, placement) = match (token, header, query, basic) {
-                (Some(t), None, None, None) => (t, None),
-                (None, Some(name), None, None) => {
+            let (secret, placement) = match (token, header, query, basic, oauth2) {
+                (Some(t), None, None, None, None) => (t, None),
+                (None, Some(name), None, None, None) => {
                     (value.unwrap_or_default(), Some(SecurityScheme::ApiKey { location: KeyLocation::Header, name }))
                 }
-                (None, None, Some(name), None) => {
+                (None, None, Some(name), None, None) => {
                     (value.unwrap_or_default(), Some(SecurityScheme::ApiKey { location: KeyLocation::Query, name }))
                 }
-                (None, None, None, Some(b)) => (b, Some(SecurityScheme::Basic)),
-                _ => anyhow::bail!("give one of --token, --header/--value, --query/--value, --basic"),
+                (None, None, None, Some(b), None) => (b, Some(SecurityScheme::Basic)),
+                (None, None, None, None, Some(c)) => {
+                    let token_url = oauth2_token_url.unwrap_or_default();
+                    (c, Some(SecurityScheme::OAuth2ClientCredentials { token_url }))
+                }
+                _ => anyhow::bail!("give one of --token, --header/--value, --query/--value, --basic, --oauth2"),
             };
-            admin::keys_set(&ctx, &domain, &secret, placement).await
+            admin::keys_set(&ctx, &domain, &secret, placement, byok).await
         }
-        Command::Keys { command: KeysCommand::List } => admin::keys_list(&ctx).await,
-        Command::Keys { command: KeysCommand::Remove { domain } } => admin::keys_remove(&ctx, &domain).await,
+        Command::Keys { command: KeysCommand::List { byok } } => admin::keys_list(&ctx, byok).await,
+        Command::Keys { command: KeysCommand::Remove { domain, byok } } => {
+            admin::keys_remove(&ctx, &domain, byok).await
+        }
+        Command::Vault { command: VaultCommand::Rotate } => admin::vault_rotate(&ctx).await,
+        Command::Vault { command: VaultCommand::Check } => admin::vault_check(&ctx).await,
         Command::Ls { path } => files::ls(&ctx, &path).await,
         Command::Cat { path } => files::cat(&ctx, &path).await,
         Command::Write { path, data } => files::write(&ctx, &path, data).await,
