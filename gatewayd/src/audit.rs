@@ -154,6 +154,10 @@ pub enum Operation {
     Write,
     /// `POST /v1/fs/delete`.
     Delete,
+    /// `POST /v1/proxy/exec`.
+    Run,
+    /// `GET /v1/proxy/tools`.
+    ToolsList,
 }
 
 impl Operation {
@@ -173,6 +177,8 @@ impl Operation {
             Operation::Read => "read",
             Operation::Write => "write",
             Operation::Delete => "delete",
+            Operation::Run => "run",
+            Operation::ToolsList => "tools.list",
         }
     }
 }

@@ -112,6 +112,8 @@ fn absolute(p: &Path) -> PathBuf {
 pub struct Config {
     /// Outbound calls.
     pub upstream: UpstreamConfig,
+    /// `nkmc run`: tools, timeouts, output cap.
+    pub run: crate::run::tools::RunConfig,
 }
 
 /// `[upstream]`: outbound HTTP.

@@ -43,6 +43,9 @@ pub enum StartError {
     /// The token root key or the revocation list could not be loaded.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// The `[run]` tool configuration is not usable.
+    #[error(transparent)]
+    Tools(#[from] crate::run::tools::ToolConfigError),
 }
 
 /// Everything the API handlers share.
@@ -61,6 +64,8 @@ pub struct Gateway {
     /// Agent tokens: the root key pair (`biscuit.key`, created on first run) and the
     /// revocation list.
     pub auth: Authority,
+    /// The tools of `nkmc run`, their binaries resolved at start.
+    pub tools: crate::run::tools::Tools,
     db: Mutex<Connection>,
     registry: RwLock<Registry>,
     started: Instant,
@@ -80,6 +85,7 @@ impl Gateway {
         let audit = AuditLog::open(&conn, paths.data_dir.join(crate::audit::ANCHOR_FILE), Box::new(SystemClock))?;
         let upstream = Upstream::new(config.upstream.clone(), private_hosts)?;
         let auth = Authority::open(&paths.data_dir, &conn)?;
+        let tools = crate::run::tools::Tools::resolve(&config.run)?;
         Ok(Arc::new(Gateway {
             paths,
             config,
@@ -87,6 +93,7 @@ impl Gateway {
             vault,
             audit,
             auth,
+            tools,
             db: Mutex::new(conn),
             registry: RwLock::new(registry),
             started: Instant::now(),

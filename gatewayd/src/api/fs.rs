@@ -30,7 +30,7 @@ pub struct PathQuery {
 /// The caller: an agent when the request carries `Authorization: Bearer <token>`, else the
 /// owner (the socket admits only the owner's uid). The audit records the agent the token
 /// names; the operation itself verifies the token.
-fn caller(headers: &HeaderMap, audit: &mut Pending) -> Result<Caller, ApiError> {
+pub(super) fn caller(headers: &HeaderMap, audit: &mut Pending) -> Result<Caller, ApiError> {
     let Some(value) = headers.get(AUTHORIZATION) else { return Ok(Caller::Owner) };
     let token = value
         .to_str()

@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 pub mod error;
 mod fs;
+mod proxy;
 pub mod socket;
 mod tokens;
 
@@ -46,6 +47,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens"),
     ("POST", "/v1/tokens/revoke"),
     ("POST", "/v1/tokens/inspect"),
+    ("POST", "/v1/proxy/exec"),
+    ("GET", "/v1/proxy/tools"),
 ];
 
 /// Every route, for the socket.
@@ -71,6 +74,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/tokens", post(tokens::mint))
         .route("/v1/tokens/revoke", post(tokens::revoke))
         .route("/v1/tokens/inspect", post(tokens::inspect))
+        .route("/v1/proxy/exec", post(proxy::exec))
+        .route("/v1/proxy/tools", get(proxy::tools))
         .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")
