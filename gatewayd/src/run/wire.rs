@@ -39,8 +39,10 @@ pub struct ExitStatus {
     /// Why it ended.
     pub reason: ExitReason,
     /// The exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<i32>,
     /// The signal that ended it, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
     /// Output bytes the tool produced (before masking).
     pub output_bytes: u64,
@@ -71,6 +73,7 @@ pub struct ToolInfo {
     /// The domain whose key it gets.
     pub domain: String,
     /// The binary, resolved when gatewayd started; `None` when it was not found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// The binary as configured.
     pub binary: String,
