@@ -125,7 +125,7 @@ fn run(n: &Nkmc, args: &[&str]) -> Output {
 /// Every form of the key the tools print.
 fn forms(key: &str) -> Vec<Vec<u8>> {
     let hex: String = key.bytes().map(|b| format!("{b:02x}")).collect();
-    vec![key.as_bytes().to_vec(), hex.into_bytes(), key[..12].as_bytes().to_vec()]
+    vec![key.as_bytes().to_vec(), hex.into_bytes(), key.as_bytes()[..12].to_vec()]
 }
 
 fn assert_clean(what: &str, out: &[u8], key: &str) {
