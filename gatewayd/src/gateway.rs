@@ -66,6 +66,8 @@ pub struct Gateway {
     pub auth: Authority,
     /// The tools of `nkmc run`, their binaries resolved at start.
     pub tools: crate::run::tools::Tools,
+    /// The runs under way (stopped at shutdown).
+    pub runs: crate::run::Runs,
     db: Mutex<Connection>,
     registry: RwLock<Registry>,
     started: Instant,
@@ -94,6 +96,7 @@ impl Gateway {
             audit,
             auth,
             tools,
+            runs: crate::run::Runs::default(),
             db: Mutex::new(conn),
             registry: RwLock::new(registry),
             started: Instant::now(),

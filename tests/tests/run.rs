@@ -311,6 +311,21 @@ fn timeouts_and_a_departed_caller_kill_the_process_group() {
     assert!(killed_at.elapsed() < Duration::from_millis(1400), "{:?}", killed_at.elapsed());
     let tail = n.ok(&["audit", "tail", "-n", "100", "--json"]);
     assert!(tail.contains(r#""outcome":"timeout""#) && tail.contains(r#""outcome":"cancelled""#), "{tail}");
+
+    // gatewayd stops mid-run: the run is told (exit 143) and its group killed; no tool
+    // outlives gatewayd.
+    std::fs::remove_file(d.join("stubborn.pid")).unwrap();
+    let caller =
+        n.cmd(&["run", "stubborn"]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until("the tool's start", Duration::from_secs(5), || {
+        std::fs::read_to_string(d.join("stubborn.pid")).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let (pid, child) = (read_pid("stubborn.pid"), read_pid("stubborn.child"));
+    n.ok(&["gateway", "stop"]);
+    let out = caller.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("shutting down"), "{}", text(&out.stderr));
+    wait_until("the tool's death at shutdown", Duration::from_secs(5), || gone(pid) && gone(child));
 }
 
 #[test]

@@ -94,7 +94,9 @@ pub async fn serve(gw: Arc<Gateway>, listener: socket::OwnerOnly) -> std::io::Re
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return gw.shutdown_requested().await;
+                    gw.shutdown_requested().await;
+                    gw.runs.stop_all();
+                    return;
                 }
             };
             tokio::select! {
@@ -102,6 +104,7 @@ pub async fn serve(gw: Arc<Gateway>, listener: socket::OwnerOnly) -> std::io::Re
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
                 _ = gw.shutdown_requested() => tracing::info!("shutdown requested over the API"),
             }
+            gw.runs.stop_all();
         }
     };
     axum::serve(listener, app).with_graceful_shutdown(stop).await

@@ -170,8 +170,9 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
     let (out_tx, out_rx) = mpsc::channel::<Bytes>(OUT_FRAMES);
     let stdin_task = tokio::spawn(forward_stdin(body, decoder, stdin_tx));
     let name = tool.spec.name.clone();
+    let stopping = gw.runs.stopping();
     tokio::spawn(async move {
-        let ended = running.drive(stdin_rx, out_tx).await;
+        let ended = running.drive(stdin_rx, out_tx, stopping).await;
         stdin_task.abort();
         let (outcome, bytes) = match &ended {
             Ended::Status(s) => {
@@ -181,6 +182,7 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
                     ExitReason::Signaled => format!("signal {}", s.signal.unwrap_or(0)),
                     ExitReason::Timeout => "timeout".to_owned(),
                     ExitReason::OutputLimit => "output_limit".to_owned(),
+                    ExitReason::Shutdown => "shutdown".to_owned(),
                 };
                 (text, s.output_bytes)
             }

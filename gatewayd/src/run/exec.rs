@@ -133,16 +133,22 @@ impl Stream {
 impl Running {
     /// Drives the run to its end: `stdin` feeds the tool, frames go to `out` (the last one
     /// is the exit frame, unless the caller went away).
-    pub async fn drive(mut self, stdin: mpsc::Receiver<Bytes>, out: mpsc::Sender<Bytes>) -> Ended {
+    /// `stop` turning true (gatewayd shuts down) ends it too.
+    pub async fn drive(
+        mut self,
+        stdin: mpsc::Receiver<Bytes>,
+        out: mpsc::Sender<Bytes>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Ended {
         let pump = self.stdin.take().map(|s| tokio::spawn(pump_stdin(s, stdin)));
-        let ended = self.run_loop(&out).await;
+        let ended = self.run_loop(&out, stop).await;
         if let Some(p) = pump {
             p.abort();
         }
         ended
     }
 
-    async fn run_loop(&mut self, out: &mpsc::Sender<Bytes>) -> Ended {
+    async fn run_loop(&mut self, out: &mpsc::Sender<Bytes>, mut stop: tokio::sync::watch::Receiver<bool>) -> Ended {
         let deadline = Instant::now() + self.prepared.timeout;
         let mut stdout = Stream {
             reader: self.child.stdout.take().map(|r| Box::new(r) as Box<dyn AsyncRead + Unpin + Send>),
@@ -190,6 +196,13 @@ impl Running {
                     self.terminate().await;
                     let secs = self.prepared.timeout.as_secs_f64();
                     let status = stopped(ExitReason::Timeout, total, format!("killed after the timeout of {secs} s"));
+                    return self.exit_frame(out, status, total).await;
+                }
+                () = async { if stop.wait_for(|s| *s).await.is_err() {
+                        std::future::pending::<()>().await;
+                    } } => {
+                    self.terminate().await;
+                    let status = stopped(ExitReason::Shutdown, total, "killed: gatewayd is shutting down".to_owned());
                     return self.exit_frame(out, status, total).await;
                 }
                 _ = out.closed() => {

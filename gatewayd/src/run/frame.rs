@@ -4,7 +4,9 @@
 //! Request body (`application/vnd.nkmc.exec`): first a [`Kind::Request`] frame (the JSON
 //! [`super::wire::ExecRequest`]), then any number of [`Kind::Stdin`] frames, then
 //! optionally [`Kind::StdinEnd`]. The tool's stdin closes at `StdinEnd` or at the end of the
-//! body.
+//! body. A client should send the stdin frames only once the answer's head (200) has arrived:
+//! a refusal is answered at once and the connection closed, which would break a body still
+//! being written.
 //!
 //! Response body (same media type, status 200 once the tool has started): [`Kind::Stdout`]
 //! and [`Kind::Stderr`] frames as the tool writes (already masked), then exactly one

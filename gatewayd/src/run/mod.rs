@@ -77,6 +77,31 @@ pub enum RunError {
     },
 }
 
+/// The runs under way, told to stop when gatewayd shuts down (their process groups are
+/// killed; a run never outlives gatewayd).
+#[derive(Debug)]
+pub struct Runs {
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Runs {
+    fn default() -> Self {
+        Runs { stop: tokio::sync::watch::channel(false).0 }
+    }
+}
+
+impl Runs {
+    /// Stops every run under way and every run that starts from now on.
+    pub fn stop_all(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// What a run watches to learn that gatewayd stops.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+}
+
 /// The credential a run injects for `domain`. The one place the lookup happens, so the
 /// per-caller order (the agent's own key, then the pool key) can replace it in one spot.
 pub fn credential(gw: &Gateway, _caller: &Caller, domain: &str) -> Result<Option<Credential>, VaultError> {

@@ -30,6 +30,8 @@ pub enum ExitReason {
     Timeout,
     /// nkmc killed it when its output went over the cap.
     OutputLimit,
+    /// nkmc killed it because gatewayd shut down.
+    Shutdown,
 }
 
 /// The last frame of a run.
@@ -53,13 +55,14 @@ pub struct ExitStatus {
 
 impl ExitStatus {
     /// The exit code `nkmc run` ends with: the tool's own; 128 + signal when a signal
-    /// ended it; 124 at the timeout and 125 at the output cap.
+    /// ended it; 124 at the timeout, 125 at the output cap, 143 when gatewayd shut down.
     pub fn shell_code(&self) -> i32 {
         match self.reason {
             ExitReason::Exited => self.code.unwrap_or(1),
             ExitReason::Signaled => 128 + self.signal.unwrap_or(0),
             ExitReason::Timeout => 124,
             ExitReason::OutputLimit => 125,
+            ExitReason::Shutdown => 143,
         }
     }
 }

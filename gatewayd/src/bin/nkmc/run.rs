@@ -106,12 +106,25 @@ async fn exec(ctx: &Ctx, req: &ExecRequest) -> anyhow::Result<ExitCode> {
     tokio::spawn(async move {
         let _ = conn.await;
     });
+    // The request frame goes first; stdin follows only once gatewayd has answered 200 (the
+    // tool runs): a refusal answers at once and closes the connection, and a body still being
+    // written then would turn the refusal into a broken pipe.
+    let first = frame::encode(Kind::Request, &serde_json::to_vec(req)?);
     let (tx, rx) = mpsc::channel::<Bytes>(8);
-    tx.send(frame::encode(Kind::Request, &serde_json::to_vec(req)?)).await.context("internal: stdin channel")?;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
     stdin_frames(tx);
-    let frames: FrameStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok(Frame::data(b)), rx))
-    }));
+    let frames: FrameStream = Box::pin(futures_util::stream::unfold(
+        (Some(first), Some(started_rx), rx),
+        |(first, started, mut rx)| async move {
+            if let Some(f) = first {
+                return Some((Ok(Frame::data(f)), (None, started, rx)));
+            }
+            if let Some(started) = started {
+                started.await.ok()?;
+            }
+            rx.recv().await.map(|b| (Ok(Frame::data(b)), (None, None, rx)))
+        },
+    ));
     let mut http = Request::builder()
         .method(Method::POST)
         .uri(format!("{}/proxy/exec", agentfs::wire::API_PREFIX))
@@ -130,6 +143,7 @@ async fn exec(ctx: &Ctx, req: &ExecRequest) -> anyhow::Result<ExitCode> {
             Err(_) => bail!("gatewayd answered {status}: {}", String::from_utf8_lossy(&bytes)),
         }
     }
+    let _ = started_tx.send(());
     let mut decoder = Decoder::default();
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
