@@ -88,6 +88,7 @@ impl Gateway {
         let upstream = Upstream::new(config.upstream.clone(), private_hosts)?;
         let auth = Authority::open(&paths.data_dir, &conn)?;
         let tools = crate::run::tools::Tools::resolve(&config.run)?;
+        let run_slots = config.run.max_concurrent;
         Ok(Arc::new(Gateway {
             paths,
             config,
@@ -96,7 +97,7 @@ impl Gateway {
             audit,
             auth,
             tools,
-            runs: crate::run::Runs::default(),
+            runs: crate::run::Runs::new(run_slots),
             db: Mutex::new(conn),
             registry: RwLock::new(registry),
             started: Instant::now(),

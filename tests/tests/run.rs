@@ -37,6 +37,7 @@ case "$1" in
   b64) printf '%s' "$T" | base64 -w0; echo; printf 'x%s' "$T" | base64 -w0; echo; printf 'xy%s' "$T" | base64 -w0; echo ;;
   hex) printf '%s' "$T" | od -An -tx1 | tr -d ' \n'; echo ;;
   plain) echo "nothing secret here" ;;
+  write) mkdir -p "$HOME/.config" && echo "$T" > "$HOME/.config/token" && pwd ;;
 esac"#,
     );
     let started = d.join("started");
@@ -193,7 +194,8 @@ fn the_key_never_leaves_whatever_the_tool_prints() {
     assert!(env.contains(&format!("ENVDUMP_TOKEN={MARKER}\n")), "{env}");
     assert!(env.contains("ENVDUMP_REGION=eu-west-1\n"), "{env}");
     assert!(env.contains("PATH=/usr/local/bin:/usr/bin:/bin\n"), "{env}");
-    assert!(env.contains(&format!("HOME={}\n", n.data_dir.join("run/home").display())), "{env}");
+    let scratch = n.data_dir.join("run/tools");
+    assert!(env.contains(&format!("HOME={}/", scratch.display())), "{env}");
     assert!(!env.contains("daemon-only") && !env.contains("NKMC"), "{env}");
     // Variables the tool does not allow are refused before it starts.
     for refused in ["ENVDUMP_HOST=evil", "LD_PRELOAD=/x.so", "OTHER=1", "ENVDUMP_TOKEN=mine"] {
@@ -201,6 +203,14 @@ fn the_key_never_leaves_whatever_the_tool_prints() {
         assert!(!out.status.success() && out.stdout.is_empty(), "{refused}: {}", text(&out.stdout));
         assert!(text(&out.stderr).contains("does not let callers set"), "{}", text(&out.stderr));
     }
+
+    // What a tool writes in its home (its working directory too) is gone after the run.
+    let out = run(&n, &["leaky", "write"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with(&format!("{}/", scratch.display())), "{}", text(&out.stdout));
+    wait_until("the scratch directory's removal", Duration::from_secs(5), || {
+        std::fs::read_dir(&scratch).unwrap().next().is_none()
+    });
 
     // The tool's exit code is nkmc's.
     let out = run(&n, &["exit3"]);

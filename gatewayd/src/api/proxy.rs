@@ -159,6 +159,15 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
     audit.target(crate::run::audit_target(&req));
     let tool = audit.check(gw.tools.get(&req.tool).cloned().ok_or_else(|| RunError::NoTool(req.tool.clone())))?;
     audit.check(authorize(&gw, &who, &tool))?;
+    let slot = audit.check(gw.runs.slot().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::RateLimited,
+            format!(
+                "run: {} runs are already under way ([run] max_concurrent); try again when one ends",
+                gw.config.run.max_concurrent
+            ),
+        )
+    }))?;
     let prepared = audit.check(crate::run::prepare(&gw, &who, &tool, req))?;
     let program = prepared.program.clone();
     let running = audit
@@ -174,6 +183,7 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
     tokio::spawn(async move {
         let ended = running.drive(stdin_rx, out_tx, stopping).await;
         stdin_task.abort();
+        drop(slot);
         let (outcome, bytes) = match &ended {
             Ended::Status(s) => {
                 let text = match s.reason {

@@ -28,8 +28,8 @@ pub struct Prepared {
     pub args: Vec<String>,
     /// Its whole environment.
     pub env: Vec<(String, OsString)>,
-    /// Its working directory.
-    pub cwd: PathBuf,
+    /// Its home and working directory, removed after the run.
+    pub scratch: super::Scratch,
     /// What to mask in its output.
     pub patterns: Patterns,
     /// Longest run.
@@ -91,7 +91,7 @@ pub fn spawn(prepared: Prepared) -> std::io::Result<Running> {
     cmd.args(&prepared.args)
         .env_clear()
         .envs(prepared.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&prepared.cwd)
+        .current_dir(prepared.scratch.path())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -77,20 +77,28 @@ pub enum RunError {
     },
 }
 
-/// The runs under way, told to stop when gatewayd shuts down (their process groups are
-/// killed; a run never outlives gatewayd).
+/// The runs under way: at most `max_concurrent` at once, and told to stop when gatewayd
+/// shuts down (their process groups are killed; a run never outlives gatewayd).
 #[derive(Debug)]
 pub struct Runs {
     stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Default for Runs {
-    fn default() -> Self {
-        Runs { stop: tokio::sync::watch::channel(false).0 }
-    }
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl Runs {
+    /// Room for `max_concurrent` runs at once.
+    pub fn new(max_concurrent: usize) -> Self {
+        Runs {
+            stop: tokio::sync::watch::channel(false).0,
+            slots: std::sync::Arc::new(tokio::sync::Semaphore::new(max_concurrent)),
+        }
+    }
+
+    /// A slot for one run, held until it ends; `None` when all are taken.
+    pub fn slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+
     /// Stops every run under way and every run that starts from now on.
     pub fn stop_all(&self) {
         self.stop.send_replace(true);
@@ -109,12 +117,43 @@ pub fn credential(gw: &Gateway, _caller: &Caller, domain: &str) -> Result<Option
     gw.vault.pool_key(&conn, domain)
 }
 
-/// The tools' home directory (created 0700 when missing).
-pub fn home(gw: &Gateway) -> Result<PathBuf, RunError> {
-    let path = gw.config.run.home.clone().unwrap_or_else(|| gw.paths.data_dir.join("run").join("home"));
-    crate::gateway::create_private_dir(&path)
-        .map_err(|e| RunError::Home { path: path.clone(), message: e.to_string() })?;
-    Ok(path)
+/// A run's own home and working directory, `run/tools/<id>` in the data dir (0700), removed
+/// with everything in it when the run ends: what a tool writes there (a config file, a
+/// cached token) does not outlive the run, nor reach the next one.
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    /// A new, empty directory.
+    pub fn create(gw: &Gateway) -> Result<Self, RunError> {
+        use std::os::unix::fs::DirBuilderExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let id = format!("{}-{}-{nanos:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let parent = gw.paths.data_dir.join("run").join("tools");
+        let path = parent.join(id);
+        let err = |e: &dyn std::fmt::Display| RunError::Home { path: path.clone(), message: e.to_string() };
+        crate::gateway::create_private_dir(&parent).map_err(|e| err(&e))?;
+        std::fs::DirBuilder::new().mode(0o700).create(&path).map_err(|e| err(&e))?;
+        Ok(Scratch { path })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "run: the scratch directory was not removed");
+        }
+    }
 }
 
 /// Everything checked, the key looked up and the environment built: the run, ready to
@@ -150,14 +189,15 @@ pub fn prepare(gw: &Gateway, caller: &Caller, tool: &Tool, req: ExecRequest) -> 
         injected.push((name.clone(), value.to_owned()));
     }
     let patterns = mask::Patterns::new(secrets);
-    let home = home(gw)?;
+    let scratch = Scratch::create(gw)?;
     let run = &gw.config.run;
-    let env = policy::environment(&run.path, &home, &run.pass_env, |k| std::env::var_os(k), &req.env, injected);
+    let env =
+        policy::environment(&run.path, scratch.path(), &run.pass_env, |k| std::env::var_os(k), &req.env, injected);
     Ok(exec::Prepared {
         program,
         args: req.args,
         env,
-        cwd: home,
+        scratch,
         patterns,
         timeout: Duration::from_millis(spec.timeout_ms),
         max_output: spec.max_output_bytes,
@@ -200,5 +240,19 @@ mod tests {
         assert_eq!(audit_target(&req(&["repo", "list", "--limit", "5"])), "run:gh repo list (4 args)");
         assert_eq!(audit_target(&req(&["login", "ghp_0123abcd"])), "run:gh login (2 args)");
         assert_eq!(audit_target(&req(&["-R", "x", "issue"])), "run:gh (3 args)");
+    }
+
+    #[tokio::test]
+    async fn runs_have_a_limit_and_a_stop() {
+        let runs = Runs::new(2);
+        let a = runs.slot().unwrap();
+        let _b = runs.slot().unwrap();
+        assert!(runs.slot().is_none(), "a third run waits for a slot");
+        drop(a);
+        assert!(runs.slot().is_some());
+        let mut stopping = runs.stopping();
+        assert!(!*stopping.borrow());
+        runs.stop_all();
+        stopping.wait_for(|s| *s).await.unwrap();
     }
 }

@@ -8,6 +8,7 @@
 //! kill_grace_ms = 2000            # SIGTERM, then SIGKILL after this long
 //! path = "/usr/local/bin:/usr/bin:/bin"   # where binary names are looked up; the tools' PATH
 //! pass_env = ["LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ"]   # taken from gatewayd's environment
+//! max_concurrent = 16             # runs under way at once
 //!
 //! [run.tools.mytool]
 //! binary = "/opt/mytool/bin/mytool"   # or a name looked up in `path`
@@ -65,8 +66,8 @@ pub struct RunConfig {
     pub path: String,
     /// Variables passed from gatewayd's environment when set there.
     pub pass_env: Vec<String>,
-    /// The tools' home directory (default: `run/home` in the data dir).
-    pub home: Option<PathBuf>,
+    /// Most runs under way at once (more are answered `rate_limited`).
+    pub max_concurrent: usize,
     /// User-defined tools, and changes to the built-in ones.
     pub tools: BTreeMap<String, ToolConfig>,
 }
@@ -79,7 +80,7 @@ impl Default for RunConfig {
             kill_grace_ms: 2_000,
             path: "/usr/local/bin:/usr/bin:/bin".to_owned(),
             pass_env: ["LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ"].map(String::from).to_vec(),
-            home: None,
+            max_concurrent: 16,
             tools: BTreeMap::new(),
         }
     }
