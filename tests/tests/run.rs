@@ -359,4 +359,10 @@ fn agent_tokens_need_the_run_right_on_the_domain() {
     assert_clean("refusal", &out.stderr, &key);
     let tail = n.ok(&["audit", "tail", "-n", "100", "--json"]);
     assert!(tail.lines().any(|l| l.contains(r#""agent":"runner""#) && l.contains("run:leaky")), "{tail}");
+    // A revoked token is told so, rather than shown an empty list.
+    n.ok(&["token", "revoke", "--token", &may_run]);
+    let out = as_agent(&may_run, &["run", "--list"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("revoked"), "{}", text(&out.stderr));
+    let out = as_agent(&may_run, &["run", "leaky", "whole"]);
+    assert!(!out.status.success() && text(&out.stderr).contains("revoked"), "{}", text(&out.stderr));
 }

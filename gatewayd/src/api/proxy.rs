@@ -80,7 +80,16 @@ pub async fn tools(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Result
     let mut audit = Pending::start(&gw, Operation::ToolsList);
     let who = caller(&headers, &mut audit);
     let who = audit.check(who)?;
-    let tools = gw.tools.iter().filter(|t| authorize(&gw, &who, t).is_ok()).map(info).collect();
+    let mut tools = Vec::new();
+    for t in gw.tools.iter() {
+        match authorize(&gw, &who, t) {
+            Ok(()) => tools.push(info(t)),
+            // Hidden from this token.
+            Err(e) if e.code() == ErrorCode::NotFound => {}
+            // The token itself is unusable (revoked, expired...): say so.
+            Err(e) => return Err(audit.fail(e)),
+        }
+    }
     audit.finish(Ok::<_, ApiError>(Json(ToolList { tools })))
 }
 
