@@ -99,6 +99,10 @@ pub fn patterns_of(secret: &[u8]) -> Vec<Vec<u8>> {
 #[derive(Clone)]
 pub struct Patterns {
     patterns: Vec<Vec<u8>>,
+    /// One searcher per pattern, built once.
+    finders: Vec<memchr::memmem::Finder<'static>>,
+    /// Whether a byte begins some pattern (most bytes of ordinary output do not).
+    first: [bool; 256],
     longest: usize,
 }
 
@@ -116,12 +120,18 @@ impl Patterns {
             .into_iter()
             .filter(|s| !s.is_empty())
             .flat_map(patterns_of)
-            .filter(|p| p.len() >= MIN_SECRET_LEN.min(4))
+            // A base64 core this short (from a short secret) would match ordinary text.
+            .filter(|p| p.len() >= 4)
             .collect();
         patterns.sort();
         patterns.dedup();
         let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        Patterns { patterns, longest }
+        let finders = patterns.iter().map(|p| memchr::memmem::Finder::new(p).into_owned()).collect();
+        let mut first = [false; 256];
+        for b in patterns.iter().filter_map(|p| p.first()) {
+            first[usize::from(*b)] = true;
+        }
+        Patterns { patterns, finders, first, longest }
     }
 
     /// The longest pattern's length.
@@ -132,9 +142,9 @@ impl Patterns {
     /// Occurrences in `hay` as `[start, end)` ranges, sorted, overlapping ones merged.
     fn occurrences(&self, hay: &[u8]) -> Vec<(usize, usize)> {
         let mut found: Vec<(usize, usize)> = Vec::new();
-        for p in &self.patterns {
-            let finder = memchr::memmem::Finder::new(p);
-            found.extend(finder.find_iter(hay).map(|s| (s, s + p.len())));
+        for finder in &self.finders {
+            let len = finder.needle().len();
+            found.extend(finder.find_iter(hay).map(|s| (s, s + len)));
         }
         found.sort_unstable();
         let mut merged: Vec<(usize, usize)> = Vec::with_capacity(found.len());
@@ -152,7 +162,7 @@ impl Patterns {
         let max = self.longest.saturating_sub(1).min(hay.len());
         for k in (1..=max).rev() {
             let tail = &hay[hay.len() - k..];
-            if self.patterns.iter().any(|p| p.len() > k && p.starts_with(tail)) {
+            if self.first[usize::from(tail[0])] && self.patterns.iter().any(|p| p.len() > k && p.starts_with(tail)) {
                 return k;
             }
         }
