@@ -37,6 +37,7 @@ case "$1" in
   b64) printf '%s' "$T" | base64 -w0; echo; printf 'x%s' "$T" | base64 -w0; echo; printf 'xy%s' "$T" | base64 -w0; echo ;;
   hex) printf '%s' "$T" | od -An -tx1 | tr -d ' \n'; echo ;;
   plain) echo "nothing secret here" ;;
+  forever) while :; do echo y; done ;;
   write) mkdir -p "$HOME/.config" && echo "$T" > "$HOME/.config/token" && pwd ;;
 esac"#,
     );
@@ -233,6 +234,23 @@ fn the_key_never_leaves_whatever_the_tool_prints() {
     assert!(out.stdout.len() <= 100_000, "{}", out.stdout.len());
     assert!(text(&out.stderr).contains("cap"), "{}", text(&out.stderr));
     assert!(started.elapsed() < Duration::from_secs(10));
+    // A reader that stops early (`| head -c 10`) ends a never-ending run as SIGPIPE would:
+    // 141 from nkmc, and the tool stopped (the audit records it `cancelled`).
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            r#""$0" run leaky forever | head -c 10; echo " ${PIPESTATUS[0]}""#,
+            nkmc_e2e::bin("nkmc").to_str().unwrap(),
+        ])
+        .envs(n.cmd(&[]).get_envs().filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))))
+        .env_remove("NKMC_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "y\ny\ny\ny\ny\n 141\n", "{}", text(&out.stderr));
+    wait_until("the endless tool's end", Duration::from_secs(5), || {
+        let tail = n.ok(&["audit", "tail", "-n", "1000", "--json"]);
+        tail.lines().any(|l| l.contains("run:leaky forever") && l.contains(r#""outcome":"cancelled""#))
+    });
 
     // The list shows the tools with their resolved binaries, never a key.
     let list = n.ok(&["run", "--list"]);

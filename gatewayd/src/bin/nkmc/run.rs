@@ -154,8 +154,14 @@ async fn exec(ctx: &Ctx, req: &ExecRequest) -> anyhow::Result<ExitCode> {
         while let Some((kind, payload)) = decoder.next_frame()? {
             match kind {
                 Kind::Stdout => {
-                    // A closed stdout (`| head`) is not an error of the tool's.
-                    let _ = stdout.write_all(&payload).and_then(|()| stdout.flush());
+                    // A closed stdout (`| head`): leave as a tool would on SIGPIPE; the
+                    // connection closing stops the tool.
+                    if let Err(e) = stdout.write_all(&payload).and_then(|()| stdout.flush()) {
+                        if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            return Ok(ExitCode::from(128 + 13));
+                        }
+                        return Err(e).context("writing the tool's output");
+                    }
                 }
                 Kind::Stderr => {
                     let _ = stderr.write_all(&payload).and_then(|()| stderr.flush());
