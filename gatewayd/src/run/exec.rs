@@ -20,6 +20,9 @@ use super::frame::{self, Kind};
 use super::mask::{Masker, Patterns};
 use super::wire::{ExitReason, ExitStatus};
 
+/// How long the exit frame may wait for a caller that stopped reading.
+const EXIT_FRAME_WAIT: Duration = Duration::from_secs(30);
+
 /// Everything a run needs, decided before the tool starts.
 pub struct Prepared {
     /// The binary (absolute, resolved when gatewayd started).
@@ -251,7 +254,9 @@ impl Running {
 
     async fn exit_frame(&mut self, out: &mpsc::Sender<Bytes>, status: ExitStatus, total: u64) -> Ended {
         let json = serde_json::to_vec(&status).unwrap_or_default();
-        if out.send(frame::encode(Kind::Exit, &json)).await.is_err() {
+        // A caller that stopped reading does not keep the run (and its slot) forever.
+        let sent = tokio::time::timeout(EXIT_FRAME_WAIT, out.send(frame::encode(Kind::Exit, &json))).await;
+        if !matches!(sent, Ok(Ok(()))) {
             return Ended::CallerGone { output_bytes: total };
         }
         Ended::Status(status)
