@@ -2,8 +2,9 @@
 //!
 //! For every secret, the patterns are the secret itself and its encodings that a tool might
 //! print: base64 (standard and URL-safe alphabets, at each of the three byte alignments the
-//! secret can have inside a longer encoded string), hex (lower and upper case) and
-//! URL-encoding (`%XX` upper and lower case, and form encoding with `+` for a space). Every
+//! secret can have inside a longer encoded string), hex (lower and upper case),
+//! URL-encoding (`%XX` upper and lower case, and form encoding with `+` for a space), and
+//! JSON string escaping (`\"`, `\\`, and `\/` as some encoders write `/`). Every
 //! occurrence of a pattern is replaced by [`MARKER`]; overlapping occurrences become one
 //! marker.
 //!
@@ -78,9 +79,22 @@ fn url_encoded(bytes: &[u8], upper: bool, plus: bool) -> Vec<u8> {
     out
 }
 
+/// `secret` inside a JSON string: `"` and `\` escaped, and `/` as `\/` when `slash`.
+fn json_escaped(secret: &[u8], slash: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(secret.len());
+    for &b in secret {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            b'/' if slash => out.extend_from_slice(b"\\/"),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
 /// Every pattern that stands for `secret` in output.
 pub fn patterns_of(secret: &[u8]) -> Vec<Vec<u8>> {
-    let mut out = vec![secret.to_vec()];
+    let mut out = vec![secret.to_vec(), json_escaped(secret, false), json_escaped(secret, true)];
     for alphabet in [STD, URL_SAFE] {
         for align in 0..3 {
             out.push(base64_core(secret, align, alphabet));
@@ -282,6 +296,7 @@ mod tests {
         inputs.push(hex(secret.as_bytes(), true));
         inputs.push(b"CANARY_0123456789abcdef%2F%2B%20x".to_vec());
         inputs.push(b"CANARY_0123456789abcdef%2f%2b+x".to_vec());
+        inputs.push(br#"{"key":"CANARY_0123456789abcdef\/+ x"}"#.to_vec());
         for input in inputs {
             let out = mask_all(&p, &input);
             assert!(contains(&out, MARKER), "not masked: {}", String::from_utf8_lossy(&input));
