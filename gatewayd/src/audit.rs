@@ -164,6 +164,10 @@ pub enum Operation {
     VaultRotate,
     /// `GET /v1/vault/check`.
     VaultCheck,
+    /// `POST /v1/proxy/exec`.
+    Run,
+    /// `GET /v1/proxy/tools`.
+    ToolsList,
 }
 
 impl Operation {
@@ -188,6 +192,8 @@ impl Operation {
             Operation::TokenRevoke => "token.revoke",
             Operation::VaultRotate => "vault.rotate",
             Operation::VaultCheck => "vault.check",
+            Operation::Run => "run",
+            Operation::ToolsList => "tools.list",
         }
     }
 }

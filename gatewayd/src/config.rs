@@ -116,6 +116,8 @@ pub struct Config {
     pub tcp: TcpConfig,
     /// The vault.
     pub vault: VaultConfig,
+    /// `nkmc run`: tools, timeouts, output cap.
+    pub run: crate::run::tools::RunConfig,
 }
 
 /// `[vault]`: how keys are sealed.

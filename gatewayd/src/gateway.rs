@@ -46,6 +46,9 @@ pub enum StartError {
     /// The gateway's federation identity is invalid.
     #[error(transparent)]
     Identity(#[from] crate::federation::identity::IdentityError),
+    /// The `[run]` tool configuration is not usable.
+    #[error(transparent)]
+    Tools(#[from] crate::run::tools::ToolConfigError),
 }
 
 /// Everything the API handlers share.
@@ -68,6 +71,10 @@ pub struct Gateway {
     pub auth: Authority,
     /// Who this gateway is to its peers.
     pub identity: crate::federation::identity::Identity,
+    /// The tools of `nkmc run`, their binaries resolved at start.
+    pub tools: crate::run::tools::Tools,
+    /// The runs under way (stopped at shutdown).
+    pub runs: crate::run::Runs,
     db: Mutex<Connection>,
     registry: RwLock<Registry>,
     started: Instant,
@@ -95,6 +102,8 @@ impl Gateway {
             || crate::federation::sign::nonce().chars().take(16).collect(),
             || std::fs::read_to_string("/proc/sys/kernel/hostname").ok().map(|h| h.trim().to_owned()),
         )?;
+        let tools = crate::run::tools::Tools::resolve(&config.run)?;
+        let run_slots = config.run.max_concurrent;
         Ok(Arc::new(Gateway {
             paths,
             config,
@@ -104,6 +113,8 @@ impl Gateway {
             audit,
             auth,
             identity,
+            tools,
+            runs: crate::run::Runs::new(run_slots),
             db: Mutex::new(conn),
             registry: RwLock::new(registry),
             started: Instant::now(),

@@ -12,6 +12,7 @@
 //! - [`ops`]: the file-system operations (stat, list, read) as plain async logic.
 //! - [`api`]: the HTTP/1.1 + JSON API on the Unix socket.
 //! - [`audit`]: the hash-chained audit log of every operation, and its verification.
+//! - [`run`]: `nkmc run`: existing CLIs with their credential injected, output masked.
 //! - [`auth`]: agent tokens (biscuit): the root key, minting, attenuation, authorization, revocation.
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod grep;
 pub mod oauth2;
 pub mod ops;
 pub mod registry;
+pub mod run;
 pub mod ssrf;
 pub mod timefmt;
 pub mod upstream;

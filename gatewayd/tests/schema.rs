@@ -200,6 +200,13 @@ async fn real_responses_fit_the_schema() {
     assert_eq!(st, 401);
     let v: Value = serde_json::from_str(&body).unwrap();
     check(&schema, &schema["components"]["schemas"]["ErrorBody"], &v, "401 over TCP");
+    let (st, body) = client.call(Method::GET, "/v1/proxy/tools", None).await.unwrap();
+    ok("GET", "/v1/proxy/tools", st.as_u16(), &body);
+    let exec = gatewayd::run::frame::encode(gatewayd::run::frame::Kind::Request, br#"{"tool":"nope"}"#);
+    let media = gatewayd::run::frame::MEDIA_TYPE;
+    let (st, body) = client.call(Method::POST, "/v1/proxy/exec", Some((exec, media))).await.unwrap();
+    assert_eq!(st.as_u16(), 404);
+    ok("POST", "/v1/proxy/exec", st.as_u16(), &body);
     let (st, body) = client.call(Method::GET, "/v1/audit?limit=50", None).await.unwrap();
     ok("GET", "/v1/audit", st.as_u16(), &body);
     let records: agentfs::wire::AuditRecords = serde_json::from_slice(&body).unwrap();

@@ -55,6 +55,8 @@ pub struct Pending {
     target: String,
     key_id: Option<String>,
     outcome: Option<Result<(), ErrorCode>>,
+    /// An outcome in words (`exit 3`, `timeout`), taking precedence over `outcome`.
+    outcome_text: Option<String>,
     upstream_status: Option<u16>,
     bytes: Option<u64>,
     sent: u64,
@@ -72,6 +74,7 @@ impl Pending {
             target: String::new(),
             key_id: None,
             outcome: None,
+            outcome_text: None,
             upstream_status: None,
             bytes: None,
             sent: 0,
@@ -148,6 +151,12 @@ impl Pending {
         }
     }
 
+    /// Records an outcome in words (a run's `exit 3`, `timeout`); never put a message that
+    /// could hold a secret here.
+    pub fn outcome_text(&mut self, text: String) {
+        self.outcome_text = Some(text);
+    }
+
     /// Records a success.
     pub fn ok(mut self) {
         self.outcome = Some(Ok(()));
@@ -175,6 +184,7 @@ impl Pending {
 impl Drop for Pending {
     fn drop(&mut self) {
         let outcome = match self.outcome {
+            _ if self.outcome_text.is_some() => self.outcome_text.take().unwrap_or_default(),
             Some(Ok(())) => "ok".to_owned(),
             Some(Err(code)) => serde_json::to_value(code)
                 .ok()

@@ -6,6 +6,7 @@ mod audit;
 pub mod error;
 mod fs;
 mod health;
+mod proxy;
 pub mod socket;
 pub mod tcp;
 mod tokens;
@@ -53,6 +54,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens/inspect"),
     ("POST", "/v1/vault/rotate"),
     ("GET", "/v1/vault/check"),
+    ("POST", "/v1/proxy/exec"),
+    ("GET", "/v1/proxy/tools"),
 ];
 
 /// The agent subset of [`ROUTES`]: served on the socket and over TCP (where a bearer token
@@ -68,6 +71,8 @@ pub const AGENT_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/fs/grep"),
     ("GET", "/.well-known/nkmc/biscuit-public-key"),
     ("POST", "/v1/tokens/inspect"),
+    ("POST", "/v1/proxy/exec"),
+    ("GET", "/v1/proxy/tools"),
 ];
 
 /// The routes of [`AGENT_ROUTES`], without state.
@@ -83,6 +88,8 @@ fn agent_routes() -> Router<Arc<Gateway>> {
         .route("/v1/fs/grep", post(fs::grep))
         .route("/.well-known/nkmc/biscuit-public-key", get(tokens::public_key))
         .route("/v1/tokens/inspect", post(tokens::inspect))
+        .route("/v1/proxy/exec", post(proxy::exec))
+        .route("/v1/proxy/tools", get(proxy::tools))
 }
 
 /// Answers for unknown routes and methods, then the body limit and the state.
@@ -137,7 +144,9 @@ pub async fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot listen for SIGTERM");
-                    return gw.shutdown_requested().await;
+                    gw.shutdown_requested().await;
+                    gw.runs.stop_all();
+                    return;
                 }
             };
             tokio::select! {
@@ -145,6 +154,7 @@ pub async fn serve(
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
                 _ = gw.shutdown_requested() => tracing::info!("shutdown requested over the API"),
             }
+            gw.runs.stop_all();
         }
     };
     let (tx, rx) = tokio::sync::watch::channel(false);

@@ -103,9 +103,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Peer>, PeerError> {
 
 /// One peer.
 pub fn get(conn: &Connection, id: &str) -> Result<Option<Peer>, PeerError> {
-    let found = conn
-        .query_row(&format!("SELECT {COLUMNS} FROM peers WHERE id = ?1"), params![id], row)
-        .optional()?;
+    let found = conn.query_row(&format!("SELECT {COLUMNS} FROM peers WHERE id = ?1"), params![id], row).optional()?;
     Ok(found.map(with_domains))
 }
 

@@ -6,6 +6,7 @@ mod daemons;
 mod files;
 mod mounts;
 mod pipe;
+mod run;
 mod token;
 
 use std::path::PathBuf;
@@ -134,6 +135,9 @@ enum Command {
         #[command(subcommand)]
         command: token::TokenCommand,
     },
+    /// Run a CLI (gh, aws, openai...) inside gatewayd with its key injected; its output
+    /// (masked) streams back and nkmc exits with its code. `--list` shows the tools.
+    Run(run::RunArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -338,5 +342,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command } => audit::run(&ctx, command).await,
         Command::Auth(args) => token::auth(&ctx, args).await,
         Command::Token { command } => token::run(&ctx, command).await,
+        Command::Run(args) => run::run(&ctx, args).await,
     }
 }

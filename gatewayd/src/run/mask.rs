@@ -1,0 +1,390 @@
+//! Masking injected secrets in a tool's output, as it streams.
+//!
+//! For every secret, the patterns are the secret itself and its encodings that a tool might
+//! print: base64 (standard and URL-safe alphabets, at each of the three byte alignments the
+//! secret can have inside a longer encoded string), hex (lower and upper case),
+//! URL-encoding (`%XX` upper and lower case, and form encoding with `+` for a space), and
+//! JSON string escaping (`\"`, `\\`, and `\/` as some encoders write `/`). Every
+//! occurrence of a pattern is replaced by [`MARKER`]; overlapping occurrences become one
+//! marker.
+//!
+//! Output arrives in arbitrary chunks, so a secret may be split across writes. [`Masker`]
+//! holds back the longest end of what it has seen that is the beginning of some pattern (at
+//! most the longest pattern's length minus one byte) until the next chunk, or
+//! [`Masker::finish`], says how it goes on. Text that cannot start a secret is passed on at
+//! once, so a tool's prompts are not delayed.
+//!
+//! What it cannot do: a secret split between stdout and stderr (each stream has its own
+//! masker), a secret printed only in part, or a secret transformed in another way
+//! (reversed, encrypted, another encoding) is not recognised.
+
+/// What replaces every occurrence of a secret.
+pub const MARKER: &[u8] = b"[masked by nkmc]";
+
+/// Shortest secret value that can be masked: a shorter one would mask ordinary text.
+pub const MIN_SECRET_LEN: usize = 6;
+
+const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const URL_SAFE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Base64 of `bytes` without padding.
+fn base64(bytes: &[u8], alphabet: &[u8; 64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize]);
+        }
+    }
+    out
+}
+
+/// The base64 characters that depend on `secret` alone when it starts `align` bytes into a
+/// 3-byte group: characters mixing in bits of the bytes around it are left out.
+fn base64_core(secret: &[u8], align: usize, alphabet: &[u8; 64]) -> Vec<u8> {
+    let mut padded = vec![0u8; align];
+    padded.extend_from_slice(secret);
+    let encoded = base64(&padded, alphabet);
+    let start_bits = 8 * align;
+    let end_bits = 8 * (align + secret.len());
+    let first = start_bits.div_ceil(6);
+    let last = end_bits / 6; // exclusive: character i covers bits [6i, 6i + 6)
+    if last <= first {
+        return Vec::new();
+    }
+    encoded[first..last.min(encoded.len())].to_vec()
+}
+
+fn hex(bytes: &[u8], upper: bool) -> Vec<u8> {
+    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    bytes.iter().flat_map(|b| [digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]).collect()
+}
+
+/// Percent-encoding of every byte outside RFC 3986's unreserved set; `plus` writes a space
+/// as `+` (form encoding).
+fn url_encoded(bytes: &[u8], upper: bool, plus: bool) -> Vec<u8> {
+    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    let mut out = Vec::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b);
+        } else if plus && b == b' ' {
+            out.push(b'+');
+        } else {
+            out.extend_from_slice(&[b'%', digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]);
+        }
+    }
+    out
+}
+
+/// `secret` inside a JSON string: `"` and `\` escaped, and `/` as `\/` when `slash`.
+fn json_escaped(secret: &[u8], slash: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(secret.len());
+    for &b in secret {
+        match b {
+            b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
+            b'/' if slash => out.extend_from_slice(b"\\/"),
+            _ => out.push(b),
+        }
+    }
+    out
+}
+
+/// Every pattern that stands for `secret` in output.
+pub fn patterns_of(secret: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![secret.to_vec(), json_escaped(secret, false), json_escaped(secret, true)];
+    for alphabet in [STD, URL_SAFE] {
+        for align in 0..3 {
+            out.push(base64_core(secret, align, alphabet));
+        }
+    }
+    for upper in [false, true] {
+        out.push(hex(secret, upper));
+        for plus in [false, true] {
+            out.push(url_encoded(secret, upper, plus));
+        }
+    }
+    out
+}
+
+/// The set of patterns to mask, built once per run from the injected values.
+#[derive(Clone)]
+pub struct Patterns {
+    patterns: Vec<Vec<u8>>,
+    /// One searcher per pattern, built once.
+    finders: Vec<memchr::memmem::Finder<'static>>,
+    /// Whether a byte begins some pattern (most bytes of ordinary output do not).
+    first: [bool; 256],
+    longest: usize,
+}
+
+impl std::fmt::Debug for Patterns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Patterns {{ {} patterns: <redacted> }}", self.patterns.len())
+    }
+}
+
+impl Patterns {
+    /// The patterns of every secret (each at least [`MIN_SECRET_LEN`] bytes; shorter ones
+    /// must be refused by the caller before the tool starts).
+    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut patterns: Vec<Vec<u8>> = secrets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .flat_map(patterns_of)
+            // A base64 core this short (from a short secret) would match ordinary text.
+            .filter(|p| p.len() >= 4)
+            .collect();
+        patterns.sort();
+        patterns.dedup();
+        let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        let finders = patterns.iter().map(|p| memchr::memmem::Finder::new(p).into_owned()).collect();
+        let mut first = [false; 256];
+        for b in patterns.iter().filter_map(|p| p.first()) {
+            first[usize::from(*b)] = true;
+        }
+        Patterns { patterns, finders, first, longest }
+    }
+
+    /// The longest pattern's length.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
+    /// Occurrences in `hay` as `[start, end)` ranges, sorted, overlapping ones merged.
+    fn occurrences(&self, hay: &[u8]) -> Vec<(usize, usize)> {
+        let mut found: Vec<(usize, usize)> = Vec::new();
+        for finder in &self.finders {
+            let len = finder.needle().len();
+            found.extend(finder.find_iter(hay).map(|s| (s, s + len)));
+        }
+        found.sort_unstable();
+        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(found.len());
+        for (s, e) in found {
+            match merged.last_mut() {
+                Some(last) if s < last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        merged
+    }
+
+    /// Length of the longest end of `hay` that is a proper beginning of some pattern.
+    fn open_tail(&self, hay: &[u8]) -> usize {
+        let max = self.longest.saturating_sub(1).min(hay.len());
+        for k in (1..=max).rev() {
+            let tail = &hay[hay.len() - k..];
+            if self.first[usize::from(tail[0])] && self.patterns.iter().any(|p| p.len() > k && p.starts_with(tail)) {
+                return k;
+            }
+        }
+        0
+    }
+}
+
+/// One output stream's masker: feed it chunks, pass on what it returns.
+#[derive(Debug)]
+pub struct Masker {
+    patterns: Patterns,
+    held: Vec<u8>,
+}
+
+impl Masker {
+    /// A masker for one stream.
+    pub fn new(patterns: Patterns) -> Self {
+        Masker { patterns, held: Vec::new() }
+    }
+
+    /// Bytes held back, waiting for the next chunk.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Takes a chunk; returns what can be passed on now, masked.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.held.extend_from_slice(chunk);
+        if self.patterns.patterns.is_empty() {
+            return std::mem::take(&mut self.held);
+        }
+        let found = self.patterns.occurrences(&self.held);
+        let mut cut = self.held.len() - self.patterns.open_tail(&self.held);
+        // An occurrence running past the cut stays held whole: another occurrence
+        // overlapping it may still be completed by the next chunk.
+        if let Some(&(s, _)) = found.iter().find(|&&(s, e)| s < cut && e > cut) {
+            cut = s;
+        }
+        let out = replace(&self.held[..cut], found.iter().filter(|&&(_, e)| e <= cut));
+        self.held.drain(..cut);
+        out
+    }
+
+    /// The end of the stream: what was held back, masked.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let held = std::mem::take(&mut self.held);
+        let found = self.patterns.occurrences(&held);
+        replace(&held, found.iter())
+    }
+}
+
+fn replace<'a>(hay: &[u8], ranges: impl Iterator<Item = &'a (usize, usize)>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(hay.len());
+    let mut at = 0;
+    for &(s, e) in ranges {
+        out.extend_from_slice(&hay[at..s]);
+        out.extend_from_slice(MARKER);
+        at = e;
+    }
+    out.extend_from_slice(&hay[at..]);
+    out
+}
+
+/// Masks a whole buffer at once (messages built from a tool's output).
+pub fn mask_all(patterns: &Patterns, bytes: &[u8]) -> Vec<u8> {
+    let mut m = Masker::new(patterns.clone());
+    let mut out = m.push(bytes);
+    out.extend(m.finish());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn pats(secret: &str) -> Patterns {
+        Patterns::new([secret.as_bytes()])
+    }
+
+    /// A reference base64 with padding, to build test input independently of the masker.
+    fn b64_padded(bytes: &[u8], alphabet: &[u8; 64]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for chunk in bytes.chunks(3) {
+            let mut n = 0u32;
+            for (i, b) in chunk.iter().enumerate() {
+                n |= u32::from(*b) << (16 - 8 * i);
+            }
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(alphabet[((n >> (18 - 6 * i)) & 63) as usize]);
+                } else {
+                    out.push(b'=');
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn masks_the_secret_and_its_encodings() {
+        let secret = "CANARY_0123456789abcdef/+ x";
+        let p = pats(secret);
+        let mut inputs: Vec<Vec<u8>> = vec![secret.as_bytes().to_vec()];
+        for prefix in ["", "a", "ab", "abc"] {
+            let mut s = prefix.as_bytes().to_vec();
+            s.extend_from_slice(secret.as_bytes());
+            s.extend_from_slice(b"tail");
+            inputs.push(b64_padded(&s, STD));
+            inputs.push(b64_padded(&s, URL_SAFE));
+        }
+        inputs.push(hex(secret.as_bytes(), false));
+        inputs.push(hex(secret.as_bytes(), true));
+        inputs.push(b"CANARY_0123456789abcdef%2F%2B%20x".to_vec());
+        inputs.push(b"CANARY_0123456789abcdef%2f%2b+x".to_vec());
+        inputs.push(br#"{"key":"CANARY_0123456789abcdef\/+ x"}"#.to_vec());
+        for input in inputs {
+            let out = mask_all(&p, &input);
+            assert!(contains(&out, MARKER), "not masked: {}", String::from_utf8_lossy(&input));
+            assert!(!contains(&out, b"CANARY_0123456789"), "{}", String::from_utf8_lossy(&out));
+        }
+    }
+
+    #[test]
+    fn base64_of_user_pass_is_masked() {
+        // `Authorization: Basic base64(user:pass)`: the secret is the whole `user:pass`.
+        let p = pats("AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG");
+        let header = b64_padded(b"AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG", STD);
+        assert!(contains(&mask_all(&p, &header), MARKER));
+    }
+
+    #[test]
+    fn one_byte_writes_are_masked_and_plain_text_is_not_held() {
+        let p = pats("CANARY_secret_value");
+        let mut m = Masker::new(p);
+        let mut out = Vec::new();
+        for b in b"token: CANARY_secret_value\n" {
+            out.extend(m.push(&[*b]));
+        }
+        out.extend(m.finish());
+        assert_eq!(out, b"token: [masked by nkmc]\n");
+        let mut m = Masker::new(pats("CANARY_secret_value"));
+        assert_eq!(m.push(b"Password? "), b"Password? ");
+        assert_eq!(m.held(), 0);
+        assert_eq!(m.push(b"CAN"), b"");
+        assert_eq!(m.held(), 3);
+        assert_eq!(m.push(b"DY"), b"CANDY");
+    }
+
+    #[test]
+    fn no_secrets_means_no_change() {
+        let mut m = Masker::new(Patterns::new(std::iter::empty()));
+        assert_eq!(m.push(b"anything"), b"anything");
+        assert!(m.finish().is_empty());
+    }
+
+    #[test]
+    fn debug_never_shows_patterns() {
+        let p = pats("CANARY_debug_value");
+        assert!(!format!("{p:?} {:?}", Masker::new(p.clone())).contains("CANARY"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the chunking, the output is the one-shot masking, and it holds none of
+        /// the secret's patterns.
+        #[test]
+        fn chunking_does_not_matter(
+            secret in "[A-Za-z0-9_+/ -]{6,40}",
+            pieces in proptest::collection::vec((0u8..6, "[a-zA-Z0-9 +/=%_-]{0,12}"), 0..12),
+            cuts in proptest::collection::vec(1usize..20, 1..40),
+        ) {
+            let p = pats(&secret);
+            let all = patterns_of(secret.as_bytes());
+            let mut input = Vec::new();
+            for (kind, filler) in &pieces {
+                input.extend_from_slice(filler.as_bytes());
+                match kind {
+                    0 => input.extend_from_slice(secret.as_bytes()),
+                    1 => input.extend(b64_padded(&[filler.as_bytes(), secret.as_bytes()].concat(), STD)),
+                    2 => input.extend(b64_padded(&[secret.as_bytes(), b"x"].concat(), URL_SAFE)),
+                    3 => input.extend(hex(secret.as_bytes(), *kind % 2 == 0)),
+                    4 => input.extend(url_encoded(secret.as_bytes(), true, false)),
+                    _ => {}
+                }
+            }
+            let whole = mask_all(&p, &input);
+            let mut m = Masker::new(p.clone());
+            let mut chunked = Vec::new();
+            let mut at = 0;
+            let mut i = 0;
+            while at < input.len() {
+                let n = cuts[i % cuts.len()].min(input.len() - at);
+                chunked.extend(m.push(&input[at..at + n]));
+                prop_assert!(m.held() < p.longest().max(1) * 2);
+                at += n;
+                i += 1;
+            }
+            chunked.extend(m.finish());
+            prop_assert_eq!(&chunked, &whole);
+            for pat in all.iter().filter(|pat| pat.len() >= 4) {
+                prop_assert!(!contains(&whole, pat), "pattern left in output");
+            }
+        }
+    }
+}
