@@ -156,6 +156,14 @@ pub enum Operation {
     Delete,
     /// `POST /v1/fs/grep`.
     Grep,
+    /// `POST /v1/peers`.
+    PeersAdd,
+    /// `DELETE /v1/peers/{id}`.
+    PeersRemove,
+    /// `PUT /v1/rules/{domain}`.
+    RulesSet,
+    /// `DELETE /v1/rules/{domain}`.
+    RulesRemove,
     /// `POST /v1/tokens`.
     TokenMint,
     /// `POST /v1/tokens/revoke`.
@@ -188,6 +196,10 @@ impl Operation {
             Operation::Write => "write",
             Operation::Delete => "delete",
             Operation::Grep => "grep",
+            Operation::PeersAdd => "peers.add",
+            Operation::PeersRemove => "peers.remove",
+            Operation::RulesSet => "rules.set",
+            Operation::RulesRemove => "rules.remove",
             Operation::TokenMint => "token.mint",
             Operation::TokenRevoke => "token.revoke",
             Operation::VaultRotate => "vault.rotate",

@@ -71,6 +71,8 @@ pub struct Gateway {
     pub auth: Authority,
     /// Who this gateway is to its peers.
     pub identity: crate::federation::identity::Identity,
+    /// Peer calls, replay cache, lending rates.
+    pub federation: crate::federation::Federation,
     /// The tools of `nkmc run`, their binaries resolved at start.
     pub tools: crate::run::tools::Tools,
     /// The runs under way (stopped at shutdown).
@@ -104,6 +106,7 @@ impl Gateway {
         )?;
         let tools = crate::run::tools::Tools::resolve(&config.run)?;
         let run_slots = config.run.max_concurrent;
+        let federation = crate::federation::Federation::new(&config.upstream)?;
         Ok(Arc::new(Gateway {
             paths,
             config,
@@ -113,6 +116,7 @@ impl Gateway {
             audit,
             auth,
             identity,
+            federation,
             tools,
             runs: crate::run::Runs::new(run_slots),
             db: Mutex::new(conn),

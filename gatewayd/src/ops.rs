@@ -15,6 +15,8 @@ use agentfs::{readme, skill};
 
 use crate::auth;
 
+use crate::federation::borrow;
+use crate::federation::protocol::ExecOp;
 use crate::registry::Service;
 use crate::upstream::{Call, UpstreamError};
 use crate::vault::VaultError;
@@ -82,6 +84,16 @@ pub enum OpError {
         /// Its message.
         message: String,
     },
+    /// A peer lending the service refused or failed (its class and message, never its key).
+    #[error("{message}")]
+    Peer {
+        /// The class.
+        code: agentfs::wire::ErrorCode,
+        /// What the peer said.
+        message: String,
+        /// The upstream's status, when the peer's upstream answered.
+        upstream_status: Option<u16>,
+    },
     /// A search pattern that does not compile.
     #[error("gatewayd: the grep pattern is invalid: {0}")]
     InvalidPattern(String),
@@ -104,6 +116,8 @@ pub enum Caller {
     Owner,
     /// An agent token (biscuit, base64).
     Agent(String),
+    /// A federation peer, under what the lending rules grant it.
+    Peer(crate::federation::lend::Grant),
 }
 
 impl Caller {
@@ -113,6 +127,7 @@ impl Caller {
             (Caller::Owner, _) => crate::audit::OWNER.to_owned(),
             (Caller::Agent(_), Some(a)) => a.as_str().to_owned(),
             (Caller::Agent(_), None) => "unknown".to_owned(),
+            (Caller::Peer(g), _) => format!("peer:{}", g.peer),
         }
     }
 }
@@ -121,7 +136,12 @@ impl Caller {
 /// (unauthorized looks like unknown); a token that is itself unusable (expired, revoked,
 /// foreign, malformed) gets [`OpError::Auth`].
 pub fn authorize(gw: &Gateway, caller: &Caller, path: &VPath, op: auth::Op) -> Result<Option<auth::AgentId>, OpError> {
-    let Caller::Agent(token) = caller else { return Ok(None) };
+    let token = match caller {
+        Caller::Owner => return Ok(None),
+        Caller::Peer(grant) if grant.allows(path, op) => return Ok(None),
+        Caller::Peer(_) => return Err(OpError::Hidden(path.to_string())),
+        Caller::Agent(token) => token,
+    };
     let now = std::time::SystemTime::now();
     let at_root = path.names().len() == 1 && path.names()[0].as_str() == readme::FILE_NAME;
     let req = if at_root { auth::Request::at_root(path, op, now) } else { auth::Request::new(path, op, now) };
@@ -260,7 +280,7 @@ pub fn stat(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Entry, OpErro
 /// the items its GET returns, capped at [`items::MAX_ITEMS`].
 pub async fn list(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Listing, OpError> {
     let agent = authorize(gw, caller, path, auth::Op::List)?;
-    let listing = list_unfiltered(gw, agent.as_ref(), path).await?;
+    let listing = list_unfiltered(gw, caller, agent.as_ref(), path).await?;
     if matches!(caller, Caller::Owner) {
         return Ok(listing);
     }
@@ -282,7 +302,12 @@ pub async fn list(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Listing
 }
 
 /// The listing as the owner sees it.
-async fn list_unfiltered(gw: &Gateway, agent: Option<&auth::AgentId>, path: &VPath) -> Result<Listing, OpError> {
+async fn list_unfiltered(
+    gw: &Gateway,
+    caller: &Caller,
+    agent: Option<&auth::AgentId>,
+    path: &VPath,
+) -> Result<Listing, OpError> {
     let (service, resolved) = match locate(gw, path)? {
         Target::Root => {
             let mut entries = vec![generated_entry(readme::FILE_NAME, readme::mount_readme().len())];
@@ -300,7 +325,16 @@ async fn list_unfiltered(gw: &Gateway, agent: Option<&auth::AgentId>, path: &VPa
     };
     let mut tree_entries = service.tree.list(resolved.node);
     if service.tree.lists_items(resolved.node) {
-        let ids = collection_ids(gw, agent, &service, &resolved).await?;
+        let ids = match borrow_from(gw, caller, agent, &service)? {
+            Some(lenders) => match collection_file(path) {
+                Some(file) => {
+                    let resp = borrow::exec(gw, &lenders, ExecOp::Read, &file, None).await?;
+                    ids_in(&service, &resolved, resp).await?
+                }
+                None => Vec::new(),
+            },
+            None => collection_ids(gw, agent, &service, &resolved).await?,
+        };
         tree_entries.extend(service.tree.item_entries(resolved.node, &ids));
     }
     let mut entries: Vec<Entry> = tree_entries
@@ -331,6 +365,11 @@ async fn collection_ids(
     dir: &Resolved,
 ) -> Result<Vec<String>, OpError> {
     let resp = send_get(gw, agent, service, dir).await?;
+    ids_in(service, dir, resp).await
+}
+
+/// The ids in a collection's response.
+async fn ids_in(service: &Service, dir: &Resolved, resp: reqwest::Response) -> Result<Vec<String>, OpError> {
     if resp.content_length().is_some_and(|l| l > MAX_LISTING_BODY) {
         return Ok(Vec::new());
     }
@@ -348,6 +387,40 @@ async fn collection_ids(
         }
         Err(_) => Vec::new(),
     })
+}
+
+/// The file whose GET lists a collection directory: `models` for `models.d`.
+fn collection_file(dir: &VPath) -> Option<VPath> {
+    let (last, parent) = dir.names().split_last()?;
+    let file = Name::parse(last.as_str().strip_suffix(".d")?).ok()?;
+    let mut p = VPath::root();
+    for n in parent {
+        p = p.join(n.clone());
+    }
+    Some(p.join(file))
+}
+
+/// The peers to borrow from for this request, if it goes to peers: always for a borrowed
+/// service; for one registered here when the caller has no key of its own and there is no
+/// pool key, and some peer lends the domain (BYOK, pool, then peers). A peer's own request
+/// is never passed on to another peer.
+fn borrow_from(
+    gw: &Gateway,
+    caller: &Caller,
+    agent: Option<&auth::AgentId>,
+    service: &Service,
+) -> Result<Option<Vec<String>>, OpError> {
+    if matches!(caller, Caller::Peer(_)) {
+        return Ok(None);
+    }
+    if service.borrowed.is_some() {
+        return Ok(Some(borrow::lenders(gw, service)));
+    }
+    if credential_for(gw, agent, &service.domain)?.is_some() {
+        return Ok(None);
+    }
+    let lenders = borrow::lenders(gw, service);
+    Ok((!lenders.is_empty()).then_some(lenders))
 }
 
 /// What a read, write or delete returns.
@@ -380,6 +453,9 @@ pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output,
     };
     if service.tree.operation(resolved.node, Method::Get).is_none() {
         return Err(OpError::NoOperation { path: path.to_string(), method: "GET" });
+    }
+    if let Some(lenders) = borrow_from(gw, caller, agent.as_ref(), &service)? {
+        return Ok(Output::Upstream(borrow::exec(gw, &lenders, ExecOp::Read, path, None).await?));
     }
     if service.spec.protocol == Protocol::JsonRpc {
         return call_rpc(gw, agent.as_ref(), &service, &resolved, None).await;
@@ -525,6 +601,9 @@ fn writable_target(gw: &Gateway, path: &VPath) -> Result<(Arc<Service>, Resolved
 pub async fn write(gw: &Gateway, caller: &Caller, path: &VPath, body: Bytes) -> Result<Output, OpError> {
     let agent = authorize(gw, caller, path, auth::Op::Write)?;
     let (service, resolved) = writable_target(gw, path)?;
+    if let Some(lenders) = borrow_from(gw, caller, agent.as_ref(), &service)? {
+        return Ok(Output::Upstream(borrow::exec(gw, &lenders, ExecOp::Write, path, Some(body)).await?));
+    }
     if service.spec.protocol == Protocol::JsonRpc {
         return call_rpc(gw, agent.as_ref(), &service, &resolved, Some(body)).await;
     }
@@ -544,5 +623,8 @@ pub async fn write(gw: &Gateway, caller: &Caller, path: &VPath, body: Bytes) -> 
 pub async fn delete(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output, OpError> {
     let agent = authorize(gw, caller, path, auth::Op::Delete)?;
     let (service, resolved) = writable_target(gw, path)?;
+    if let Some(lenders) = borrow_from(gw, caller, agent.as_ref(), &service)? {
+        return Ok(Output::Upstream(borrow::exec(gw, &lenders, ExecOp::Delete, path, None).await?));
+    }
     Ok(Output::Upstream(send_op(gw, agent.as_ref(), &service, &resolved, Method::Delete, None).await?))
 }

@@ -59,13 +59,26 @@ pub struct Service {
     pub tree: Tree,
     /// The generated `skill.md`, built once (it is listed, stat'ed and read often).
     pub skill: String,
+    /// Set when the service is not registered here but borrowed from peers: who lends it.
+    pub borrowed: Option<Vec<crate::federation::borrow::Offer>>,
 }
 
 impl Service {
     fn new(domain: String, base_url: Url, spec: ServiceSpec) -> Self {
         let tree = Tree::build(&spec);
         let skill = agentfs::skill::generate(&domain, &spec, &tree);
-        Service { domain, base_url, spec, tree, skill }
+        Service { domain, base_url, spec, tree, skill, borrowed: None }
+    }
+
+    /// A service only peers can serve: its tree from the lender's spec, its `skill.md`
+    /// saying whose access it uses and at what price. It has no origin of its own here.
+    pub fn borrowed(domain: String, spec: ServiceSpec, offers: Vec<crate::federation::borrow::Offer>) -> Self {
+        let tree = Tree::build(&spec);
+        let mut skill = agentfs::skill::generate(&domain, &spec, &tree);
+        skill.push_str(&crate::federation::borrow::skill_section(&offers));
+        #[allow(clippy::expect_used)] // a constant URL
+        let base_url = Url::parse("nkmc-peer://borrowed/").expect("a valid URL");
+        Service { domain, base_url, spec, tree, skill, borrowed: Some(offers) }
     }
 
     /// What listings say of it.
@@ -147,13 +160,31 @@ impl Registry {
         Ok(info)
     }
 
-    /// Removes a service.
+    /// Removes a service registered here (a borrowed one goes when its lenders stop
+    /// offering it).
     pub fn remove(&mut self, conn: &Connection, domain: &str) -> Result<(), RegistryError> {
-        if self.services.remove(domain).is_none() {
+        if self.services.get(domain).is_none_or(|s| s.borrowed.is_some()) {
             return Err(RegistryError::Unknown(domain.to_owned()));
         }
+        self.services.remove(domain);
         conn.execute("DELETE FROM services WHERE domain = ?1", params![domain])?;
         Ok(())
+    }
+
+    /// Shows `service`, borrowed from peers, unless a service of that domain is registered
+    /// here (a local registration always wins); replaces an earlier borrowed one.
+    pub fn insert_borrowed(&mut self, service: Service) {
+        match self.services.get(&service.domain) {
+            Some(existing) if existing.borrowed.is_none() => {}
+            _ => {
+                self.services.insert(service.domain.clone(), Arc::new(service));
+            }
+        }
+    }
+
+    /// Forgets borrowed services no peer offers any more (`offered` answers per domain).
+    pub fn drop_borrowed(&mut self, offered: impl Fn(&str) -> bool) {
+        self.services.retain(|domain, s| s.borrowed.is_none() || offered(domain));
     }
 
     /// The service of `domain`.

@@ -77,8 +77,11 @@ fn routes_match_the_schema() {
     let spec = agentfs::spec::parse_openapi(&std::fs::read(schema_path()).unwrap()).unwrap();
     let described: BTreeSet<(String, String)> =
         spec.operations.iter().map(|o| (o.method.as_str().to_owned(), o.path.clone())).collect();
-    let served: BTreeSet<(String, String)> =
-        gatewayd::api::ROUTES.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    let served: BTreeSet<(String, String)> = gatewayd::api::ROUTES
+        .iter()
+        .chain(gatewayd::api::PEER_ROUTES)
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
     assert_eq!(described, served);
 
     let schema = schema();

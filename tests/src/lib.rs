@@ -311,3 +311,60 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         raw = &raw[eol + 2 + size + 2..];
     }
 }
+
+/// A federation request signed as gatewayd signs them (see gatewayd's `federation::sign`):
+/// the test plays a peer, honest or not.
+pub struct PeerRequest<'a> {
+    /// The route (`/federation/exec`).
+    pub path: &'a str,
+    /// The JSON body sent.
+    pub body: &'a [u8],
+    /// The body the signature covers (differs from `body` to tamper).
+    pub signed_body: &'a [u8],
+    /// Unix seconds.
+    pub timestamp: u64,
+    /// 32 hex digits.
+    pub nonce: &'a str,
+    /// Who claims to send.
+    pub sender: &'a str,
+    /// Who it is addressed to.
+    pub recipient: &'a str,
+    /// The shared secret.
+    pub secret: &'a [u8],
+}
+
+impl PeerRequest<'_> {
+    /// Sends it to `addr`.
+    pub fn send(&self, addr: SocketAddr) -> Answer {
+        use hmac::Mac;
+        use sha2::Digest;
+        let hash: String = sha2::Sha256::digest(self.signed_body).iter().map(|b| format!("{b:02x}")).collect();
+        let canonical = format!(
+            "nkmc-federation-v1\nPOST\n{}\n{hash}\n{}\n{}\n{}\n{}",
+            self.path, self.timestamp, self.nonce, self.sender, self.recipient
+        );
+        let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(self.secret).expect("key");
+        mac.update(canonical.as_bytes());
+        let sig: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let ts = self.timestamp.to_string();
+        http(
+            addr,
+            "POST",
+            self.path,
+            &[
+                ("Content-Type", "application/json"),
+                ("x-nkmc-sender", self.sender),
+                ("x-nkmc-recipient", self.recipient),
+                ("x-nkmc-timestamp", &ts),
+                ("x-nkmc-nonce", self.nonce),
+                ("x-nkmc-signature", &sig),
+            ],
+            self.body,
+        )
+    }
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

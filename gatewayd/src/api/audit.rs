@@ -54,6 +54,7 @@ pub struct Pending {
     operation: Operation,
     target: String,
     key_id: Option<String>,
+    peer: Option<String>,
     outcome: Option<Result<(), ErrorCode>>,
     /// An outcome in words (`exit 3`, `timeout`), taking precedence over `outcome`.
     outcome_text: Option<String>,
@@ -73,6 +74,7 @@ impl Pending {
             operation,
             target: String::new(),
             key_id: None,
+            peer: None,
             outcome: None,
             outcome_text: None,
             upstream_status: None,
@@ -100,6 +102,12 @@ impl Pending {
     /// Who acts: the agent a token names (the owner when there is no token).
     pub fn agent(&mut self, name: String) {
         self.agent = name;
+    }
+
+    /// The federation peer the operation was done for (the agent is `peer:ID`).
+    pub fn peer(&mut self, id: &str) {
+        self.agent = format!("peer:{id}");
+        self.peer = Some(id.to_owned());
     }
 
     /// What the operation acts on: a canonical path or a domain.
@@ -202,7 +210,7 @@ impl Drop for Pending {
             upstream_status: self.upstream_status,
             bytes: self.bytes.unwrap_or(self.sent),
             duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            peer: None,
+            peer: self.peer.take(),
             key_id: self.key_id.take(),
         };
         if let Err(e) = self.gw.audit.append(|| self.gw.db(), &event) {

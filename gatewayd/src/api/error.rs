@@ -36,6 +36,16 @@ impl ApiError {
         self.code
     }
 
+    /// The message (what failed and what to do).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The HTTP status this error answers with.
+    pub fn http_status(&self) -> u16 {
+        status_of(self.code).as_u16()
+    }
+
     /// The upstream's HTTP status, when the upstream answered.
     pub fn upstream_status(&self) -> Option<u16> {
         self.upstream_status
@@ -131,6 +141,7 @@ impl From<OpError> for ApiError {
             OpError::NoOperation { .. } => ApiError::new(ErrorCode::NotSupported, e.to_string()),
             OpError::Generated(_) => ApiError::new(ErrorCode::NotSupported, e.to_string()),
             OpError::InvalidPattern(_) => ApiError::new(ErrorCode::InvalidInput, e.to_string()),
+            OpError::Peer { code, message, upstream_status } => ApiError { code, message, upstream_status },
             OpError::Hidden(_) => ApiError::new(ErrorCode::NotFound, e.to_string()),
             OpError::Auth(ref a) if a.is_refusal() => ApiError::new(ErrorCode::PermissionDenied, e.to_string()),
             OpError::Auth(_) => ApiError::new(ErrorCode::Internal, e.to_string()),

@@ -4,6 +4,7 @@
 mod admin;
 mod audit;
 pub mod error;
+mod federation;
 mod fs;
 mod health;
 mod proxy;
@@ -19,6 +20,9 @@ use axum::Router;
 
 use crate::Gateway;
 use error::ApiError;
+
+pub use federation::announce_all;
+pub use fs::UPSTREAM_STATUS as UPSTREAM_STATUS_HEADER;
 
 /// A registration carries a whole document, JSON-escaped (so up to twice its size).
 const REGISTER_BODY_LIMIT: usize = 2 * agentfs::spec::MAX_DOCUMENT_BYTES + 64 * 1024;
@@ -54,6 +58,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/tokens/inspect"),
     ("POST", "/v1/vault/rotate"),
     ("GET", "/v1/vault/check"),
+    ("GET", "/v1/peers"),
+    ("POST", "/v1/peers"),
+    ("DELETE", "/v1/peers/{id}"),
+    ("GET", "/v1/rules"),
+    ("PUT", "/v1/rules/{domain}"),
+    ("DELETE", "/v1/rules/{domain}"),
     ("POST", "/v1/proxy/exec"),
     ("GET", "/v1/proxy/tools"),
 ];
@@ -103,9 +113,18 @@ fn finish(routes: Router<Arc<Gateway>>, gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-/// The agent API for the TCP listener: [`AGENT_ROUTES`] behind [`tcp::require_bearer`].
+/// The peer protocol, on the TCP listener only: signed by the peer, no bearer token.
+pub const PEER_ROUTES: &[(&str, &str)] =
+    &[("POST", "/federation/query"), ("POST", "/federation/exec"), ("POST", "/federation/announce")];
+
+/// The TCP listener: [`AGENT_ROUTES`] behind [`tcp::require_bearer`], and [`PEER_ROUTES`].
 pub fn tcp_router(gw: Arc<Gateway>) -> Router {
-    finish(agent_routes(), gw).layer(axum::middleware::from_fn(tcp::require_bearer))
+    let peers = Router::new()
+        .route("/federation/query", post(federation::query))
+        .route("/federation/exec", post(federation::exec))
+        .route("/federation/announce", post(federation::announce))
+        .layer(DefaultBodyLimit::max(crate::federation::protocol::MAX_REQUEST_BYTES));
+    finish(agent_routes().merge(peers), gw).layer(axum::middleware::from_fn(tcp::require_bearer))
 }
 
 /// Every route, for the socket.
@@ -125,7 +144,11 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/tokens", post(tokens::mint))
         .route("/v1/tokens/revoke", post(tokens::revoke))
         .route("/v1/vault/rotate", post(admin::rotate_vault))
-        .route("/v1/vault/check", get(admin::check_vault));
+        .route("/v1/vault/check", get(admin::check_vault))
+        .route("/v1/peers", get(federation::list_peers).post(federation::add_peer))
+        .route("/v1/peers/{id}", axum::routing::delete(federation::remove_peer))
+        .route("/v1/rules", get(federation::list_rules))
+        .route("/v1/rules/{domain}", put(federation::set_rule).delete(federation::remove_rule));
     finish(agent_routes().merge(admin), gw)
 }
 

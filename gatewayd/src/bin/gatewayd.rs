@@ -49,6 +49,15 @@ fn main() -> anyhow::Result<()> {
             services = gw.registry().len(),
             "gatewayd ready"
         );
+        // Peers: tell each what we lend it and learn what it lends us, now and every minute.
+        let peers = gw.clone();
+        tokio::spawn(async move {
+            loop {
+                gatewayd::api::announce_all(&peers).await;
+                gatewayd::federation::borrow::refresh_all(&peers).await;
+                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            }
+        });
         gatewayd::api::serve(gw.clone(), gatewayd::api::socket::OwnerOnly::new(listener), tcp).await?;
         gw.audit.flush();
         let _ = std::fs::remove_file(&paths.socket);

@@ -3,10 +3,75 @@
 //! - [`sign`]: HMAC-SHA256 signatures of every peer message and answer, the time window and
 //!   the replay cache.
 //! - [`rules`]: what this gateway lends, to whom, for which operations, at what price and rate.
+//! - [`identity`], [`peers`]: who we are, whom we know.
+//! - [`protocol`]: the messages; [`client`]: a signed call and its verified answer.
+//! - [`lend`]: answering a peer; [`borrow`]: asking peers, borrowed services.
 
+pub mod borrow;
 pub mod client;
 pub mod identity;
+pub mod lend;
 pub mod peers;
 pub mod protocol;
 pub mod rules;
 pub mod sign;
+
+/// Why a federation step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FederationError {
+    /// The database failed.
+    #[error("federation: database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// The peers table failed.
+    #[error(transparent)]
+    Peers(#[from] peers::PeerError),
+    /// The rules failed.
+    #[error(transparent)]
+    Rules(#[from] rules::RuleError),
+    /// The vault failed.
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
+    /// A call to a peer failed.
+    #[error(transparent)]
+    Call(#[from] client::PeerCallError),
+    /// No such peer, or no secret for it.
+    #[error("federation: no peer `{0}`; add it with `nkmc peers add`")]
+    UnknownPeer(String),
+    /// The peer refused.
+    #[error("federation: peer {peer} refused (HTTP {status})")]
+    Refused {
+        /// The peer.
+        peer: String,
+        /// Its status.
+        status: u16,
+    },
+    /// A message that does not follow the protocol.
+    #[error("federation: {0}")]
+    Protocol(String),
+}
+
+/// The federation state a gateway keeps in memory.
+#[derive(Debug)]
+pub struct Federation {
+    /// Signed calls to peers.
+    pub client: client::PeerClient,
+    /// Nonces seen from peers (replay protection).
+    pub nonces: sign::NonceCache,
+    /// Request rates per peer and domain.
+    pub rates: rules::RateLimiter,
+}
+
+impl Federation {
+    /// With the upstream timeouts and answer cap.
+    pub fn new(config: &crate::config::UpstreamConfig) -> Result<Self, reqwest::Error> {
+        Ok(Federation {
+            client: client::PeerClient::new(
+                config.timeout(),
+                std::time::Duration::from_millis(config.connect_timeout_ms),
+                config.max_body_bytes,
+            )?,
+            nonces: sign::NonceCache::default(),
+            rates: rules::RateLimiter::default(),
+        })
+    }
+}

@@ -29,8 +29,9 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
-    /// The domain asked about.
-    pub domain: String,
+    /// The domain asked about; absent: which domains do you lend me?
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// The answer to a query.
@@ -39,6 +40,9 @@ pub struct QueryRequest {
 pub struct QueryResponse {
     /// Whether the asker may borrow the domain at all.
     pub available: bool,
+    /// For a query without a domain: every domain lent to the asker.
+    #[serde(default)]
+    pub domains: Vec<String>,
     /// The operations lent (`read` includes listing).
     #[serde(default)]
     pub ops: Vec<Op>,

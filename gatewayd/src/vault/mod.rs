@@ -78,6 +78,10 @@ pub enum VaultError {
 pub const POOL: &str = "pool";
 /// Scope of an agent's own key.
 pub const BYOK: &str = "byok";
+/// Scope of a federation peer's shared secret (domain [`PEER_DOMAIN`], owner: the peer id).
+pub const PEER: &str = "peer";
+/// The `domain` column of peer secrets: empty, which no service domain can be.
+pub const PEER_DOMAIN: &str = "";
 
 /// Whose key: the owner's pool key or one agent's own (BYOK).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +90,8 @@ pub enum KeyOwner<'a> {
     Pool,
     /// The key an agent uploaded, used for that agent only.
     Agent(&'a str),
+    /// The secret shared with a federation peer (stored under [`PEER_DOMAIN`]).
+    Peer(&'a str),
 }
 
 impl KeyOwner<'_> {
@@ -94,6 +100,7 @@ impl KeyOwner<'_> {
         match self {
             KeyOwner::Pool => POOL,
             KeyOwner::Agent(_) => BYOK,
+            KeyOwner::Peer(_) => PEER,
         }
     }
 
@@ -101,7 +108,7 @@ impl KeyOwner<'_> {
     pub fn owner(&self) -> &str {
         match self {
             KeyOwner::Pool => "",
-            KeyOwner::Agent(a) => a,
+            KeyOwner::Agent(a) | KeyOwner::Peer(a) => a,
         }
     }
 }
@@ -428,7 +435,7 @@ impl Vault {
 
     /// Removes every key of `domain` (the pool key and every agent's); returns how many.
     pub fn remove(&self, conn: &Connection, domain: &str) -> Result<usize, VaultError> {
-        Ok(conn.execute("DELETE FROM keys WHERE domain = ?1", params![domain])?)
+        Ok(conn.execute("DELETE FROM keys WHERE domain = ?1 AND scope != 'peer'", params![domain])?)
     }
 
     /// Removes `owner`'s key for `domain`; returns how many (0 or 1).
@@ -439,11 +446,12 @@ impl Vault {
         )?)
     }
 
-    /// Stored keys, without secrets: all of them (`None`), or only `owner`'s.
+    /// Stored API keys, without secrets: all of them (`None`), or only `owner`'s. Peer
+    /// secrets are not API keys and are never listed here.
     pub fn list(&self, conn: &Connection, only: Option<KeyOwner<'_>>) -> Result<Vec<StoredKey>, VaultError> {
         let mut stmt = conn.prepare(
             "SELECT key_id, domain, scope, owner, created_at FROM keys
-             WHERE ?1 IS NULL OR (scope = ?1 AND owner = ?2) ORDER BY domain, scope, owner",
+             WHERE scope != 'peer' AND (?1 IS NULL OR (scope = ?1 AND owner = ?2)) ORDER BY domain, scope, owner",
         )?;
         let rows = stmt.query_map(params![only.map(|o| o.scope()), only.map(|o| o.owner().to_owned())], |r| {
             Ok(StoredKey {

@@ -168,7 +168,7 @@ fn printable(s: &str) -> String {
 }
 
 /// Milliseconds since the epoch as an ISO 8601 UTC time.
-fn utc(ms: i64) -> String {
+pub fn utc(ms: i64) -> String {
     gatewayd::timefmt::utc(ms, true)
 }
 

@@ -3,6 +3,7 @@
 mod admin;
 mod audit;
 mod daemons;
+mod federation;
 mod files;
 mod mounts;
 mod pipe;
@@ -110,6 +111,16 @@ enum Command {
     Rm {
         /// A path such as `/api.openai.com/models.d/ft-1`.
         path: String,
+    },
+    /// Federation peers: gateways this one lends to and borrows from.
+    Peers {
+        #[command(subcommand)]
+        command: federation::PeersCommand,
+    },
+    /// Lending rules: which domains peers may borrow, for what, at what price and rate.
+    Rules {
+        #[command(subcommand)]
+        command: federation::RulesCommand,
     },
     /// Search files under a path (as `grep -r` on the mount): prints `PATH:LINE` per match.
     /// Exits 0 when something matched, 1 when nothing did, 2 on an error.
@@ -338,6 +349,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Write { path, data } => files::write(&ctx, &path, data).await,
         Command::Rm { path } => files::rm(&ctx, &path).await,
         Command::Grep(args) => files::grep(&ctx, args).await,
+        Command::Peers { command } => federation::peers(&ctx, command).await,
+        Command::Rules { command } => federation::rules(&ctx, command).await,
         Command::Pipe { pipeline } => pipe::run(&ctx, &pipeline).await,
         Command::Audit { command } => audit::run(&ctx, command).await,
         Command::Auth(args) => token::auth(&ctx, args).await,

@@ -1,0 +1,438 @@
+//! Federation over HTTP. On the TCP listener, for peers (signed, no bearer token):
+//! `/federation/query`, `/federation/exec`, `/federation/announce`. On the socket, for the
+//! owner: `/v1/peers` and `/v1/rules`. Unknown peers and bad signatures get one terse 401;
+//! the reason is only logged.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use agentfs::wire::ErrorCode;
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::audit::Pending;
+use super::error::ApiError;
+use crate::audit::Operation;
+use crate::federation::client::answer_headers;
+use crate::federation::lend::{self, Refusal};
+use crate::federation::protocol::{route, Announce, ExecOp, ExecRefusal, ExecRequest, QueryRequest, QueryResponse};
+use crate::federation::rules::{self, PricingMode, Rule};
+use crate::federation::sign::{self, header, Envelope};
+use crate::federation::{borrow, peers};
+use crate::ops::{self, Caller};
+use crate::vault::{KeyOwner, Secret, PEER_DOMAIN};
+use crate::Gateway;
+
+/// A verified peer request.
+struct Verified {
+    peer: String,
+    nonce: String,
+    secret: Secret,
+}
+
+fn terse() -> Response {
+    (StatusCode::UNAUTHORIZED, "federation: refused").into_response()
+}
+
+/// Checks the signature headers of a request to `path` with `body`.
+/// `None`: refused (the reason is logged); answer [`terse`].
+fn verify(gw: &Gateway, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Verified> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(sender), Some(recipient), Some(timestamp), Some(nonce), Some(signature)) = (
+        get(header::SENDER),
+        get(header::RECIPIENT),
+        get(header::TIMESTAMP).and_then(|t| t.parse::<u64>().ok()),
+        get(header::NONCE),
+        get(header::SIGNATURE),
+    ) else {
+        tracing::info!(path, "federation: an unsigned request was refused");
+        return None;
+    };
+    let secret = match borrow::secret_of(gw, sender) {
+        Ok(Some(s)) if peers::get(&gw.db(), sender).ok().flatten().is_some() => s,
+        _ => {
+            tracing::info!(path, "federation: a request from an unknown peer was refused");
+            return None;
+        }
+    };
+    let envelope = Envelope { method: "POST", path, body, timestamp, nonce, sender, recipient };
+    if let Err(e) = envelope.accept(
+        &gw.identity.id,
+        secret.expose().as_bytes(),
+        signature,
+        SystemTime::now(),
+        &gw.federation.nonces,
+    ) {
+        tracing::info!(peer = sender, path, error = %e, "federation: a request was refused");
+        return None;
+    }
+    Some(Verified { peer: sender.to_owned(), nonce: nonce.to_owned(), secret })
+}
+
+/// A signed answer.
+fn answer(
+    gw: &Gateway,
+    v: &Verified,
+    status: u16,
+    content_type: &str,
+    extra: &[(&str, String)],
+    body: Vec<u8>,
+) -> Response {
+    let mut resp = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header(CONTENT_TYPE, content_type);
+    for (k, val) in answer_headers(&gw.identity, &v.peer, v.secret.expose().as_bytes(), &v.nonce, status, &body) {
+        resp = resp.header(k, val);
+    }
+    for (k, val) in extra {
+        resp = resp.header(*k, val);
+    }
+    resp.body(axum::body::Body::from(body)).unwrap_or_else(|_| terse())
+}
+
+fn json_answer<T: serde::Serialize>(gw: &Gateway, v: &Verified, status: u16, value: &T) -> Response {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    answer(gw, v, status, "application/json", &[], body)
+}
+
+fn refusal(
+    gw: &Gateway,
+    v: &Verified,
+    status: u16,
+    code: ErrorCode,
+    message: String,
+    upstream: Option<u16>,
+) -> Response {
+    json_answer(gw, v, status, &ExecRefusal { code, message, upstream_status: upstream })
+}
+
+/// `POST /federation/query`.
+pub async fn query(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(v) = verify(&gw, route::QUERY, &headers, &body) else { return terse() };
+    let Ok(req) = serde_json::from_slice::<QueryRequest>(&body) else {
+        return refusal(&gw, &v, 400, ErrorCode::BadRequest, "federation: malformed query".into(), None);
+    };
+    let Some(domain) = req.domain else {
+        let domains = lend::lent_domains(&gw, &v.peer);
+        return json_answer(&gw, &v, 200, &QueryResponse { available: true, domains, ..unavailable() });
+    };
+    let rules_now = rules::list(&gw.db()).unwrap_or_default();
+    let service = gw.registry().get(&domain).filter(|s| s.borrowed.is_none());
+    let (Some(service), Some(rule)) = (service, rules::lends_domain(&rules_now, &v.peer, &domain)) else {
+        return json_answer(&gw, &v, 200, &unavailable());
+    };
+    let resp = QueryResponse {
+        available: true,
+        domains: Vec::new(),
+        ops: rule.ops.clone(),
+        pricing: Some(rule.pricing),
+        amount: rule.amount.clone(),
+        rate_per_min: rule.rate_per_min,
+        spec: serde_json::to_value(&service.spec).ok(),
+    };
+    json_answer(&gw, &v, 200, &resp)
+}
+
+fn unavailable() -> QueryResponse {
+    QueryResponse {
+        available: false,
+        domains: Vec::new(),
+        ops: Vec::new(),
+        pricing: None,
+        amount: None,
+        rate_per_min: None,
+        spec: None,
+    }
+}
+
+/// `POST /federation/announce`: the sender lends us exactly these domains now.
+pub async fn announce(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(v) = verify(&gw, route::ANNOUNCE, &headers, &body) else { return terse() };
+    let Ok(req) = serde_json::from_slice::<Announce>(&body) else {
+        return refusal(&gw, &v, 400, ErrorCode::BadRequest, "federation: malformed announcement".into(), None);
+    };
+    if let Err(e) = borrow::apply_domains(&gw, &v.peer, &req.domains).await {
+        tracing::warn!(peer = %v.peer, error = %e, "federation: an announcement could not be applied");
+        return refusal(&gw, &v, 500, ErrorCode::Internal, "federation: the announcement was not applied".into(), None);
+    }
+    answer(&gw, &v, 200, "application/json", &[], b"{}".to_vec())
+}
+
+/// `POST /federation/exec`: one typed operation, re-checked here, done with our key.
+pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(v) = verify(&gw, route::EXEC, &headers, &body) else { return terse() };
+    let Ok(req) = serde_json::from_slice::<ExecRequest>(&body) else {
+        return refusal(&gw, &v, 400, ErrorCode::BadRequest, "federation: malformed operation".into(), None);
+    };
+    let operation = match req.op {
+        ExecOp::List => Operation::List,
+        ExecOp::Read => Operation::Read,
+        ExecOp::Write => Operation::Write,
+        ExecOp::Delete => Operation::Delete,
+        ExecOp::Grep => Operation::Grep,
+    };
+    let mut audit = Pending::start(&gw, operation);
+    audit.peer(&v.peer);
+    audit.target(&req.path);
+    let path = match lend::canonical_path(&req.path) {
+        Ok(p) => p,
+        Err(r) => return refused(&gw, &v, audit, r),
+    };
+    let grant = match lend::admit(&gw, &v.peer, &path, req.op.op(), Instant::now()) {
+        Ok(g) => g,
+        Err(r) => return refused(&gw, &v, audit, r),
+    };
+    let who = Caller::Peer(grant);
+    let result: Result<(u16, String, Vec<u8>), ApiError> = match req.op {
+        ExecOp::Read => match ops::read(&gw, &who, &path).await {
+            Ok(out) => collect(&gw, out).await,
+            Err(e) => Err(e.into()),
+        },
+        ExecOp::Write => {
+            let body = Bytes::from(req.body.unwrap_or_default());
+            audit.bytes(body.len() as u64);
+            match ops::write(&gw, &who, &path, body).await {
+                Ok(out) => collect(&gw, out).await,
+                Err(e) => Err(e.into()),
+            }
+        }
+        ExecOp::Delete => match ops::delete(&gw, &who, &path).await {
+            Ok(out) => collect(&gw, out).await,
+            Err(e) => Err(e.into()),
+        },
+        ExecOp::List => match ops::list(&gw, &who, &path).await {
+            Ok(l) => Ok((200, "application/json".into(), serde_json::to_vec(&l).unwrap_or_default())),
+            Err(e) => Err(e.into()),
+        },
+        ExecOp::Grep => {
+            let g = agentfs::wire::GrepRequest {
+                path: req.path.clone(),
+                pattern: req.pattern.unwrap_or_default(),
+                fixed: false,
+                ignore_case: false,
+                max_files: None,
+            };
+            match crate::grep::grep(&gw, &who, &path, &g).await {
+                Ok(r) => Ok((200, "application/json".into(), serde_json::to_vec(&r).unwrap_or_default())),
+                Err(e) => Err(e.into()),
+            }
+        }
+    };
+    match audit.finish(result) {
+        Ok((status, content_type, body)) => {
+            let extra = [(super::UPSTREAM_STATUS_HEADER, status.to_string())];
+            answer(&gw, &v, 200, &content_type, &extra, body)
+        }
+        Err(e) => {
+            let status = e.http_status();
+            refusal(&gw, &v, status, e.code(), e.message().to_owned(), e.upstream_status())
+        }
+    }
+}
+
+/// A refusal before anything was done, recorded and answered.
+fn refused(gw: &Gateway, v: &Verified, mut audit: Pending, r: Refusal) -> Response {
+    let (status, code, message) = match r {
+        Refusal::Invalid(m) => (400, ErrorCode::InvalidPath, format!("federation: {m}")),
+        Refusal::Unknown(d) => (404, ErrorCode::NotFound, format!("federation: no service {d} to lend here")),
+        Refusal::NotLent => (403, ErrorCode::PermissionDenied, "federation: not lent to this gateway".into()),
+        Refusal::Rate(secs) => {
+            (429, ErrorCode::RateLimited, format!("federation: over the rate limit; retry in {secs} s"))
+        }
+        Refusal::Payment(rule) => (
+            402,
+            ErrorCode::PermissionDenied,
+            format!(
+                "federation: payment required ({} {}); this gateway does not take payments yet",
+                rule.pricing.as_str(),
+                rule.amount.unwrap_or_default()
+            ),
+        ),
+    };
+    let _ = audit.check::<(), _>(Err(ApiError::new(code, message.clone())));
+    refusal(gw, v, status, code, message, None)
+}
+
+/// The whole body of an operation's output, capped: (upstream status, content type, body).
+async fn collect(gw: &Gateway, out: ops::Output) -> Result<(u16, String, Vec<u8>), ApiError> {
+    match out {
+        ops::Output::Whole { body, content_type } => Ok((200, content_type.to_string(), body.to_vec())),
+        ops::Output::Upstream(resp) => {
+            let status = resp.status().as_u16();
+            let ct = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            let limit = gw.upstream.config().max_body_bytes;
+            if resp.content_length().is_some_and(|l| l > limit) {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("upstream body over the limit of {limit} bytes"),
+                ));
+            }
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::UpstreamFailed, format!("upstream body: {}", e.without_url())))?;
+            if body.len() as u64 > limit {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("upstream body over the limit of {limit} bytes"),
+                ));
+            }
+            Ok((status, ct, body.to_vec()))
+        }
+    }
+}
+
+/// `POST /v1/peers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddPeer {
+    id: String,
+    name: String,
+    url: String,
+    secret: String,
+}
+
+fn json_body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    // The rejection text could quote the body, which holds a secret: never echo it.
+    b.map(|Json(t)| t)
+        .map_err(|_| ApiError::bad_request("gatewayd: invalid request body (unexpected or missing members)"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// `POST /v1/peers`: adds (or replaces) a peer, its secret in the vault; then tells it what we
+/// lend it and asks what it lends us (in the background).
+pub async fn add_peer(
+    State(gw): State<Arc<Gateway>>,
+    req: Result<Json<AddPeer>, JsonRejection>,
+) -> Result<Json<peers::Peer>, ApiError> {
+    let mut audit = Pending::start(&gw, Operation::PeersAdd);
+    let req = audit.check(json_body(req))?;
+    audit.target(format!("peer:{}", req.id));
+    let secret = Secret::new(req.secret);
+    audit.check(sign::check_secret(secret.expose().as_bytes()).map_err(|e| ApiError::bad_request(e.to_string())))?;
+    if req.id == gw.identity.id {
+        return Err(audit.fail(ApiError::bad_request("gatewayd: a gateway cannot be its own peer")));
+    }
+    let peer = {
+        let conn = gw.db();
+        let stored = peers::upsert(&conn, &req.id, &req.name, &req.url, now_ms())
+            .map_err(|e| ApiError::bad_request(e.to_string()))
+            .and_then(|()| {
+                gw.vault.set_key(&conn, KeyOwner::Peer(&req.id), PEER_DOMAIN, &secret, None).map_err(ApiError::from)
+            })
+            .and_then(|_| peers::get(&conn, &req.id).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string())));
+        audit.check(stored)?
+    };
+    let Some(peer) = peer else {
+        return Err(audit.fail(ApiError::new(ErrorCode::Internal, "gatewayd: the peer was not stored")));
+    };
+    audit.ok();
+    let bg = gw.clone();
+    let id = peer.id.clone();
+    tokio::spawn(async move {
+        announce_to(&bg, &id).await;
+        if let Err(e) = borrow::refresh(&bg, &id).await {
+            tracing::info!(peer = %id, error = %e, "federation: the new peer did not answer yet");
+        }
+    });
+    Ok(Json(peer))
+}
+
+/// Tells `peer` which domains we lend it now.
+pub async fn announce_to(gw: &Gateway, peer: &str) {
+    let domains = lend::lent_domains(gw, peer);
+    let Ok(body) = serde_json::to_vec(&Announce { domains }) else { return };
+    if let Err(e) = borrow::call(gw, peer, route::ANNOUNCE, body).await {
+        tracing::info!(peer, error = %e, "federation: announcement not delivered");
+    }
+}
+
+/// Tells every peer what we lend it (after a rules or registry change); waits for them.
+pub async fn announce_all(gw: &Gateway) {
+    let ids: Vec<String> = peers::list(&gw.db()).map(|p| p.into_iter().map(|p| p.id).collect()).unwrap_or_default();
+    let calls = ids.iter().map(|id| announce_to(gw, id));
+    futures_util::future::join_all(calls).await;
+}
+
+/// `GET /v1/peers`.
+pub async fn list_peers(State(gw): State<Arc<Gateway>>) -> Result<Json<Vec<peers::Peer>>, ApiError> {
+    peers::list(&gw.db()).map(Json).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// `DELETE /v1/peers/{id}`: the peer, its secret and what it lent us.
+pub async fn remove_peer(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let mut audit = Pending::start(&gw, Operation::PeersRemove);
+    audit.target(format!("peer:{id}"));
+    let removed = {
+        let conn = gw.db();
+        let r = peers::remove(&conn, &id).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()));
+        let _ = gw.vault.remove_own(&conn, KeyOwner::Peer(&id), PEER_DOMAIN);
+        audit.check(r)?
+    };
+    if !removed {
+        return Err(
+            audit.fail(ApiError::new(ErrorCode::NotFound, format!("gatewayd: no peer `{id}`; see `nkmc peers list`")))
+        );
+    }
+    let all = peers::list(&gw.db()).unwrap_or_default();
+    gw.registry_mut().drop_borrowed(|d| all.iter().any(|p| p.domains.iter().any(|x| x == d)));
+    audit.ok();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/rules`.
+pub async fn list_rules(State(gw): State<Arc<Gateway>>) -> Result<Json<Vec<Rule>>, ApiError> {
+    rules::list(&gw.db()).map(Json).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string()))
+}
+
+/// `PUT /v1/rules/{domain}`: sets the rule, then tells every peer what it may borrow now.
+pub async fn set_rule(
+    State(gw): State<Arc<Gateway>>,
+    Path(domain): Path<String>,
+    req: Result<Json<Rule>, JsonRejection>,
+) -> Result<Json<Rule>, ApiError> {
+    let mut audit = Pending::start(&gw, Operation::RulesSet);
+    audit.target(&domain);
+    let rule = audit.check(json_body(req))?;
+    if rule.domain != domain {
+        return Err(audit.fail(ApiError::bad_request("gatewayd: the rule's domain is not the one in the path")));
+    }
+    if rule.allow && rule.ops.is_empty() {
+        return Err(audit.fail(ApiError::bad_request("gatewayd: an allow rule must lend at least one operation")));
+    }
+    if rule.pricing == PricingMode::Free && rule.amount.is_some() {
+        return Err(audit.fail(ApiError::bad_request("gatewayd: free lending takes no amount")));
+    }
+    audit.check(rules::set(&gw.db(), &rule).map_err(|e| ApiError::bad_request(e.to_string())))?;
+    audit.ok();
+    announce_all(&gw).await;
+    Ok(Json(rule))
+}
+
+/// `DELETE /v1/rules/{domain}`.
+pub async fn remove_rule(State(gw): State<Arc<Gateway>>, Path(domain): Path<String>) -> Result<StatusCode, ApiError> {
+    let mut audit = Pending::start(&gw, Operation::RulesRemove);
+    audit.target(&domain);
+    let removed =
+        audit.check(rules::remove(&gw.db(), &domain).map_err(|e| ApiError::new(ErrorCode::Internal, e.to_string())))?;
+    if !removed {
+        return Err(audit.fail(ApiError::new(ErrorCode::NotFound, format!("gatewayd: no rule for {domain}"))));
+    }
+    audit.ok();
+    announce_all(&gw).await;
+    Ok(StatusCode::NO_CONTENT)
+}

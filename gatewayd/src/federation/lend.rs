@@ -1,0 +1,124 @@
+//! The lender's side: what a verified peer may do. A peer acts through a [`Grant`]: one
+//! domain registered here, the operations a rule lends it — nothing at the mount root,
+//! nothing in another service, nothing borrowed from a third gateway.
+
+use agentfs::path::VPath;
+
+use super::rules::{self, Decision, Rule};
+use crate::auth::Op;
+use crate::Gateway;
+
+/// What a peer may do in this request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The peer's id.
+    pub peer: String,
+    /// The one domain it may touch.
+    pub domain: String,
+    /// The operations lent (`read` brings `lookup` and `list`).
+    pub ops: Vec<Op>,
+}
+
+impl Grant {
+    /// Whether the grant covers `op` on `path`.
+    pub fn allows(&self, path: &VPath, op: Op) -> bool {
+        if path.service().map(|s| s.as_str()) != Some(self.domain.as_str()) {
+            return false;
+        }
+        match op {
+            Op::Lookup => !self.ops.is_empty(),
+            Op::List | Op::Read => self.ops.iter().any(|o| matches!(o, Op::Read | Op::List)),
+            Op::Write | Op::Delete | Op::Run => self.ops.contains(&op),
+        }
+    }
+}
+
+/// Why a peer's operation is refused before anything is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Malformed or non-canonical request (400).
+    Invalid(String),
+    /// No such service here (404).
+    Unknown(String),
+    /// Not lent to this peer (403).
+    NotLent,
+    /// Over the rate (429), with seconds to wait.
+    Rate(u64),
+    /// Paid lending: payment required (402).
+    Payment(Rule),
+}
+
+/// Parses the request's path: it must already be canonical (no `//`, `..`, `%2e`, trailing
+/// `/`), inside a service.
+pub fn canonical_path(raw: &str) -> Result<VPath, Refusal> {
+    let path = VPath::parse(raw).map_err(|e| Refusal::Invalid(format!("the path is invalid: {e}")))?;
+    if path.to_string() != raw {
+        return Err(Refusal::Invalid("the path is not in canonical form".into()));
+    }
+    if path.service().is_none() {
+        return Err(Refusal::Invalid("the path must be inside a service".into()));
+    }
+    Ok(path)
+}
+
+/// Checks `op` on `path` for `peer` against the registry and the rules, counts it against
+/// the rate limit, and returns the grant to act under.
+pub fn admit(gw: &Gateway, peer: &str, path: &VPath, op: Op, now: std::time::Instant) -> Result<Grant, Refusal> {
+    let domain = path.service().map(|s| s.to_string()).unwrap_or_default();
+    let local = gw.registry().get(&domain).is_some_and(|s| s.borrowed.is_none());
+    if !local {
+        return Err(Refusal::Unknown(domain));
+    }
+    let rules = { rules::list(&gw.db()) }.map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let rule = match rules::decide(&rules, peer, &domain, op) {
+        Decision::Lend(rule) => rule,
+        Decision::Refuse => return Err(Refusal::NotLent),
+    };
+    if let Some(per_min) = rule.rate_per_min {
+        gw.federation.rates.admit(peer, &domain, per_min, now).map_err(|wait| Refusal::Rate(wait.as_secs().max(1)))?;
+    }
+    if rule.pricing != rules::PricingMode::Free {
+        return Err(Refusal::Payment(rule));
+    }
+    Ok(Grant { peer: peer.to_owned(), domain, ops: rule.ops })
+}
+
+/// The domains registered here that the rules lend to `peer`.
+pub fn lent_domains(gw: &Gateway, peer: &str) -> Vec<String> {
+    let Ok(rules) = rules::list(&gw.db()) else { return Vec::new() };
+    gw.registry()
+        .iter()
+        .filter(|s| s.borrowed.is_none())
+        .filter(|s| rules::lends_domain(&rules, peer, &s.domain).is_some())
+        .map(|s| s.domain.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_grant_reaches_one_domain_and_the_lent_operations_only() {
+        let g = Grant { peer: "a".into(), domain: "x.test".into(), ops: vec![Op::Read] };
+        let p = |s: &str| VPath::parse(s).unwrap();
+        assert!(g.allows(&p("/x.test/items"), Op::Read));
+        assert!(g.allows(&p("/x.test"), Op::List));
+        assert!(g.allows(&p("/x.test/items.d/1"), Op::Lookup));
+        assert!(!g.allows(&p("/x.test/items"), Op::Write));
+        assert!(!g.allows(&p("/x.test/items.d/1"), Op::Delete));
+        assert!(!g.allows(&p("/y.test/items"), Op::Read));
+        assert!(!g.allows(&p("/"), Op::List));
+        assert!(!g.allows(&p("/README.md"), Op::Read));
+    }
+
+    #[test]
+    fn only_canonical_paths_inside_a_service_are_accepted() {
+        assert!(canonical_path("/x.test/items").is_ok());
+        // `%2e%2e` is a literal name (no decoding happens), so it cannot climb: it is canonical.
+        assert_eq!(canonical_path("/x.test/%2e%2e/y").unwrap().names().len(), 3);
+        for bad in ["/", "//x.test/items", "/x.test/../y.test", "/x.test/items/", "x.test/items", "/x.test/./y"] {
+            assert!(canonical_path(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Federation with three real gatewayd processes on 127.0.0.1, each with its own data dir:
+//! A borrows a domain from B (B's key, B's upstream), C is refused by B's rules, and the
+//! lender refuses replayed, re-timed, tampered, cross-directed and bypassing requests.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::{Duration, Instant};
+
+use nkmc_e2e::{canary, contains, fixture, fuse_available, json, unix_now, Nkmc, PeerRequest, Upstream};
+
+const SECRET_AB: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef";
+const SECRET_BC: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90f1e2d3c4b5a6978812345678deadbeef";
+const PETS: &str = r#"[{"id":1,"name":"rex"},{"id":2,"name":"tom"}]"#;
+
+fn gateway(id: &str) -> Nkmc {
+    let n = Nkmc::new("");
+    let out = n.cmd(&["gateway", "start", "--daemon"]).env("NKMC_GATEWAY_ID", id).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    n
+}
+
+fn url(n: &Nkmc) -> String {
+    format!("http://{}", n.tcp_addr())
+}
+
+/// Polls `what` until it holds (peers announce in the background).
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_borrows_from_b_c_is_refused_and_the_lender_cannot_be_fooled() {
+    let key = canary();
+    let expected = format!("Bearer {key}");
+    let up = Upstream::start(move |req| {
+        if req.headers.get("authorization") != Some(&expected) {
+            return json(401, r#"{"error":"bad key"}"#);
+        }
+        match (req.method.as_str(), req.uri.as_str()) {
+            ("GET", "/v1/pets") => json(200, PETS),
+            ("GET", "/v1/pets/1") => json(200, r#"{"id":1,"name":"rex"}"#),
+            _ => json(404, "{}"),
+        }
+    });
+    let (a, b, c) = (gateway("gw-a"), gateway("gw-b"), gateway("gw-c"));
+
+    // B holds the service and the key, and lends read access to A only.
+    let spec = fixture("openapi/petstore.yaml");
+    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--ops", "read"]);
+    let weak = b.run(&["peers", "add", "--id", "gw-a", "--name", "A", "--url", &url(&a), "--secret", "short"]);
+    assert!(!weak.status.success() && String::from_utf8_lossy(&weak.stderr).contains("at least 32 bytes"));
+
+    // The pair adds each other with one secret; C and B likewise.
+    a.ok(&["peers", "add", "--id", "gw-b", "--name", "B", "--url", &url(&b), "--secret", SECRET_AB]);
+    b.ok(&["peers", "add", "--id", "gw-a", "--name", "A", "--url", &url(&a), "--secret", SECRET_AB]);
+    c.ok(&["peers", "add", "--id", "gw-b", "--name", "B", "--url", &url(&b), "--secret", SECRET_BC]);
+    b.ok(&["peers", "add", "--id", "gw-c", "--name", "C", "--url", &url(&c), "--secret", SECRET_BC]);
+    assert!(b.ok(&["gateway", "status"]).contains("gateway:  gw-b"));
+
+    // A sees the borrowed domain like any other, and reads through B with B's key.
+    eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
+    assert_eq!(a.ok(&["cat", "/pets.test/pets"]), PETS);
+    assert_eq!(a.ok(&["ls", "/pets.test/pets.d"]), "1\n2\n");
+    assert_eq!(a.ok(&["cat", "/pets.test/pets.d/1"]), r#"{"id":1,"name":"rex"}"#);
+    let skill = a.ok(&["cat", "/pets.test/skill.md"]);
+    assert!(skill.contains("borrowed from a peer") && skill.contains("`gw-b` (B): free; lends read"), "{skill}");
+    assert!(a.ok(&["peers", "list"]).contains("lends: pets.test"));
+    if fuse_available() {
+        a.up();
+        assert_eq!(std::fs::read_to_string(a.mount.join("pets.test/pets")).unwrap(), PETS);
+    }
+
+    // Only read is lent: A's write is refused by B and never reaches the upstream.
+    let w = a.run(&["write", "/pets.test/pets", r#"{"name":"x"}"#]);
+    assert!(!w.status.success());
+    assert!(String::from_utf8_lossy(&w.stderr).contains("not lent"), "{}", String::from_utf8_lossy(&w.stderr));
+    assert!(up.seen().iter().all(|s| s.method == "GET"));
+
+    // B's audit names the peer; B's key is nowhere on A's side.
+    let b_audit = b.ok(&["audit", "tail", "-n", "100"]);
+    assert!(b_audit.contains("peer:gw-a"), "{b_audit}");
+    for f in a.data_files() {
+        assert!(!contains(&std::fs::read(&f).unwrap(), key.as_bytes()), "B's key is in {}", f.display());
+    }
+    assert!(!a.ok(&["audit", "tail", "-n", "100"]).contains(&key));
+
+    // C is refused by B's rules: B lends C nothing, C sees nothing, the upstream saw nothing.
+    let seen_before = up.seen().len();
+    b.ok(&["rules", "set", "*", "--deny", "--peers", "gw-c"]);
+    eventually("C has heard from B", || c.ok(&["peers", "list"]).contains("online"));
+    assert!(!c.ok(&["ls", "/"]).contains("pets.test"));
+    assert!(!c.run(&["cat", "/pets.test/pets"]).status.success());
+    let b_addr = b.tcp_addr();
+    let exec = |op: &str, path: &str| format!(r#"{{"op":"{op}","path":"{path}"}}"#);
+    let body = exec("read", "/pets.test/pets");
+    let signed = |sender: &'static str, secret: &'static str, body: &str, nonce: &str| {
+        PeerRequest {
+            path: "/federation/exec",
+            body: body.as_bytes(),
+            signed_body: body.as_bytes(),
+            timestamp: unix_now(),
+            nonce,
+            sender,
+            recipient: "gw-b",
+            secret: secret.as_bytes(),
+        }
+        .send(b_addr)
+    };
+    let from_c = signed("gw-c", SECRET_BC, &body, "00000000000000000000000000000c01");
+    assert_eq!(from_c.status, 403, "{}", from_c.text());
+    assert!(from_c.text().contains("not lent"));
+    assert_eq!(up.seen().len(), seen_before, "nothing reached the upstream for C");
+
+    // A correctly signed request from A works once; every forgery of it is refused.
+    let good_nonce = "00000000000000000000000000000a01";
+    let ok = signed("gw-a", SECRET_AB, &body, good_nonce);
+    assert_eq!((ok.status, ok.text().as_str()), (200, PETS));
+    let seen_after_ok = up.seen().len();
+    let base = PeerRequest {
+        path: "/federation/exec",
+        body: body.as_bytes(),
+        signed_body: body.as_bytes(),
+        timestamp: unix_now(),
+        nonce: good_nonce,
+        sender: "gw-a",
+        recipient: "gw-b",
+        secret: SECRET_AB.as_bytes(),
+    };
+    let delete = exec("delete", "/pets.test/pets.d/1");
+    let forgeries = [
+        ("replayed", PeerRequest { ..base }),
+        ("re-timed", PeerRequest { timestamp: unix_now() - 120, nonce: "00000000000000000000000000000a02", ..base }),
+        ("tampered", PeerRequest { body: delete.as_bytes(), nonce: "00000000000000000000000000000a03", ..base }),
+        ("cross-directed", PeerRequest { recipient: "gw-c", nonce: "00000000000000000000000000000a04", ..base }),
+        (
+            "wrong secret",
+            PeerRequest { secret: SECRET_BC.as_bytes(), nonce: "00000000000000000000000000000a05", ..base },
+        ),
+        ("unknown peer", PeerRequest { sender: "gw-x", nonce: "00000000000000000000000000000a06", ..base }),
+    ];
+    for (what, req) in forgeries {
+        let a = req.send(b_addr);
+        assert_eq!((a.status, a.text().as_str()), (401, "federation: refused"), "{what}");
+    }
+    // Bypass forms, correctly signed: refused before any upstream call.
+    for (i, (op, path, status)) in [
+        ("grep", "/", 400),
+        ("list", "/", 400),
+        ("read", "//pets.test/pets", 400),
+        ("read", "/pets.test/../pets.test/pets", 400),
+        ("read", "/pets.test/pets/", 400),
+        ("read", "/pets.test/%2e%2e/pets", 404),
+        ("read", "/README.md", 404),
+        ("write", "/pets.test/pets", 403),
+        ("delete", "/pets.test/pets.d/1", 403),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let nonce = format!("{:032x}", 0xb000 + i);
+        let a = signed("gw-a", SECRET_AB, &exec(op, path), &nonce);
+        assert_eq!(a.status, status, "{op} {path}: {}", a.text());
+        assert!(!contains(&a.body, key.as_bytes()));
+    }
+    let shell = signed(
+        "gw-a",
+        SECRET_AB,
+        r#"{"op":"read","path":"/pets.test/pets","command":"id"}"#,
+        &format!("{:032x}", 0xc001),
+    );
+    assert_eq!(shell.status, 400, "unknown members are refused");
+    assert_eq!(up.seen().len(), seen_after_ok, "no bypass reached the upstream");
+
+    // Removing the rule: B tells A, and the domain disappears from A.
+    b.ok(&["rules", "remove", "pets.test"]);
+    eventually("A forgets pets.test", || !a.ok(&["ls", "/"]).contains("pets.test"));
+}
