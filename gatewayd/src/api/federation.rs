@@ -23,7 +23,7 @@ use crate::federation::client::answer_headers;
 use crate::federation::lend::{self, Refusal};
 use crate::federation::protocol::{route, Announce, ExecOp, ExecRefusal, ExecRequest, QueryRequest, QueryResponse};
 use crate::federation::rules::{self, PricingMode, Rule};
-use crate::federation::sign::{self, header, Envelope};
+use crate::federation::sign::{self, Envelope, SignedHeaders};
 use crate::federation::{borrow, peers};
 use crate::ops::{self, Caller};
 use crate::vault::{KeyOwner, Secret, PEER_DOMAIN};
@@ -43,14 +43,7 @@ fn terse() -> Response {
 /// Checks the signature headers of a request to `path` with `body`.
 /// `None`: refused (the reason is logged); answer [`terse`].
 fn verify(gw: &Gateway, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<Verified> {
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(sender), Some(recipient), Some(timestamp), Some(nonce), Some(signature)) = (
-        get(header::SENDER),
-        get(header::RECIPIENT),
-        get(header::TIMESTAMP).and_then(|t| t.parse::<u64>().ok()),
-        get(header::NONCE),
-        get(header::SIGNATURE),
-    ) else {
+    let Some(SignedHeaders { sender, recipient, timestamp, nonce, signature }) = SignedHeaders::from(headers) else {
         tracing::info!(path, "federation: an unsigned request was refused");
         return None;
     };

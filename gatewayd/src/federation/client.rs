@@ -143,14 +143,9 @@ fn verify_answer(
     body: &[u8],
 ) -> Result<(), PeerCallError> {
     let bad = |reason: &str| PeerCallError::BadAnswer { peer: peer.id.to_owned(), reason: reason.to_owned() };
-    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let (Some(sender), Some(recipient), Some(ts), Some(their_nonce), Some(sig)) = (
-        get(header::SENDER),
-        get(header::RECIPIENT),
-        get(header::TIMESTAMP).and_then(|t| t.parse::<u64>().ok()),
-        get(header::NONCE),
-        get(header::SIGNATURE),
-    ) else {
+    let Some(sign::SignedHeaders { sender, recipient, timestamp: ts, nonce: their_nonce, signature: sig }) =
+        sign::SignedHeaders::from(headers)
+    else {
         return Err(bad("unsigned"));
     };
     if sender != peer.id || recipient != me.id || their_nonce != nonce {

@@ -39,6 +39,35 @@ pub mod header {
     pub const SIGNATURE: &str = "x-nkmc-signature";
 }
 
+/// The signature headers of a message, as received.
+#[derive(Debug, Clone, Copy)]
+pub struct SignedHeaders<'a> {
+    /// `x-nkmc-sender`.
+    pub sender: &'a str,
+    /// `x-nkmc-recipient`.
+    pub recipient: &'a str,
+    /// `x-nkmc-timestamp`.
+    pub timestamp: u64,
+    /// `x-nkmc-nonce`.
+    pub nonce: &'a str,
+    /// `x-nkmc-signature`.
+    pub signature: &'a str,
+}
+
+impl<'a> SignedHeaders<'a> {
+    /// All five headers, or `None` when one is missing or malformed.
+    pub fn from(headers: &'a reqwest::header::HeaderMap) -> Option<Self> {
+        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        Some(SignedHeaders {
+            sender: get(header::SENDER)?,
+            recipient: get(header::RECIPIENT)?,
+            timestamp: get(header::TIMESTAMP)?.parse().ok()?,
+            nonce: get(header::NONCE)?,
+            signature: get(header::SIGNATURE)?,
+        })
+    }
+}
+
 /// Why a message was refused. Peers only ever see a terse refusal; the variant is logged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
