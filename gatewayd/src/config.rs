@@ -118,6 +118,20 @@ pub struct Config {
     pub vault: VaultConfig,
     /// `nkmc run`: tools, timeouts, output cap.
     pub run: crate::run::tools::RunConfig,
+    /// Federation discovery.
+    pub federation: FederationConfig,
+}
+
+/// `[federation]`: discovery through a coordinator.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// Run the coordinator's directory on this gateway's TCP listener (`gatewayd --coordinator`).
+    pub coordinator: bool,
+    /// Register with this coordinator and heartbeat (`gatewayd --coordinator-url`).
+    pub coordinator_url: Option<String>,
+    /// The URL peers reach this gateway's TCP API at (default: `http://` + its TCP address).
+    pub public_url: Option<String>,
 }
 
 /// `[vault]`: how keys are sealed.

@@ -9,6 +9,7 @@
 
 pub mod borrow;
 pub mod client;
+pub mod coordinator;
 pub mod identity;
 pub mod lend;
 pub mod peers;
