@@ -306,7 +306,14 @@ fn markdown(text: String) -> Output {
 }
 
 /// `cat`: the upstream response to the file's GET, or a generated file.
-pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output, OpError> {
+/// A file's body; `validators` (from the caller's `If-None-Match`/`If-Modified-Since`) are
+/// passed to the upstream's GET, whose `304` then comes back as it is.
+pub async fn read(
+    gw: &Gateway,
+    caller: &Caller,
+    path: &VPath,
+    validators: crate::upstream::Validators,
+) -> Result<Output, OpError> {
     authorize(gw, caller, path, auth::Op::Read)?;
     let (service, resolved) = match locate(gw, path)? {
         Target::Readme => return Ok(markdown(readme::mount_readme())),
@@ -321,7 +328,7 @@ pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output,
     if service.spec.protocol == Protocol::JsonRpc {
         return call_rpc(gw, &service, &resolved, None).await;
     }
-    Ok(Output::Upstream(send_get(gw, &service, &resolved).await?))
+    Ok(Output::Upstream(send_op_with(gw, &service, &resolved, Method::Get, None, validators).await?))
 }
 
 /// Ids of JSON-RPC calls (unique per gatewayd run).
@@ -381,6 +388,7 @@ async fn call_rpc(
         placement,
         credential,
         body: Some(envelope.to_string().into()),
+        validators: crate::upstream::Validators::default(),
     };
     let resp = gw.upstream.send(call).await?;
     let transport = |message: String| UpstreamError::Transport { domain: service.domain.clone(), message };
@@ -417,6 +425,18 @@ async fn send_op(
     method: Method,
     body: Option<Bytes>,
 ) -> Result<reqwest::Response, OpError> {
+    send_op_with(gw, service, resolved, method, body, crate::upstream::Validators::default()).await
+}
+
+/// [`send_op`] with the caller's validators (a conditional GET).
+async fn send_op_with(
+    gw: &Gateway,
+    service: &Service,
+    resolved: &Resolved,
+    method: Method,
+    body: Option<Bytes>,
+    validators: crate::upstream::Validators,
+) -> Result<reqwest::Response, OpError> {
     let op_index = service.tree.operation(resolved.node, method).ok_or_else(|| OpError::NoOperation {
         path: format!("/{}/{}", service.domain, resolved.segments.join("/")),
         method: method.as_str(),
@@ -442,6 +462,7 @@ async fn send_op(
         placement,
         credential,
         body,
+        validators,
     };
     Ok(gw.upstream.send(call).await?)
 }

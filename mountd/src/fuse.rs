@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 
 use agentfs::wire::EntryKind;
 use fuser::{
-    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -76,7 +76,23 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+fn file_type(kind: EntryKind) -> FileType {
+    match kind {
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::File => FileType::RegularFile,
+    }
+}
+
 impl Filesystem for NkmcFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // READDIRPLUS: a listing carries each entry's attributes, so `ls -l` needs no
+        // lookup per entry. A kernel without it keeps plain READDIR.
+        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+            tracing::info!(?missing, "the kernel has no READDIRPLUS; listings use READDIR");
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let fs = self.fs.clone();
         let name = name.to_owned();
@@ -246,14 +262,31 @@ impl Filesystem for NkmcFuse {
     fn create(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno(&FsError::NotPermitted));
+        let fs = self.fs.clone();
+        let name = name.to_owned();
+        let attrs = self.attrs;
+        self.rt.spawn(async move {
+            match fs.create(parent.0, &name).await {
+                Ok((ino, node, opened)) => reply.created(
+                    &ENTRY_TTL,
+                    &attrs.make(ino, &node),
+                    Generation(0),
+                    FileHandle(opened.fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => {
+                    tracing::debug!(name = ?name, error = %e, "create");
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
@@ -312,11 +345,34 @@ impl Filesystem for NkmcFuse {
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
-                    let kind = match e.kind {
-                        EntryKind::Dir => FileType::Directory,
-                        EntryKind::File => FileType::RegularFile,
+                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.fs.readdir(fh.0, offset) {
+            Ok(entries) => {
+                for (next, e) in entries {
+                    // A listed entry enters the inode table (the kernel counts it as a
+                    // lookup); `.`, `..` and the control entries are the nodes themselves.
+                    let (ino, node, taken) = match self.fs.plus(&e) {
+                        Some((ino, node)) => (ino, node, true),
+                        None => match self.fs.getattr(e.ino, None) {
+                            Ok(node) => (e.ino, node, false),
+                            Err(_) => continue,
+                        },
                     };
-                    if reply.add(INodeNo(e.ino), next, kind, &e.name) {
+                    let attr = self.attrs.make(ino, &node);
+                    if reply.add(INodeNo(ino), next, &e.name, &ENTRY_TTL, &attr, Generation(0)) {
+                        if taken {
+                            self.fs.unplus(ino);
+                        }
                         break;
                     }
                 }
