@@ -4,13 +4,13 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use agentfs::wire::EntryKind;
 use fuser::{
     BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
@@ -28,12 +28,14 @@ pub struct NkmcFuse {
     fs: Arc<Fs>,
     rt: Handle,
     attrs: AttrMaker,
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl NkmcFuse {
-    /// Serves `fs`, running async work on `rt`; files belong to `uid`:`gid`.
-    pub fn new(fs: Arc<Fs>, rt: Handle, uid: u32, gid: u32) -> Self {
-        NkmcFuse { fs, rt, attrs: AttrMaker { uid, gid, started: SystemTime::now() } }
+    /// Serves `fs`, running async work on `rt`; files belong to `uid`:`gid`. `notifier` is
+    /// set once the session runs, to tell the kernel when attributes it caches go stale.
+    pub fn new(fs: Arc<Fs>, rt: Handle, uid: u32, gid: u32, notifier: Arc<OnceLock<Notifier>>) -> Self {
+        NkmcFuse { fs, rt, attrs: AttrMaker { uid, gid, started: SystemTime::now() }, notifier }
     }
 }
 
@@ -127,11 +129,22 @@ impl Filesystem for NkmcFuse {
         };
         let direct = flags.0 & libc::O_DIRECT != 0;
         let fs = self.fs.clone();
+        let notifier = self.notifier.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, access, direct).await {
                 // No direct I/O: the kernel asks the size again when a read passes what it
                 // knew, and keeps its pages only while the body is the one it saw.
                 Ok(opened) => {
+                    if opened.size_changed {
+                        // A listing (READDIRPLUS) told the kernel a size it caches for the
+                        // entry TTL: drop those attributes (not the pages: offset -1), so
+                        // the next read asks for the real size.
+                        if let Some(n) = notifier.get() {
+                            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                                tracing::debug!(ino = ino.0, error = %e, "attribute invalidation");
+                            }
+                        }
+                    }
                     let flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
                     reply.opened(FileHandle(opened.fh), flags)
                 }
@@ -360,16 +373,18 @@ impl Filesystem for NkmcFuse {
             Ok(entries) => {
                 for (next, e) in entries {
                     // A listed entry enters the inode table (the kernel counts it as a
-                    // lookup); `.`, `..` and the control entries are the nodes themselves.
-                    let (ino, node, taken) = match self.fs.plus(&e) {
-                        Some((ino, node)) => (ino, node, true),
+                    // lookup) and is trusted for the entry TTL (an open that learns another
+                    // size invalidates it). `.`, `..` and the control entries are the nodes
+                    // themselves, whose sizes change: not cached at all.
+                    let (ino, node, taken, ttl) = match self.fs.plus(&e) {
+                        Some((ino, node)) => (ino, node, true, ENTRY_TTL),
                         None => match self.fs.getattr(e.ino, None) {
-                            Ok(node) => (e.ino, node, false),
+                            Ok(node) => (e.ino, node, false, Duration::ZERO),
                             Err(_) => continue,
                         },
                     };
                     let attr = self.attrs.make(ino, &node);
-                    if reply.add(INodeNo(ino), next, &e.name, &ENTRY_TTL, &attr, Generation(0)) {
+                    if reply.add(INodeNo(ino), next, &e.name, &ttl, &attr, Generation(0)) {
                         if taken {
                             self.fs.unplus(ino);
                         }

@@ -71,7 +71,8 @@ fn main() -> anyhow::Result<()> {
     let filesystem = Arc::new(fs::Fs::new(client, cache, limits));
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    let adapter = fuse::NkmcFuse::new(filesystem, rt.handle().clone(), uid, gid);
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let adapter = fuse::NkmcFuse::new(filesystem, rt.handle().clone(), uid, gid, notifier.clone());
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -85,6 +86,7 @@ fn main() -> anyhow::Result<()> {
     config.n_threads = Some(args.threads.max(1));
     let session = fuser::spawn_mount(adapter, &args.mountpoint, &config)
         .with_context(|| format!("mountd: cannot mount at {}", args.mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     tracing::info!(mountpoint = %args.mountpoint.display(), socket = %args.socket.display(), "mounted");
 
     let externally_unmounted = rt.block_on(async {

@@ -232,6 +232,10 @@ fn listings_are_cached_new_items_go_to_the_collection_and_ls_l_needs_no_lookups(
     wait_until("the marker's stat in the audit", || audited(&n, "stat", "/shop.test/pets.d/zzz") > 0);
     assert_eq!(audited(&n, "stat", "/shop.test/pets.d/p1"), 0, "ls -l looked p1 up");
     assert_eq!(audited(&n, "stat", "/shop.test/pets.d/p2"), 0, "ls -l looked p2 up");
+    // The listing told size 0 (unknown until read); the open that learns the real size
+    // makes the kernel drop what it cached, so the body reads whole.
+    assert_eq!(std::fs::read_to_string(dir.join("p1")).unwrap(), pet("p1"));
+    assert_eq!(std::fs::metadata(dir.join("p1")).unwrap().len(), pet("p1").len() as u64);
 
     // `ls` again within the TTL: the cached listing, no request.
     assert_eq!(ok(&format!("ls {d}")), "p1\np2\n");

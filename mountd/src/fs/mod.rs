@@ -77,6 +77,9 @@ pub struct Opened {
     pub fh: u64,
     /// The body is the one the kernel last saw: `FOPEN_KEEP_CACHE`.
     pub keep_cache: bool,
+    /// The size differs from the one told before (a listing may have told the kernel
+    /// another, which it caches): the kernel must drop the attributes it holds.
+    pub size_changed: bool,
 }
 
 /// How a file is opened.
@@ -363,7 +366,7 @@ impl Fs {
             let fh = self.handle();
             let body = Content::Memory(text.into());
             self.files().insert(fh, FileHandle { ino, path: node.path, target, body, write: None });
-            return Ok(Opened { fh, keep_cache: false });
+            return Ok(Opened { fh, keep_cache: false, size_changed: false });
         }
         let mut keep_cache = false;
         let body = match access {
@@ -388,8 +391,9 @@ impl Fs {
                 }
             }
         };
+        let mut size_changed = false;
         if access == Access::Read {
-            self.inodes().set_size(ino, body.len());
+            size_changed = self.inodes().set_size(ino, body.len()) != Some(body.len());
         }
         let write = match access {
             Access::Read => None,
@@ -404,7 +408,7 @@ impl Fs {
         };
         let fh = self.handle();
         self.files().insert(fh, FileHandle { ino, path: node.path, target, body, write });
-        Ok(Opened { fh, keep_cache })
+        Ok(Opened { fh, keep_cache, size_changed })
     }
 
     /// `create`: a name the tree does not have. Allowed only as a new item `C.d/NAME` of a
@@ -423,7 +427,7 @@ impl Fs {
         let fh = self.handle();
         let handle = FileHandle { ino, path, target, body: Content::default(), write: Some(WriteBuffer::default()) };
         self.files().insert(fh, handle);
-        Ok((ino, node, Opened { fh, keep_cache: false }))
+        Ok((ino, node, Opened { fh, keep_cache: false, size_changed: false }))
     }
 
     /// `read`: a slice of the handle's body (or of what was written to it).
@@ -473,12 +477,11 @@ impl Fs {
             None => files.values_mut().find(|h| h.ino == ino && h.write.is_some()),
         };
         match handle.and_then(|h| h.write.as_mut()) {
-            Some(w) => {
-                if w.data.len() != size {
-                    w.data.resize(size, 0);
-                    w.dirty = true;
-                }
+            Some(w) if w.data.len() != size => {
+                w.data.resize(size, 0);
+                w.dirty = true;
             }
+            Some(_) => {}
             // No writer: a read-only file cannot be truncated.
             None if node.mode & 0o200 == 0 => return Err(FsError::ReadOnly),
             None => {}
@@ -550,9 +553,13 @@ impl Fs {
         Ok(())
     }
 
-    /// A directory's listing: from the cache within the TTL, else one request.
+    /// A directory's listing: from the cache within the TTL, else one request. The root's
+    /// is never cached: services come and go with `nkmc register`, which is no write
+    /// through this mount, and `ls` right after it must show the new one (gatewayd answers
+    /// it without any upstream request).
     async fn listing(&self, path: &str) -> Result<Arc<Listing>, FsError> {
-        if let Some(l) = self.cache.listing(path) {
+        let cacheable = path != "/";
+        if let Some(l) = self.cache.listing(path).filter(|_| cacheable) {
             return Ok(l);
         }
         let listing = {
@@ -560,7 +567,9 @@ impl Fs {
             self.client.get_json::<Listing>(&fs_route("list", path)).await
         };
         let listing = Arc::new(self.noted("LIST", path, listing.map_err(FsError::from))?);
-        self.cache.put_listing(path, listing.clone());
+        if cacheable {
+            self.cache.put_listing(path, listing.clone());
+        }
         Ok(listing)
     }
 
