@@ -88,8 +88,10 @@ fn file_type(kind: EntryKind) -> FileType {
 impl Filesystem for NkmcFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // READDIRPLUS: a listing carries each entry's attributes, so `ls -l` needs no
-        // lookup per entry. A kernel without it keeps plain READDIR.
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS) {
+        // lookup per entry; AUTO lets the kernel use it only where entries are then looked
+        // at (plain `ls` does not pay for 10,000 inodes). A kernel without it keeps READDIR.
+        let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if let Err(missing) = config.add_capabilities(plus) {
             tracing::info!(?missing, "the kernel has no READDIRPLUS; listings use READDIR");
         }
         Ok(())
@@ -192,6 +194,10 @@ impl Filesystem for NkmcFuse {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // A reader's close (most of them) has nothing to send: answered at once.
+        if !self.fs.has_unsent(fh.0) {
+            return reply.ok();
+        }
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.flush(fh.0).await {

@@ -92,21 +92,39 @@ impl Collector {
         Collector { threshold, memory: BytesMut::new(), spill: None }
     }
 
+    /// A collector for a body announced as `expected` bytes: one larger than `threshold`
+    /// goes to its temporary file from the first byte, never through memory.
+    pub fn with_expected(threshold: usize, expected: Option<u64>) -> Result<Self, SpillError> {
+        let mut c = Collector::new(threshold);
+        match expected {
+            Some(len) if len > threshold as u64 => c.start_spill()?,
+            Some(len) => c.memory.reserve(usize::try_from(len).unwrap_or(0)),
+            None => {}
+        }
+        Ok(c)
+    }
+
+    fn start_spill(&mut self) -> Result<(), SpillError> {
+        let dir = std::env::temp_dir();
+        let fail = |source| SpillError { dir: dir.display().to_string(), source };
+        let mut file = unlinked_file(&dir).map_err(fail)?;
+        file.write_all(&self.memory).map_err(fail)?;
+        self.spill = Some((file, self.memory.len() as u64));
+        self.memory = BytesMut::new();
+        Ok(())
+    }
+
     /// Adds a chunk.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), SpillError> {
         if self.spill.is_none() && self.memory.len() + chunk.len() <= self.threshold {
             self.memory.extend_from_slice(chunk);
             return Ok(());
         }
-        let dir = std::env::temp_dir();
-        let fail = |source| SpillError { dir: dir.display().to_string(), source };
         if self.spill.is_none() {
-            let mut file = unlinked_file(&dir).map_err(fail)?;
-            file.write_all(&self.memory).map_err(fail)?;
-            self.spill = Some((file, self.memory.len() as u64));
-            self.memory = BytesMut::new();
+            self.start_spill()?;
         }
         if let Some((file, len)) = self.spill.as_mut() {
+            let fail = |source| SpillError { dir: std::env::temp_dir().display().to_string(), source };
             file.write_all(chunk).map_err(fail)?;
             *len += chunk.len() as u64;
         }
@@ -172,5 +190,13 @@ mod tests {
         assert!(big.read_at(14, 4).unwrap().is_empty());
         assert!(big.read_at(99, 4).unwrap().is_empty());
         assert_eq!(big.to_vec().unwrap(), b"abcdefghijklmn");
+
+        let mut c = Collector::with_expected(8, Some(9)).unwrap();
+        assert!(c.spill.is_some(), "announced larger than the threshold: spilled from the start");
+        c.push(b"123456789").unwrap();
+        assert!(matches!(c.finish(), Content::Spilled { len: 9, .. }));
+        let mut c = Collector::with_expected(8, Some(3)).unwrap();
+        c.push(b"abc").unwrap();
+        assert!(matches!(c.finish(), Content::Memory(_)));
     }
 }

@@ -242,6 +242,14 @@ impl Fs {
         }
         let name = Name::parse(text)?;
         let path = child_path(&dir.path, &name);
+        // A name in the parent's cached listing is known without a request (`grep -r`
+        // over a listed directory looks up every entry).
+        if let Some(listing) = self.cache.listing(&dir.path) {
+            if let Ok(i) = listing.entries.binary_search_by(|e| e.name.as_str().cmp(text)) {
+                let e = &listing.entries[i];
+                return Ok(self.inodes().remember(path, e.kind, e.mode, e.size));
+            }
+        }
         let entry = match self.stat(&path).await {
             Ok(entry) => entry,
             // A missing name is routine (shells probe names); anything else is worth telling.
@@ -293,7 +301,12 @@ impl Fs {
             return Err(answer.into_error().await.into());
         }
         let validators = Validators::of(&answer.headers);
-        let mut collector = Collector::new(self.limits.spill_bytes);
+        let expected = answer
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let mut collector = Collector::with_expected(self.limits.spill_bytes, expected)?;
         while let Some(chunk) = answer.chunk().await? {
             collector.push(&chunk)?;
         }
@@ -488,6 +501,11 @@ impl Fs {
         }
         drop(files);
         self.getattr(ino, fh)
+    }
+
+    /// Whether a `flush` of `fh` has anything to send (a reader's never has).
+    pub fn has_unsent(&self, fh: u64) -> bool {
+        self.files().get(&fh).is_some_and(|h| h.write.as_ref().is_some_and(|w| w.dirty))
     }
 
     /// `flush` (each `close`): sends the written bytes, if any were written since the last
