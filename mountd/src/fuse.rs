@@ -78,6 +78,23 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Answers an open; first, when the size differs from the one told before, drops the
+/// attributes the kernel holds: a listing (READDIRPLUS) told it a size it caches for the
+/// entry TTL. Only the attributes (offset -1), not the pages, so the next read asks for the
+/// real size. No direct I/O: the kernel asks the size again when a read passes what it
+/// knew, and keeps its pages only while the body is the one it saw.
+fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, opened: crate::fs::Opened, reply: ReplyOpen) {
+    if opened.size_changed {
+        if let Some(n) = notifier.get() {
+            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                tracing::debug!(ino = ino.0, error = %e, "attribute invalidation");
+            }
+        }
+    }
+    let flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+    reply.opened(FileHandle(opened.fh), flags)
+}
+
 fn file_type(kind: EntryKind) -> FileType {
     match kind {
         EntryKind::Dir => FileType::Directory,
@@ -98,6 +115,9 @@ impl Filesystem for NkmcFuse {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some((ino, node)) = self.fs.lookup_cached(parent.0, name) {
+            return reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &self.attrs.make(ino, &node), Generation(0));
+        }
         let fs = self.fs.clone();
         let name = name.to_owned();
         let attrs = self.attrs;
@@ -130,26 +150,15 @@ impl Filesystem for NkmcFuse {
             _ => Access::Write,
         };
         let direct = flags.0 & libc::O_DIRECT != 0;
-        let fs = self.fs.clone();
         let notifier = self.notifier.clone();
+        // A fresh cached body: answered at once, no trip through the runtime.
+        if let Some(opened) = self.fs.open_cached(ino.0, access, direct) {
+            return reply_opened(&notifier, ino, opened, reply);
+        }
+        let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, access, direct).await {
-                // No direct I/O: the kernel asks the size again when a read passes what it
-                // knew, and keeps its pages only while the body is the one it saw.
-                Ok(opened) => {
-                    if opened.size_changed {
-                        // A listing (READDIRPLUS) told the kernel a size it caches for the
-                        // entry TTL: drop those attributes (not the pages: offset -1), so
-                        // the next read asks for the real size.
-                        if let Some(n) = notifier.get() {
-                            if let Err(e) = n.inval_inode(ino, -1, 0) {
-                                tracing::debug!(ino = ino.0, error = %e, "attribute invalidation");
-                            }
-                        }
-                    }
-                    let flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                    reply.opened(FileHandle(opened.fh), flags)
-                }
+                Ok(opened) => reply_opened(&notifier, ino, opened, reply),
                 Err(e) => {
                     tracing::debug!(ino = ino.0, error = %e, "open");
                     reply.error(errno(&e))

@@ -242,14 +242,6 @@ impl Fs {
         }
         let name = Name::parse(text)?;
         let path = child_path(&dir.path, &name);
-        // A name in the parent's cached listing is known without a request (`grep -r`
-        // over a listed directory looks up every entry).
-        if let Some(listing) = self.cache.listing(&dir.path) {
-            if let Ok(i) = listing.entries.binary_search_by(|e| e.name.as_str().cmp(text)) {
-                let e = &listing.entries[i];
-                return Ok(self.inodes().remember(path, e.kind, e.mode, e.size));
-            }
-        }
         let entry = match self.stat(&path).await {
             Ok(entry) => entry,
             // A missing name is routine (shells probe names); anything else is worth telling.
@@ -356,6 +348,38 @@ impl Fs {
             Ok(e) if e.kind == EntryKind::File && e.mode & 0o200 != 0 => Some(collection.to_owned()),
             Ok(_) | Err(_) => None,
         }
+    }
+
+    /// `open` without waiting, when it needs no request: a reader of a file whose body is
+    /// fresh in the cache. `None`: take [`Fs::open`].
+    pub fn open_cached(&self, ino: u64, access: Access, direct: bool) -> Option<Opened> {
+        if access != Access::Read || direct || control::inode(ino, &self.control).is_some() {
+            return None;
+        }
+        let node = self.path_of(ino).ok().filter(|n| n.kind == EntryKind::File)?;
+        let Lookup::Fresh(served) = self.cache.lookup(&node.path) else { return None };
+        let size = served.body.len();
+        let size_changed = self.inodes().set_size(ino, size) != Some(size);
+        let fh = self.handle();
+        let handle = FileHandle { ino, target: node.path.clone(), path: node.path, body: served.body, write: None };
+        self.files().insert(fh, handle);
+        Some(Opened { fh, keep_cache: served.keep_kernel_cache, size_changed })
+    }
+
+    /// `lookup` without waiting, when it needs no request: a name in the parent's cached
+    /// listing (`grep -r` over a listed directory looks up every entry). `None`: take
+    /// [`Fs::lookup`].
+    pub fn lookup_cached(&self, parent: u64, name: &OsStr) -> Option<(u64, Inode)> {
+        let text = name.to_str()?;
+        if parent == control::DIR_INO || (parent == ROOT && text == control::DIR_NAME) {
+            return None;
+        }
+        let dir = self.path_of(parent).ok().filter(|d| d.kind == EntryKind::Dir)?;
+        let listing = self.cache.listing(&dir.path)?;
+        let i = listing.entries.binary_search_by(|e| e.name.as_str().cmp(text)).ok()?;
+        let e = &listing.entries[i];
+        let name = Name::parse(text).ok()?;
+        Some(self.inodes().remember(child_path(&dir.path, &name), e.kind, e.mode, e.size))
     }
 
     /// `open`: readers fetch the body now, so no file ever reads as empty; a file with no
