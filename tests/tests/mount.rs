@@ -221,7 +221,9 @@ fn listings_are_cached_new_items_go_to_the_collection_and_ls_l_needs_no_lookups(
         }
     });
     let n = setup("", &up);
-    let dir = n.mount.join("shop.test/pets.d");
+    // A TTL no slow step of the test outlives (the default is 2 s).
+    let m = Mountd::start(&n, "long", &["--cache-ttl", "600"]);
+    let dir = m.dir.join("shop.test/pets.d");
     let d = dir.display();
     let lists = || up.seen().iter().filter(|s| s.method == "GET" && s.uri == "/v1/pets").count();
 
@@ -247,7 +249,7 @@ fn listings_are_cached_new_items_go_to_the_collection_and_ls_l_needs_no_lookups(
     assert_eq!(writes.len(), 1, "{writes:?}");
     assert_eq!((writes[0].method.as_str(), writes[0].uri.as_str()), ("POST", "/v1/pets"));
     assert_eq!(writes[0].body, b"{\"name\":\"rex\"}\n");
-    let last = std::fs::read_to_string(n.mount.join(".nkmc/last")).unwrap();
+    let last = std::fs::read_to_string(m.dir.join(".nkmc/last")).unwrap();
     assert!(last.starts_with("WRITE /shop.test/pets\nHTTP 201\n") && last.contains(r#"{"id":"p3"}"#), "{last}");
     // The write dropped the cached listing: the new item shows at once.
     assert_eq!(ok(&format!("ls {d}")), "p1\np2\np3\n");
@@ -260,13 +262,13 @@ fn listings_are_cached_new_items_go_to_the_collection_and_ls_l_needs_no_lookups(
     assert_eq!(lists(), 3);
 
     // Where nothing takes new items: EACCES, and last_error says why.
-    let err = std::fs::write(n.mount.join("shop.test/tags.d/x"), "{}").unwrap_err();
+    let err = std::fs::write(m.dir.join("shop.test/tags.d/x"), "{}").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EACCES));
-    let why = std::fs::read_to_string(n.mount.join(".nkmc/last_error")).unwrap();
+    let why = std::fs::read_to_string(m.dir.join(".nkmc/last_error")).unwrap();
     assert!(why.starts_with("WRITE /shop.test/tags.d/x: EACCES") && why.contains("read-only"), "{why}");
-    let err = std::fs::write(n.mount.join("shop.test/brand-new"), "{}").unwrap_err();
+    let err = std::fs::write(m.dir.join("shop.test/brand-new"), "{}").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EACCES));
-    let why = std::fs::read_to_string(n.mount.join(".nkmc/last_error")).unwrap();
+    let why = std::fs::read_to_string(m.dir.join(".nkmc/last_error")).unwrap();
     assert!(why.starts_with("CREATE /shop.test/brand-new: EACCES") && why.contains("cannot create here"), "{why}");
     assert_eq!(up.seen().iter().filter(|s| s.method != "GET").count(), 2, "nothing more was sent");
 
