@@ -35,7 +35,8 @@ struct Args {
     /// Most bytes of bodies kept in the cache.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     cache_bytes: usize,
-    /// Most requests to gatewayd in flight at once; more wait for a slot.
+    /// Most requests that may reach the upstream (reads, listings, writes, removals) in
+    /// flight at once; more wait for a slot. Lookups, answered by gatewayd alone, take none.
     #[arg(long, default_value_t = 16)]
     max_inflight: usize,
     /// Bodies larger than this many bytes are kept in an unlinked temporary file (under

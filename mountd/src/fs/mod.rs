@@ -102,7 +102,8 @@ const MAX_LAST_RESPONSES: usize = 256;
 /// How much one mount asks of gatewayd at once, and how much of a body it holds in memory.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most requests to gatewayd in flight at once (each waits for a slot).
+    /// Most requests to gatewayd that may reach the upstream (reads, listings, writes,
+    /// removals) in flight at once; more wait for a slot. Lookups take none.
     pub max_inflight: usize,
     /// Bodies larger than this go to an unlinked temporary file instead of memory.
     pub spill_bytes: usize,
@@ -221,8 +222,9 @@ impl Fs {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// gatewayd's `stat`: answered from the tree, never upstream, so it takes no slot —
+    /// lookups go on while slow upstream reads hold every slot.
     async fn stat(&self, path: &str) -> Result<Entry, agentfs::client::ClientError> {
-        let _slot = self.permit().await;
         self.client.get_json::<Entry>(&fs_route("stat", path)).await
     }
 
