@@ -305,9 +305,9 @@ fn markdown(text: String) -> Output {
     Output::Whole { body: text.into(), content_type: "text/markdown; charset=utf-8" }
 }
 
-/// `cat`: the upstream response to the file's GET, or a generated file.
-/// A file's body; `validators` (from the caller's `If-None-Match`/`If-Modified-Since`) are
-/// passed to the upstream's GET, whose `304` then comes back as it is.
+/// `cat`: the upstream response to the file's GET, or a generated file. `validators` (the
+/// caller's `If-None-Match`/`If-Modified-Since`) are passed to the upstream's GET, whose
+/// `304` then comes back as it is.
 pub async fn read(
     gw: &Gateway,
     caller: &Caller,
