@@ -191,10 +191,48 @@ impl GatewayClient {
         path_and_query: &str,
         body: Option<(Bytes, &'static str)>,
     ) -> Result<Answer, ClientError> {
+        let (sender, resp) = self.send_head(method, path_and_query, body, &[]).await?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await?.to_bytes();
+        self.put_idle(sender);
+        Ok(Answer { status, headers, body })
+    }
+
+    /// Sends a `GET` with `extra` request headers (validators such as `If-None-Match`) and
+    /// returns once the answer's head has arrived; its body is then read chunk by chunk
+    /// with [`Streamed::chunk`], so a large body is never held whole. Any status is
+    /// returned as it is (a `304 Not Modified` is not an error); the timeout applies to the
+    /// head and to each chunk.
+    pub async fn get_streamed(
+        &self,
+        path_and_query: &str,
+        extra: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+    ) -> Result<Streamed<'_>, ClientError> {
+        let head = self.send_head(Method::GET, path_and_query, None, extra);
+        let (sender, resp) = match tokio::time::timeout(self.timeout, head).await {
+            Ok(r) => r?,
+            Err(_) => return Err(ClientError::Timeout(self.timeout)),
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        Ok(Streamed { client: self, status, headers, body: resp.into_body(), sender: Some(sender) })
+    }
+
+    async fn send_head(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, &'static str)>,
+        extra: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+    ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<hyper::body::Incoming>), ClientError> {
         let build = || {
             let mut req = Request::builder().method(method.clone()).uri(path_and_query).header("host", "gatewayd");
             if let Some(token) = &self.token {
                 req = req.header("authorization", format!("Bearer {token}"));
+            }
+            for (name, value) in extra {
+                req = req.header(name, value);
             }
             let payload = match &body {
                 Some((bytes, content_type)) => {
@@ -222,11 +260,7 @@ impl GatewayClient {
             }
             Err(e) => return Err(e.into()),
         };
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
-        self.put_idle(sender);
-        Ok(Answer { status, headers, body })
+        Ok((sender, resp))
     }
 
     /// Sends a request and returns the body of a success; an error status becomes
@@ -259,6 +293,71 @@ impl GatewayClient {
             return serde_json::from_slice(b"null").map_err(|e| ClientError::Decode(e.to_string()));
         }
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}
+
+/// An answer whose body is read as it arrives ([`GatewayClient::get_streamed`]).
+pub struct Streamed<'a> {
+    client: &'a GatewayClient,
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
+    body: hyper::body::Incoming,
+    /// Back to the idle pool once the body has been read to its end.
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl std::fmt::Debug for Streamed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streamed").field("status", &self.status).field("headers", &self.headers).finish()
+    }
+}
+
+impl Streamed<'_> {
+    /// The next piece of the body; `None` at its end. A body cut off by gatewayd (an
+    /// upstream failing mid-body, or a body over the size cap) is an error.
+    pub async fn chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            let frame = match tokio::time::timeout(self.client.timeout, self.body.frame()).await {
+                Ok(f) => f,
+                Err(_) => return Err(ClientError::Timeout(self.client.timeout)),
+            };
+            match frame {
+                None => {
+                    if let Some(sender) = self.sender.take() {
+                        self.client.put_idle(sender);
+                    }
+                    return Ok(None);
+                }
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            return Ok(Some(data));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole remaining body (for error answers, which are small).
+    pub async fn rest(mut self) -> Result<Bytes, ClientError> {
+        let mut out = Vec::new();
+        while let Some(c) = self.chunk().await? {
+            out.extend_from_slice(&c);
+        }
+        Ok(out.into())
+    }
+
+    /// The answer as a [`ClientError::Api`] (for a status that is not a success).
+    pub async fn into_error(self) -> ClientError {
+        let status = self.status;
+        match self.rest().await {
+            Ok(body) => api_error(status, &body),
+            Err(e) => e,
+        }
     }
 }
 

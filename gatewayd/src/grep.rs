@@ -103,7 +103,7 @@ pub async fn grep(gw: &Gateway, caller: &Caller, start: &VPath, req: &GrepReques
 /// A file's body, at most [`MAX_FILE_BYTES`] (and whether it was cut); `None` for a file
 /// that cannot be read at all (write-only: no GET).
 async fn read_capped(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Option<(Bytes, bool)>, OpError> {
-    let out = match ops::read(gw, caller, path).await {
+    let out = match ops::read(gw, caller, path, Default::default()).await {
         Ok(out) => out,
         Err(OpError::NoOperation { .. }) => return Ok(None),
         Err(e) => return Err(e),

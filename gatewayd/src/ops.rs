@@ -441,8 +441,15 @@ fn markdown(text: String) -> Output {
     Output::Whole { body: text.into(), content_type: "text/markdown; charset=utf-8" }
 }
 
-/// `cat`: the upstream response to the file's GET, or a generated file.
-pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output, OpError> {
+/// `cat`: the upstream response to the file's GET, or a generated file. `validators` (the
+/// caller's `If-None-Match`/`If-Modified-Since`) are passed to the upstream's GET, whose
+/// `304` then comes back as it is.
+pub async fn read(
+    gw: &Gateway,
+    caller: &Caller,
+    path: &VPath,
+    validators: crate::upstream::Validators,
+) -> Result<Output, OpError> {
     let agent = authorize(gw, caller, path, auth::Op::Read)?;
     let (service, resolved) = match locate(gw, path)? {
         Target::Readme => return Ok(markdown(readme::mount_readme())),
@@ -460,7 +467,7 @@ pub async fn read(gw: &Gateway, caller: &Caller, path: &VPath) -> Result<Output,
     if service.spec.protocol == Protocol::JsonRpc {
         return call_rpc(gw, agent.as_ref(), &service, &resolved, None).await;
     }
-    Ok(Output::Upstream(send_get(gw, agent.as_ref(), &service, &resolved).await?))
+    Ok(Output::Upstream(send_op_with(gw, agent.as_ref(), &service, &resolved, Method::Get, None, validators).await?))
 }
 
 /// Ids of JSON-RPC calls (unique per gatewayd run).
@@ -517,6 +524,7 @@ async fn call_rpc(
         placement,
         credential,
         body: Some(envelope.to_string().into()),
+        validators: crate::upstream::Validators::default(),
     };
     let resp = gw.upstream.send(call).await?;
     let transport = |message: String| UpstreamError::Transport { domain: service.domain.clone(), message };
@@ -559,6 +567,19 @@ async fn send_op(
     method: Method,
     body: Option<Bytes>,
 ) -> Result<reqwest::Response, OpError> {
+    send_op_with(gw, agent, service, resolved, method, body, crate::upstream::Validators::default()).await
+}
+
+/// [`send_op`] with the caller's validators (a conditional GET).
+async fn send_op_with(
+    gw: &Gateway,
+    agent: Option<&auth::AgentId>,
+    service: &Service,
+    resolved: &Resolved,
+    method: Method,
+    body: Option<Bytes>,
+    validators: crate::upstream::Validators,
+) -> Result<reqwest::Response, OpError> {
     let op_index = service.tree.operation(resolved.node, method).ok_or_else(|| OpError::NoOperation {
         path: format!("/{}/{}", service.domain, resolved.segments.join("/")),
         method: method.as_str(),
@@ -581,6 +602,7 @@ async fn send_op(
         placement,
         credential,
         body,
+        validators,
     };
     Ok(gw.upstream.send(call).await?)
 }

@@ -99,6 +99,25 @@ pub struct Call<'a> {
     pub credential: Option<Secret>,
     /// A JSON request body.
     pub body: Option<bytes::Bytes>,
+    /// Validators of a body the caller already holds (a conditional `GET`).
+    pub validators: Validators,
+}
+
+/// `If-None-Match` / `If-Modified-Since` passed on from the caller, so an unchanged body
+/// comes back as `304 Not Modified` without being sent again.
+#[derive(Debug, Clone, Default)]
+pub struct Validators {
+    /// `If-None-Match`: the ETag the caller holds.
+    pub if_none_match: Option<HeaderValue>,
+    /// `If-Modified-Since`: the `Last-Modified` the caller holds.
+    pub if_modified_since: Option<HeaderValue>,
+}
+
+impl Validators {
+    /// Whether there is any validator to send.
+    pub fn any(&self) -> bool {
+        self.if_none_match.is_some() || self.if_modified_since.is_some()
+    }
 }
 
 /// The outbound HTTP client.
@@ -182,6 +201,12 @@ impl Upstream {
             if let Some(body) = &call.body {
                 req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
             }
+            if let Some(v) = &call.validators.if_none_match {
+                req = req.header(reqwest::header::IF_NONE_MATCH, v.clone());
+            }
+            if let Some(v) = &call.validators.if_modified_since {
+                req = req.header(reqwest::header::IF_MODIFIED_SINCE, v.clone());
+            }
             if let Some(secret) = &call.credential {
                 req = inject(req, scheme, secret)
                     .map_err(|message| UpstreamError::Invalid { domain: domain.clone(), message })?;
@@ -197,6 +222,9 @@ impl Upstream {
             tokio::time::sleep(wait).await;
         };
         let status = resp.status();
+        if status == reqwest::StatusCode::NOT_MODIFIED && call.validators.any() {
+            return Ok(resp);
+        }
         if status.is_success() {
             if let Some(len) = resp.content_length() {
                 if len > self.config.max_body_bytes {

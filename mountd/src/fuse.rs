@@ -4,14 +4,14 @@
 
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use agentfs::wire::EntryKind;
 use fuser::{
-    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    BsdFileFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, Notifier, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 use tokio::runtime::Handle;
 
@@ -28,12 +28,14 @@ pub struct NkmcFuse {
     fs: Arc<Fs>,
     rt: Handle,
     attrs: AttrMaker,
+    notifier: Arc<OnceLock<Notifier>>,
 }
 
 impl NkmcFuse {
-    /// Serves `fs`, running async work on `rt`; files belong to `uid`:`gid`.
-    pub fn new(fs: Arc<Fs>, rt: Handle, uid: u32, gid: u32) -> Self {
-        NkmcFuse { fs, rt, attrs: AttrMaker { uid, gid, started: SystemTime::now() } }
+    /// Serves `fs`, running async work on `rt`; files belong to `uid`:`gid`. `notifier` is
+    /// set once the session runs, to tell the kernel when attributes it caches go stale.
+    pub fn new(fs: Arc<Fs>, rt: Handle, uid: u32, gid: u32, notifier: Arc<OnceLock<Notifier>>) -> Self {
+        NkmcFuse { fs, rt, attrs: AttrMaker { uid, gid, started: SystemTime::now() }, notifier }
     }
 }
 
@@ -76,8 +78,46 @@ fn errno(e: &FsError) -> Errno {
     Errno::from_i32(e.errno())
 }
 
+/// Answers an open; first, when the size differs from the one told before, drops the
+/// attributes the kernel holds: a listing (READDIRPLUS) told it a size it caches for the
+/// entry TTL. Only the attributes (offset -1), not the pages, so the next read asks for the
+/// real size. No direct I/O: the kernel asks the size again when a read passes what it
+/// knew, and keeps its pages only while the body is the one it saw.
+fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, opened: crate::fs::Opened, reply: ReplyOpen) {
+    if opened.size_changed {
+        if let Some(n) = notifier.get() {
+            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                tracing::debug!(ino = ino.0, error = %e, "attribute invalidation");
+            }
+        }
+    }
+    let flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+    reply.opened(FileHandle(opened.fh), flags)
+}
+
+fn file_type(kind: EntryKind) -> FileType {
+    match kind {
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::File => FileType::RegularFile,
+    }
+}
+
 impl Filesystem for NkmcFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // READDIRPLUS: a listing carries each entry's attributes, so `ls -l` needs no
+        // lookup per entry; AUTO lets the kernel use it only where entries are then looked
+        // at (plain `ls` does not pay for 10,000 inodes). A kernel without it keeps READDIR.
+        let plus = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
+        if let Err(missing) = config.add_capabilities(plus) {
+            tracing::info!(?missing, "the kernel has no READDIRPLUS; listings use READDIR");
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        if let Some((ino, node)) = self.fs.lookup_cached(parent.0, name) {
+            return reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &self.attrs.make(ino, &node), Generation(0));
+        }
         let fs = self.fs.clone();
         let name = name.to_owned();
         let attrs = self.attrs;
@@ -110,15 +150,15 @@ impl Filesystem for NkmcFuse {
             _ => Access::Write,
         };
         let direct = flags.0 & libc::O_DIRECT != 0;
+        let notifier = self.notifier.clone();
+        // A fresh cached body: answered at once, no trip through the runtime.
+        if let Some(opened) = self.fs.open_cached(ino.0, access, direct) {
+            return reply_opened(&notifier, ino, opened, reply);
+        }
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.open(ino.0, access, direct).await {
-                // No direct I/O: the kernel asks the size again when a read passes what it
-                // knew, and keeps its pages only while the body is the one it saw.
-                Ok(opened) => {
-                    let flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-                    reply.opened(FileHandle(opened.fh), flags)
-                }
+                Ok(opened) => reply_opened(&notifier, ino, opened, reply),
                 Err(e) => {
                     tracing::debug!(ino = ino.0, error = %e, "open");
                     reply.error(errno(&e))
@@ -163,6 +203,10 @@ impl Filesystem for NkmcFuse {
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // A reader's close (most of them) has nothing to send: answered at once.
+        if !self.fs.has_unsent(fh.0) {
+            return reply.ok();
+        }
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.flush(fh.0).await {
@@ -246,14 +290,31 @@ impl Filesystem for NkmcFuse {
     fn create(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno(&FsError::NotPermitted));
+        let fs = self.fs.clone();
+        let name = name.to_owned();
+        let attrs = self.attrs;
+        self.rt.spawn(async move {
+            match fs.create(parent.0, &name).await {
+                Ok((ino, node, opened)) => reply.created(
+                    &ENTRY_TTL,
+                    &attrs.make(ino, &node),
+                    Generation(0),
+                    FileHandle(opened.fh),
+                    FopenFlags::empty(),
+                ),
+                Err(e) => {
+                    tracing::debug!(name = ?name, error = %e, "create");
+                    reply.error(errno(&e))
+                }
+            }
+        });
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
@@ -312,11 +373,36 @@ impl Filesystem for NkmcFuse {
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (next, e) in entries {
-                    let kind = match e.kind {
-                        EntryKind::Dir => FileType::Directory,
-                        EntryKind::File => FileType::RegularFile,
+                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        match self.fs.readdir(fh.0, offset) {
+            Ok(entries) => {
+                for (next, e) in entries {
+                    // A listed entry enters the inode table (the kernel counts it as a
+                    // lookup) and is trusted for the entry TTL (an open that learns another
+                    // size invalidates it). `.`, `..` and the control entries are the nodes
+                    // themselves, whose sizes change: not cached at all.
+                    let (ino, node, taken, ttl) = match self.fs.plus(&e) {
+                        Some((ino, node)) => (ino, node, true, ENTRY_TTL),
+                        None => match self.fs.getattr(e.ino, None) {
+                            Ok(node) => (e.ino, node, false, Duration::ZERO),
+                            Err(_) => continue,
+                        },
                     };
-                    if reply.add(INodeNo(e.ino), next, kind, &e.name) {
+                    let attr = self.attrs.make(ino, &node);
+                    if reply.add(INodeNo(ino), next, &e.name, &ttl, &attr, Generation(0)) {
+                        if taken {
+                            self.fs.unplus(ino);
+                        }
                         break;
                     }
                 }

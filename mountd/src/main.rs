@@ -35,6 +35,14 @@ struct Args {
     /// Most bytes of bodies kept in the cache.
     #[arg(long, default_value_t = 256 * 1024 * 1024)]
     cache_bytes: usize,
+    /// Most requests that may reach the upstream (reads, listings, writes, removals) in
+    /// flight at once; more wait for a slot. Lookups, answered by gatewayd alone, take none.
+    #[arg(long, default_value_t = 16)]
+    max_inflight: usize,
+    /// Bodies larger than this many bytes are kept in an unlinked temporary file (under
+    /// TMPDIR) instead of memory.
+    #[arg(long, default_value_t = 8 * 1024 * 1024)]
+    spill_bytes: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,10 +68,12 @@ fn main() -> anyhow::Result<()> {
         agentfs::client::GatewayClient::new(&args.socket, Duration::from_millis(args.timeout_ms)).with_token(token);
     let ttl = if args.no_cache { Duration::ZERO } else { Duration::try_from_secs_f64(args.cache_ttl)? };
     let cache = fs::cache::ContentCache::new(ttl, args.cache_bytes, Box::new(fs::cache::SystemClock));
-    let filesystem = Arc::new(fs::Fs::new(client, cache));
+    let limits = fs::Limits { max_inflight: args.max_inflight.max(1), spill_bytes: args.spill_bytes };
+    let filesystem = Arc::new(fs::Fs::new(client, cache, limits));
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
-    let adapter = fuse::NkmcFuse::new(filesystem, rt.handle().clone(), uid, gid);
+    let notifier = Arc::new(std::sync::OnceLock::new());
+    let adapter = fuse::NkmcFuse::new(filesystem, rt.handle().clone(), uid, gid, notifier.clone());
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -77,6 +87,7 @@ fn main() -> anyhow::Result<()> {
     config.n_threads = Some(args.threads.max(1));
     let session = fuser::spawn_mount(adapter, &args.mountpoint, &config)
         .with_context(|| format!("mountd: cannot mount at {}", args.mountpoint.display()))?;
+    let _ = notifier.set(session.notifier());
     tracing::info!(mountpoint = %args.mountpoint.display(), socket = %args.socket.display(), "mounted");
 
     let externally_unmounted = rt.block_on(async {

@@ -85,6 +85,8 @@ impl Nkmc {
             .env("NKMC_LOG", "trace")
             // Any free port: tests run side by side, and 9090 may be a user's gatewayd.
             .env("NKMC_PORT", "0")
+            // An error's message, not a backtrace, at the end of gatewayd's log.
+            .env("RUST_LIB_BACKTRACE", "0")
             .env_remove("NKMC_HOST")
             .env_remove("NKMC_SOCKET");
         c
@@ -186,7 +188,17 @@ pub struct Upstream {
 impl Upstream {
     /// Serves `handler` on a free port.
     pub fn start(handler: impl Fn(&Seen) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync + 'static) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        Self::start_threads(2, handler)
+    }
+
+    /// Serves `handler` on a free port with `workers` threads, so up to that many calls of
+    /// a handler that blocks (to hold requests in flight) run at once.
+    pub fn start_threads(
+        workers: usize,
+        handler: impl Fn(&Seen) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync + 'static,
+    ) -> Self {
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build().expect("runtime");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let handler: Arc<Handler> = Arc::new(handler);
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind");
@@ -367,4 +379,74 @@ impl PeerRequest<'_> {
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Whether `/proc/self/mountinfo` lists a mount at `dir`.
+pub fn is_mounted(dir: &Path) -> bool {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let dir = dir.to_string_lossy();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(&*dir))
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after 10 s.
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A `mountd` started directly (not through `nkmc`), for options `nkmc` does not pass.
+pub struct Mountd {
+    /// The process.
+    pub child: std::process::Child,
+    /// Where it is mounted.
+    pub dir: PathBuf,
+}
+
+impl Mountd {
+    /// Starts `mountd DIR --socket SOCKET ARGS` against `n`'s gatewayd; returns once the
+    /// mount answers.
+    pub fn start(n: &Nkmc, name: &str, args: &[&str]) -> Self {
+        let dir = n.dir.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mount point");
+        let log = std::fs::File::create(n.dir.path().join(format!("{name}.log"))).expect("log");
+        let child = Command::new(bin("mountd"))
+            .arg(&dir)
+            .arg("--socket")
+            .arg(n.socket())
+            .args(args)
+            .env_remove("NKMC_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn mountd");
+        wait_until("the mount to answer", || is_mounted(&dir) && std::fs::read_dir(&dir).is_ok());
+        Mountd { child, dir }
+    }
+
+    /// mountd's process id.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid")
+    }
+}
+
+impl Drop for Mountd {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A process's peak resident memory (`VmHWM`), in KiB.
+pub fn vm_hwm_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
 }

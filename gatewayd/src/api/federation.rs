@@ -183,7 +183,7 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
     };
     let who = Caller::Peer(grant);
     let result: Result<(u16, String, Vec<u8>), ApiError> = match req.op {
-        ExecOp::Read => match ops::read(&gw, &who, &path).await {
+        ExecOp::Read => match ops::read(&gw, &who, &path, Default::default()).await {
             Ok(out) => collect(&gw, out).await,
             Err(e) => Err(e.into()),
         },

@@ -7,7 +7,9 @@ use agentfs::wire::{Entry, Listing};
 use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Query, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -91,7 +93,11 @@ pub async fn read(
     let who = audit.check(who)?;
     let path = audit.path(parse(q))?;
     let started = std::time::Instant::now();
-    let resp = match ops::read(&gw, &who, &path).await {
+    let validators = crate::upstream::Validators {
+        if_none_match: headers.get(IF_NONE_MATCH).cloned(),
+        if_modified_since: headers.get(IF_MODIFIED_SINCE).cloned(),
+    };
+    let resp = match ops::read(&gw, &who, &path, validators).await {
         Ok(ops::Output::Upstream(resp)) => resp,
         Ok(whole @ ops::Output::Whole { .. }) => return Ok(respond(&gw, whole, audit)),
         Err(e) => {
@@ -117,11 +123,25 @@ fn respond(gw: &Gateway, out: ops::Output, audit: Pending) -> Response {
 /// The header that carries the upstream's status on a successful write or delete.
 pub const UPSTREAM_STATUS: &str = "x-nkmc-upstream-status";
 
-/// Passes an upstream response on: its content type and length, and its body streamed
-/// (cut off with an error past `upstream.max_body_bytes`).
+/// Passes an upstream response on: its content type and length, its validators (`ETag`,
+/// `Last-Modified`), and its body streamed (cut off with an error past
+/// `upstream.max_body_bytes`). An upstream `304 Not Modified` (to a conditional read) is
+/// passed on as `304` with no body.
 fn stream_response(gw: &Gateway, resp: reqwest::Response, audit: Pending) -> Response {
     let status = resp.status().as_u16();
-    let mut builder = Response::builder().status(200).header(UPSTREAM_STATUS, status);
+    let ours = if status == 304 { 304 } else { 200 };
+    let mut builder = Response::builder().status(ours).header(UPSTREAM_STATUS, status);
+    for name in [ETAG, LAST_MODIFIED] {
+        if let Some(v) = resp.headers().get(&name) {
+            builder = builder.header(name, v.clone());
+        }
+    }
+    if status == 304 {
+        let nothing = audit.streaming(status, Some(0), futures_util::stream::empty());
+        return builder.body(Body::from_stream(nothing)).unwrap_or_else(|e| {
+            ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")).into_response()
+        });
+    }
     if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
         builder = builder.header(CONTENT_TYPE, ct.clone());
     }

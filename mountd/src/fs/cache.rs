@@ -1,12 +1,17 @@
 //! The per-path content cache: a body fetched by one open serves the opens that follow
-//! within the TTL, without a request; and the kernel may keep its page cache across opens
-//! only while the body is the one it last saw (same generation).
+//! within the TTL, without a request; past the TTL a body that came with a validator
+//! (`ETag`, `Last-Modified`) is revalidated with a conditional request and kept on `304`.
+//! The kernel may keep its page cache across opens only while the body is the one it last
+//! saw (same generation). Directory listings are kept for the same TTL.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use agentfs::wire::Listing;
+use hyper::header::{HeaderMap, HeaderValue, ETAG, LAST_MODIFIED};
+
+use super::body::Content;
 
 /// The time source, injected so freshness is testable without sleeping.
 pub trait Clock: Send + Sync + std::fmt::Debug {
@@ -24,9 +29,42 @@ impl Clock for SystemClock {
     }
 }
 
+/// What identifies a version of a body to its upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Validators {
+    /// The `ETag` it came with.
+    pub etag: Option<HeaderValue>,
+    /// The `Last-Modified` it came with.
+    pub last_modified: Option<HeaderValue>,
+}
+
+impl Validators {
+    /// The validators of an answer.
+    pub fn of(headers: &HeaderMap) -> Self {
+        Validators { etag: headers.get(ETAG).cloned(), last_modified: headers.get(LAST_MODIFIED).cloned() }
+    }
+
+    /// Whether there is anything to revalidate with.
+    pub fn any(&self) -> bool {
+        self.etag.is_some() || self.last_modified.is_some()
+    }
+}
+
+/// What the cache has for a path.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// A fresh body: serve it without a request.
+    Fresh(Served),
+    /// An expired body with validators: ask whether it changed.
+    Stale(Validators),
+    /// Nothing usable: fetch.
+    Missing,
+}
+
 #[derive(Debug)]
 struct Entry {
-    body: Bytes,
+    body: Content,
+    validators: Validators,
     fetched: Instant,
     generation: u64,
     /// The generation the kernel's page cache holds for this path, if any.
@@ -37,7 +75,7 @@ struct Entry {
 #[derive(Debug, Clone)]
 pub struct Served {
     /// The body.
-    pub body: Bytes,
+    pub body: Content,
     /// Whether the kernel's page cache already holds exactly this body (FOPEN_KEEP_CACHE).
     pub keep_kernel_cache: bool,
 }
@@ -49,6 +87,7 @@ pub struct ContentCache {
     max_bytes: usize,
     clock: Box<dyn Clock>,
     inner: Mutex<Inner>,
+    listings: Mutex<HashMap<String, (Instant, Arc<Listing>)>>,
 }
 
 #[derive(Debug, Default)]
@@ -61,34 +100,60 @@ struct Inner {
 impl ContentCache {
     /// A cache keeping bodies for `ttl` (zero disables it), up to `max_bytes` in all.
     pub fn new(ttl: Duration, max_bytes: usize, clock: Box<dyn Clock>) -> Self {
-        ContentCache { ttl, max_bytes, clock, inner: Mutex::new(Inner::default()) }
+        ContentCache { ttl, max_bytes, clock, inner: Mutex::new(Inner::default()), listings: Mutex::default() }
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A fresh body for `path`, if one is cached; the kernel is then told it may keep its
-    /// pages when they hold this same body.
-    pub fn get(&self, path: &str) -> Option<Served> {
+    /// What the cache holds for `path`: a fresh body (the kernel is then told it may keep
+    /// its pages when they hold this same body), validators to revalidate an expired one
+    /// with, or nothing.
+    pub fn lookup(&self, path: &str) -> Lookup {
         if self.ttl.is_zero() {
-            return None;
+            return Lookup::Missing;
         }
         let now = self.clock.now();
         let mut inner = self.inner();
-        let entry = inner.entries.get_mut(path)?;
+        let Some(entry) = inner.entries.get_mut(path) else { return Lookup::Missing };
         if now.duration_since(entry.fetched) >= self.ttl {
-            return None;
+            return match entry.validators.any() {
+                true => Lookup::Stale(entry.validators.clone()),
+                false => Lookup::Missing,
+            };
         }
+        let keep = entry.kernel_has == Some(entry.generation);
+        entry.kernel_has = Some(entry.generation);
+        Lookup::Fresh(Served { body: entry.body.clone(), keep_kernel_cache: keep })
+    }
+
+    /// A fresh body for `path`, if one is cached.
+    #[cfg(test)]
+    pub fn get(&self, path: &str) -> Option<Served> {
+        match self.lookup(path) {
+            Lookup::Fresh(s) => Some(s),
+            Lookup::Stale(_) | Lookup::Missing => None,
+        }
+    }
+
+    /// The upstream said the cached body of `path` is unchanged (`304`): it is fresh again
+    /// for a TTL, and the kernel may keep pages it holds of it.
+    pub fn revalidated(&self, path: &str) -> Option<Served> {
+        let now = self.clock.now();
+        let mut inner = self.inner();
+        let entry = inner.entries.get_mut(path)?;
+        entry.fetched = now;
         let keep = entry.kernel_has == Some(entry.generation);
         entry.kernel_has = Some(entry.generation);
         Some(Served { body: entry.body.clone(), keep_kernel_cache: keep })
     }
 
     /// Stores a body just fetched; the kernel must drop older pages of this path.
-    pub fn put(&self, path: &str, body: Bytes) -> Served {
+    pub fn put(&self, path: &str, body: Content, validators: Validators) -> Served {
         let served = Served { body: body.clone(), keep_kernel_cache: false };
-        if self.ttl.is_zero() || body.len() > self.max_bytes {
+        let size = usize::try_from(body.len()).unwrap_or(usize::MAX);
+        if self.ttl.is_zero() || size > self.max_bytes {
             self.invalidate(path);
             return served;
         }
@@ -97,19 +162,20 @@ impl ContentCache {
         inner.next_generation += 1;
         let generation = inner.next_generation;
         if let Some(old) = inner.entries.remove(path) {
-            inner.bytes -= old.body.len();
+            inner.bytes -= old.body.len() as usize;
         }
         // Make room: drop the oldest entries first.
-        while inner.bytes + body.len() > self.max_bytes {
+        while inner.bytes + size > self.max_bytes {
             let Some(oldest) = inner.entries.iter().min_by_key(|(_, e)| e.fetched).map(|(k, _)| k.clone()) else {
                 break;
             };
             if let Some(e) = inner.entries.remove(&oldest) {
-                inner.bytes -= e.body.len();
+                inner.bytes -= e.body.len() as usize;
             }
         }
-        inner.bytes += body.len();
-        inner.entries.insert(path.to_owned(), Entry { body, fetched: now, generation, kernel_has: Some(generation) });
+        inner.bytes += size;
+        let entry = Entry { body, validators, fetched: now, generation, kernel_has: Some(generation) };
+        inner.entries.insert(path.to_owned(), entry);
         served
     }
 
@@ -117,8 +183,42 @@ impl ContentCache {
     pub fn invalidate(&self, path: &str) {
         let mut inner = self.inner();
         if let Some(old) = inner.entries.remove(path) {
-            inner.bytes -= old.body.len();
+            inner.bytes -= old.body.len() as usize;
         }
+    }
+
+    fn listings(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<Listing>)>> {
+        self.listings.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A listing of directory `path` fetched within the TTL.
+    pub fn listing(&self, path: &str) -> Option<Arc<Listing>> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let now = self.clock.now();
+        let listings = self.listings();
+        let (fetched, listing) = listings.get(path)?;
+        (now.duration_since(*fetched) < self.ttl).then(|| listing.clone())
+    }
+
+    /// Keeps a listing just fetched.
+    pub fn put_listing(&self, path: &str, listing: Arc<Listing>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let now = self.clock.now();
+        let mut listings = self.listings();
+        // Expired listings go whenever one is added, so the map stays as small as the
+        // directories listed within one TTL.
+        listings.retain(|_, (fetched, _)| now.duration_since(*fetched) < self.ttl);
+        listings.insert(path.to_owned(), (now, listing));
+    }
+
+    /// Forgets every listing (after a write or removal: a collection's items may have
+    /// changed, and the names they show are not known here).
+    pub fn forget_listings(&self) {
+        self.listings().clear();
     }
 }
 
@@ -135,6 +235,10 @@ mod tests {
         }
     }
 
+    fn mem(b: &'static [u8]) -> Content {
+        Content::Memory(bytes::Bytes::from_static(b))
+    }
+
     fn cache(ttl_ms: u64, max: usize) -> (ContentCache, Arc<Mutex<Instant>>) {
         let t = Arc::new(Mutex::new(Instant::now()));
         (ContentCache::new(Duration::from_millis(ttl_ms), max, Box::new(FakeClock(t.clone()))), t)
@@ -144,14 +248,14 @@ mod tests {
     fn fresh_entries_serve_and_expire() {
         let (c, t) = cache(1000, 1 << 20);
         assert!(c.get("/a").is_none());
-        let s = c.put("/a", Bytes::from_static(b"one"));
+        let s = c.put("/a", mem(b"one"), Validators::default());
         assert!(!s.keep_kernel_cache, "a new body: the kernel drops its pages");
         let s = c.get("/a").unwrap();
-        assert_eq!(&s.body[..], b"one");
+        assert_eq!(s.body.to_vec().unwrap(), b"one");
         assert!(s.keep_kernel_cache, "the same body the kernel saw");
         *t.lock().unwrap() += Duration::from_millis(1000);
         assert!(c.get("/a").is_none(), "expired at the TTL");
-        c.put("/a", Bytes::from_static(b"two"));
+        c.put("/a", mem(b"two"), Validators::default());
         c.invalidate("/a");
         assert!(c.get("/a").is_none());
     }
@@ -159,15 +263,46 @@ mod tests {
     #[test]
     fn zero_ttl_disables_and_size_is_capped() {
         let (off, _) = cache(0, 1 << 20);
-        off.put("/a", Bytes::from_static(b"x"));
+        off.put("/a", mem(b"x"), Validators::default());
         assert!(off.get("/a").is_none());
         let (c, t) = cache(10_000, 10);
-        c.put("/old", Bytes::from_static(b"123456"));
+        c.put("/old", mem(b"123456"), Validators::default());
         *t.lock().unwrap() += Duration::from_millis(1);
-        c.put("/new", Bytes::from_static(b"abcdef"));
+        c.put("/new", mem(b"abcdef"), Validators::default());
         assert!(c.get("/old").is_none(), "the oldest entry made room");
         assert!(c.get("/new").is_some());
-        c.put("/huge", Bytes::from(vec![0u8; 11]));
+        c.put("/huge", Content::Memory(vec![0u8; 11].into()), Validators::default());
         assert!(c.get("/huge").is_none(), "larger than the whole cache");
+    }
+
+    #[test]
+    fn stale_bodies_with_validators_are_revalidated() {
+        let (c, t) = cache(1000, 1 << 20);
+        let v = Validators { etag: Some(HeaderValue::from_static("\"v1\"")), last_modified: None };
+        c.put("/e", mem(b"tagged"), v.clone());
+        c.put("/p", mem(b"plain"), Validators::default());
+        *t.lock().unwrap() += Duration::from_millis(1500);
+        assert!(matches!(c.lookup("/e"), Lookup::Stale(got) if got == v));
+        assert!(matches!(c.lookup("/p"), Lookup::Missing), "no validator: fetch again");
+        let s = c.revalidated("/e").unwrap();
+        assert_eq!(s.body.to_vec().unwrap(), b"tagged");
+        assert!(s.keep_kernel_cache, "unchanged: the kernel keeps its pages");
+        assert!(matches!(c.lookup("/e"), Lookup::Fresh(_)), "fresh for another TTL");
+    }
+
+    #[test]
+    fn listings_live_for_the_ttl_and_go_on_a_change() {
+        let (c, t) = cache(1000, 1 << 20);
+        let l = Arc::new(Listing { entries: Vec::new() });
+        c.put_listing("/d", l);
+        assert!(c.listing("/d").is_some());
+        c.forget_listings();
+        assert!(c.listing("/d").is_none());
+        c.put_listing("/d", Arc::new(Listing { entries: Vec::new() }));
+        *t.lock().unwrap() += Duration::from_millis(1000);
+        assert!(c.listing("/d").is_none(), "expired");
+        let (off, _) = cache(0, 1 << 20);
+        off.put_listing("/d", Arc::new(Listing { entries: Vec::new() }));
+        assert!(off.listing("/d").is_none(), "--no-cache keeps no listing");
     }
 }

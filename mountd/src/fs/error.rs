@@ -40,6 +40,15 @@ pub enum FsError {
     /// The operation has no meaning on this file system (mkdir, rename, chmod, links).
     #[error("mountd: not permitted on an nkmc mount")]
     NotPermitted,
+    /// A new name where no writable collection takes new items.
+    #[error("mountd: cannot create here: new files are made only as `C.d/NAME` of a collection `C` that can be written (`{0}` is not one); write to an existing file instead")]
+    NotCreatable(String),
+    /// A large body could not be kept in its temporary file.
+    #[error(transparent)]
+    Spill(#[from] super::body::SpillError),
+    /// Reading a large body back from its temporary file failed.
+    #[error("mountd: cannot read the temporary file holding a large body: {0}")]
+    Spilled(std::io::Error),
 }
 
 impl FsError {
@@ -62,6 +71,16 @@ impl FsError {
             FsError::NoData => libc::ENODATA,
             FsError::NoSuchControlFile => libc::ENOENT,
             FsError::NotPermitted => libc::EPERM,
+            FsError::NotCreatable(_) => libc::EACCES,
+            FsError::Spill(_) | FsError::Spilled(_) => libc::EIO,
+        }
+    }
+
+    /// gatewayd's error class, when gatewayd answered with one.
+    pub fn class(&self) -> Option<ErrorCode> {
+        match self {
+            FsError::Gateway(e) => Some(e.code()),
+            _ => None,
         }
     }
 }

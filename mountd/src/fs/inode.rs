@@ -96,11 +96,9 @@ impl Inodes {
         }
     }
 
-    /// Records the size learnt from a read.
-    pub fn set_size(&mut self, ino: u64, size: u64) {
-        if let Some(node) = self.by_ino.get_mut(&ino) {
-            node.size = Some(size);
-        }
+    /// Records the size learnt from a read; returns the size known before.
+    pub fn set_size(&mut self, ino: u64, size: u64) -> Option<u64> {
+        self.by_ino.get_mut(&ino).and_then(|node| node.size.replace(size))
     }
 }
 

@@ -1,0 +1,202 @@
+//! A fetched body: in memory when small, in an unlinked temporary file beyond a threshold,
+//! so a large body never sits whole in mountd's memory.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+/// Why a body could not be kept.
+#[derive(Debug, thiserror::Error)]
+#[error("mountd: cannot keep a large body in a temporary file under {dir}: {source} (set TMPDIR to a writable directory with room)")]
+pub struct SpillError {
+    dir: String,
+    source: std::io::Error,
+}
+
+/// A body, read by offset.
+#[derive(Debug, Clone)]
+pub enum Content {
+    /// Held in memory.
+    Memory(Bytes),
+    /// Held in an unlinked temporary file of `len` bytes.
+    Spilled {
+        /// The file (gone from the directory; lives while referenced).
+        file: Arc<File>,
+        /// Its length.
+        len: u64,
+    },
+}
+
+impl Default for Content {
+    fn default() -> Self {
+        Content::Memory(Bytes::new())
+    }
+}
+
+impl Content {
+    /// Length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Memory(b) => b.len() as u64,
+            Content::Spilled { len, .. } => *len,
+        }
+    }
+
+    /// Up to `size` bytes from `offset` (fewer at the end).
+    pub fn read_at(&self, offset: u64, size: usize) -> std::io::Result<Bytes> {
+        match self {
+            Content::Memory(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(size).min(b.len());
+                Ok(b.slice(start..end))
+            }
+            Content::Spilled { file, len } => {
+                let want = usize::try_from(len.saturating_sub(offset)).unwrap_or(usize::MAX).min(size);
+                let mut buf = vec![0u8; want];
+                let mut filled = 0;
+                while filled < want {
+                    let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    filled += n;
+                }
+                buf.truncate(filled);
+                Ok(buf.into())
+            }
+        }
+    }
+
+    /// The whole body in memory (only for bodies known to be small enough).
+    pub fn to_vec(&self) -> std::io::Result<Vec<u8>> {
+        let len = usize::try_from(self.len()).unwrap_or(usize::MAX);
+        self.read_at(0, len).map(|b| b.to_vec())
+    }
+}
+
+/// Receives a body chunk by chunk; moves to a temporary file once it passes `threshold`.
+#[derive(Debug)]
+pub struct Collector {
+    threshold: usize,
+    memory: BytesMut,
+    spill: Option<(File, u64)>,
+}
+
+impl Collector {
+    /// A collector keeping up to `threshold` bytes in memory.
+    pub fn new(threshold: usize) -> Self {
+        Collector { threshold, memory: BytesMut::new(), spill: None }
+    }
+
+    /// A collector for a body announced as `expected` bytes: one larger than `threshold`
+    /// goes to its temporary file from the first byte, never through memory.
+    pub fn with_expected(threshold: usize, expected: Option<u64>) -> Result<Self, SpillError> {
+        let mut c = Collector::new(threshold);
+        match expected {
+            Some(len) if len > threshold as u64 => c.start_spill()?,
+            Some(len) => c.memory.reserve(usize::try_from(len).unwrap_or(0)),
+            None => {}
+        }
+        Ok(c)
+    }
+
+    fn start_spill(&mut self) -> Result<(), SpillError> {
+        let dir = std::env::temp_dir();
+        let fail = |source| SpillError { dir: dir.display().to_string(), source };
+        let mut file = unlinked_file(&dir).map_err(fail)?;
+        file.write_all(&self.memory).map_err(fail)?;
+        self.spill = Some((file, self.memory.len() as u64));
+        self.memory = BytesMut::new();
+        Ok(())
+    }
+
+    /// Adds a chunk.
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), SpillError> {
+        if self.spill.is_none() && self.memory.len() + chunk.len() <= self.threshold {
+            self.memory.extend_from_slice(chunk);
+            return Ok(());
+        }
+        if self.spill.is_none() {
+            self.start_spill()?;
+        }
+        if let Some((file, len)) = self.spill.as_mut() {
+            let fail = |source| SpillError { dir: std::env::temp_dir().display().to_string(), source };
+            file.write_all(chunk).map_err(fail)?;
+            *len += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The whole body.
+    pub fn finish(self) -> Content {
+        match self.spill {
+            Some((file, len)) => Content::Spilled { file: Arc::new(file), len },
+            None => Content::Memory(self.memory.freeze()),
+        }
+    }
+}
+
+/// A read-write file in `dir` that no name refers to: `O_TMPFILE` where the file system has
+/// it, else a fresh name removed at once. Only this process can reach it (mode 0600).
+fn unlinked_file(dir: &Path) -> std::io::Result<File> {
+    let tmpfile =
+        std::fs::OpenOptions::new().read(true).write(true).mode(0o600).custom_flags(libc::O_TMPFILE).open(dir);
+    if let Ok(f) = tmpfile {
+        return Ok(f);
+    }
+    for attempt in 0..16u32 {
+        let name = dir.join(format!(".nkmc-mountd-{}-{}-{attempt}", std::process::id(), nanos()));
+        match std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&name) {
+            Ok(f) => {
+                std::fs::remove_file(&name)?;
+                return Ok(f);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("no free temporary file name"))
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_bodies_stay_in_memory_and_large_ones_spill() {
+        let mut c = Collector::new(8);
+        c.push(b"abcd").unwrap();
+        c.push(b"efgh").unwrap();
+        let small = c.finish();
+        assert!(matches!(small, Content::Memory(_)));
+        assert_eq!(&small.read_at(2, 3).unwrap()[..], b"cde");
+
+        let mut c = Collector::new(8);
+        c.push(b"abcdef").unwrap();
+        c.push(b"ghijkl").unwrap();
+        c.push(b"mn").unwrap();
+        let big = c.finish();
+        assert!(matches!(big, Content::Spilled { len: 14, .. }));
+        assert_eq!(&big.read_at(0, 100).unwrap()[..], b"abcdefghijklmn");
+        assert_eq!(&big.read_at(5, 4).unwrap()[..], b"fghi");
+        assert!(big.read_at(14, 4).unwrap().is_empty());
+        assert!(big.read_at(99, 4).unwrap().is_empty());
+        assert_eq!(big.to_vec().unwrap(), b"abcdefghijklmn");
+
+        let mut c = Collector::with_expected(8, Some(9)).unwrap();
+        assert!(c.spill.is_some(), "announced larger than the threshold: spilled from the start");
+        c.push(b"123456789").unwrap();
+        assert!(matches!(c.finish(), Content::Spilled { len: 9, .. }));
+        let mut c = Collector::with_expected(8, Some(3)).unwrap();
+        c.push(b"abc").unwrap();
+        assert!(matches!(c.finish(), Content::Memory(_)));
+    }
+}

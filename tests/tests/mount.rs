@@ -1,0 +1,370 @@
+//! mountd's own guarantees on a real mount: a cap on requests in flight, revalidation of
+//! stale bodies with their validators, listing caches and READDIRPLUS, new items in a
+//! collection, large bodies in bounded memory, and clean unmounts.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nkmc_e2e::{fuse_available, is_mounted, json, vm_hwm_kib, wait_until, Mountd, Nkmc, Upstream};
+
+const SPEC: &str = r#"
+openapi: 3.0.3
+info: {title: Shop, version: "1"}
+servers: [{url: "https://shop.example.test/v1"}]
+paths:
+  /pets:
+    get: {summary: List pets, responses: {"200": {description: ok}}}
+    post: {summary: Add a pet, responses: {"201": {description: ok}}}
+  /pets/{id}:
+    get: {summary: One pet, responses: {"200": {description: ok}}}
+    delete: {summary: Remove a pet, responses: {"204": {description: ok}}}
+  /tags:
+    get: {summary: List tags, responses: {"200": {description: ok}}}
+  /tags/{tag}:
+    get: {summary: One tag, responses: {"200": {description: ok}}}
+  /status:
+    get: {summary: Status, responses: {"200": {description: ok}}}
+  /dated:
+    get: {summary: A dated page, responses: {"200": {description: ok}}}
+  /big:
+    get: {summary: A large body, responses: {"200": {description: ok}}}
+"#;
+
+fn setup(config: &str, up: &Upstream) -> Nkmc {
+    let n = Nkmc::new(config);
+    n.up();
+    let spec = n.dir.path().join("shop.yaml");
+    std::fs::write(&spec, SPEC).unwrap();
+    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--base-url", &up.url("/v1"), "--domain", "shop.test"]);
+    n
+}
+
+fn pet(id: &str) -> String {
+    format!("{{\"id\":\"{id}\",\"name\":\"pet {id}\"}}")
+}
+
+fn sh(script: &str) -> (bool, String, String) {
+    let out = Command::new("bash").args(["-c", script]).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(script: &str) -> String {
+    let (success, out, err) = sh(script);
+    assert!(success, "`{script}` failed: {err}");
+    out
+}
+
+/// 32 threads each reading three different items at once; every body checked.
+fn thirty_two_readers(dir: &Path) {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..32)
+            .map(|t| {
+                scope.spawn(move || {
+                    for round in 0..3 {
+                        let id = format!("p{}", t + 32 * round);
+                        let body = std::fs::read_to_string(dir.join(&id)).unwrap();
+                        assert_eq!(body, pet(&id), "reader {t} round {round}");
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+}
+
+#[test]
+fn requests_in_flight_are_capped_per_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n2, p2) = (now.clone(), peak.clone());
+    // 40 server threads: the upstream itself could hold 40 requests at once.
+    let up = Upstream::start_threads(40, move |req| {
+        let inside = n2.fetch_add(1, Ordering::SeqCst) + 1;
+        p2.fetch_max(inside, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        n2.fetch_sub(1, Ordering::SeqCst);
+        match req.uri.strip_prefix("/v1/pets/") {
+            Some(id) => json(200, &pet(id)),
+            None => json(404, "{}"),
+        }
+    });
+    let n = setup("", &up);
+
+    // The default mount: at most 16 at once, and more than 4 (the readers do overlap).
+    thirty_two_readers(&n.mount.join("shop.test/pets.d"));
+    let default_peak = peak.swap(0, Ordering::SeqCst);
+    eprintln!("peak in flight: default mount {default_peak}");
+    assert!(default_peak <= 16, "the default cap is 16; the upstream saw {default_peak} at once");
+    assert!(default_peak > 4, "32 readers overlapped only {default_peak} deep");
+
+    // A mount with --max-inflight 4: never more than 4, whatever the readers do.
+    let capped = Mountd::start(&n, "capped", &["--max-inflight", "4", "--no-cache"]);
+    thirty_two_readers(&capped.dir.join("shop.test/pets.d"));
+    let capped_peak = peak.load(Ordering::SeqCst);
+    eprintln!("peak in flight: --max-inflight 4 {capped_peak}");
+    assert!((2..=4).contains(&capped_peak), "--max-inflight 4: the upstream saw {capped_peak} at once");
+    assert_eq!(up.seen().len(), 2 * 96, "one GET per open");
+}
+
+#[test]
+fn stale_bodies_are_revalidated_and_kept_on_304() {
+    if !fuse_available() {
+        return;
+    }
+    const DATE: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+    let version = Arc::new(AtomicUsize::new(1));
+    let v = version.clone();
+    let up = Upstream::start(move |req| {
+        let h = |name: &str| req.headers.get(name).cloned();
+        match req.uri.as_str() {
+            "/v1/status" => {
+                let n = v.load(Ordering::SeqCst);
+                let tag = format!("\"v{n}\"");
+                if h("if-none-match").as_deref() == Some(&tag) {
+                    return (304, vec![("etag".into(), tag)], Vec::new());
+                }
+                (200, vec![("etag".into(), tag)], format!("status v{n}\n").into_bytes())
+            }
+            "/v1/dated" => {
+                if h("if-modified-since").as_deref() == Some(DATE) {
+                    return (304, vec![("last-modified".into(), DATE.into())], Vec::new());
+                }
+                (200, vec![("last-modified".into(), DATE.into())], b"dated body\n".to_vec())
+            }
+            _ => json(404, "{}"),
+        }
+    });
+    let n = setup("", &up);
+    let m = Mountd::start(&n, "short", &["--cache-ttl", "0.2"]);
+    let svc = m.dir.join("shop.test");
+    let requests = |uri: &str, header: &str| -> (usize, usize) {
+        let seen: Vec<_> = up.seen().into_iter().filter(|s| s.uri == uri).collect();
+        let conditional = seen.iter().filter(|s| s.headers.contains_key(header)).count();
+        (seen.len() - conditional, conditional)
+    };
+
+    for (file, uri, header, body) in [
+        ("status", "/v1/status", "if-none-match", "status v1\n"),
+        ("dated", "/v1/dated", "if-modified-since", "dated body\n"),
+    ] {
+        assert_eq!(std::fs::read_to_string(svc.join(file)).unwrap(), body);
+        assert_eq!(requests(uri, header), (1, 0));
+        // Past the TTL, the next open asks whether the body changed; the 304 keeps it.
+        wait_until("a conditional request", || {
+            assert_eq!(std::fs::read_to_string(svc.join(file)).unwrap(), body);
+            requests(uri, header).1 > 0
+        });
+        assert_eq!(requests(uri, header).0, 1, "the body was sent once; the rest were 304s");
+    }
+    let last = std::fs::read_to_string(m.dir.join(".nkmc/last")).unwrap();
+    assert!(last.contains("HTTP 304") && last.contains("not modified"), "{last}");
+
+    // A changed body comes back whole in answer to the conditional request.
+    version.store(2, Ordering::SeqCst);
+    wait_until("the new body", || std::fs::read_to_string(svc.join("status")).unwrap() == "status v2\n");
+    assert_eq!(requests("/v1/status", "if-none-match").0, 1, "the change came in answer to a conditional GET");
+    let tags: Vec<_> = up.seen().into_iter().filter_map(|s| s.headers.get("if-none-match").cloned()).collect();
+    assert!(tags.iter().all(|t| t == "\"v1\"" || t == "\"v2\""), "{tags:?}");
+}
+
+/// Counts the audit records of `operation` on `target`.
+fn audited(n: &Nkmc, operation: &str, target: &str) -> usize {
+    let out = n.ok(&["audit", "tail", "-n", "10000", "--json"]);
+    out.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["operation"] == operation && r["target"] == target)
+        .count()
+}
+
+#[test]
+fn listings_are_cached_new_items_go_to_the_collection_and_ls_l_needs_no_lookups() {
+    if !fuse_available() {
+        return;
+    }
+    let pets: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    pets.lock().unwrap().insert("p1".into(), pet("p1"));
+    pets.lock().unwrap().insert("p2".into(), pet("p2"));
+    let store = pets.clone();
+    let up = Upstream::start(move |req| {
+        let mut pets = store.lock().unwrap();
+        match (req.method.as_str(), req.uri.as_str()) {
+            ("GET", "/v1/pets") => json(200, &format!("[{}]", pets.values().cloned().collect::<Vec<_>>().join(","))),
+            ("POST", "/v1/pets") => {
+                let id = format!("p{}", pets.len() + 1);
+                pets.insert(id.clone(), pet(&id));
+                json(201, &format!("{{\"id\":\"{id}\"}}"))
+            }
+            ("GET", "/v1/tags") => json(200, r#"[{"name":"cute"}]"#),
+            ("GET", uri) => match uri.strip_prefix("/v1/pets/").and_then(|id| pets.get(id)) {
+                Some(p) => json(200, p),
+                None => json(404, "{}"),
+            },
+            ("DELETE", uri) => match uri.strip_prefix("/v1/pets/").and_then(|id| pets.remove(id)) {
+                Some(_) => (204, Vec::new(), Vec::new()),
+                None => json(404, "{}"),
+            },
+            _ => json(405, "{}"),
+        }
+    });
+    let n = setup("", &up);
+    // A TTL no slow step of the test outlives (the default is 2 s).
+    let m = Mountd::start(&n, "long", &["--cache-ttl", "600"]);
+    let dir = m.dir.join("shop.test/pets.d");
+    let d = dir.display();
+    let lists = || up.seen().iter().filter(|s| s.method == "GET" && s.uri == "/v1/pets").count();
+
+    // `ls -l`: READDIRPLUS carries each entry's attributes; no lookup (stat) per entry.
+    let long = ok(&format!("ls -l {d}"));
+    assert!(long.contains(" p1\n") && long.contains(" p2\n") && long.contains("-r--r--r--"), "{long}");
+    let _ = std::fs::metadata(dir.join("zzz")); // a name not listed: one lookup, our marker
+    wait_until("the marker's stat in the audit", || audited(&n, "stat", "/shop.test/pets.d/zzz") > 0);
+    assert_eq!(audited(&n, "stat", "/shop.test/pets.d/p1"), 0, "ls -l looked p1 up");
+    assert_eq!(audited(&n, "stat", "/shop.test/pets.d/p2"), 0, "ls -l looked p2 up");
+    // The listing told size 0 (unknown until read); the open that learns the real size
+    // makes the kernel drop what it cached, so the body reads whole.
+    assert_eq!(std::fs::read_to_string(dir.join("p1")).unwrap(), pet("p1"));
+    assert_eq!(std::fs::metadata(dir.join("p1")).unwrap().len(), pet("p1").len() as u64);
+
+    // `ls` again within the TTL: the cached listing, no request.
+    assert_eq!(ok(&format!("ls {d}")), "p1\np2\n");
+    assert_eq!(lists(), 1, "one listing request for `ls -l` then `ls` within the TTL");
+
+    // A new file in the collection's directory: one POST to the collection with the body.
+    ok(&format!(r#"echo '{{"name":"rex"}}' > {d}/new"#));
+    let writes: Vec<_> = up.seen().into_iter().filter(|s| s.method != "GET").collect();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!((writes[0].method.as_str(), writes[0].uri.as_str()), ("POST", "/v1/pets"));
+    assert_eq!(writes[0].body, b"{\"name\":\"rex\"}\n");
+    let last = std::fs::read_to_string(m.dir.join(".nkmc/last")).unwrap();
+    assert!(last.starts_with("WRITE /shop.test/pets\nHTTP 201\n") && last.contains(r#"{"id":"p3"}"#), "{last}");
+    // The write dropped the cached listing: the new item shows at once.
+    assert_eq!(ok(&format!("ls {d}")), "p1\np2\np3\n");
+    assert_eq!(lists(), 2);
+
+    // `rm` of an item: its DELETE, and the listing is fetched again.
+    ok(&format!("rm {d}/p3"));
+    assert!(up.seen().iter().any(|s| s.method == "DELETE" && s.uri == "/v1/pets/p3"));
+    assert_eq!(ok(&format!("ls {d}")), "p1\np2\n");
+    assert_eq!(lists(), 3);
+
+    // Where nothing takes new items: EACCES, and last_error says why.
+    let err = std::fs::write(m.dir.join("shop.test/tags.d/x"), "{}").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    let why = std::fs::read_to_string(m.dir.join(".nkmc/last_error")).unwrap();
+    assert!(why.starts_with("WRITE /shop.test/tags.d/x: EACCES") && why.contains("read-only"), "{why}");
+    let err = std::fs::write(m.dir.join("shop.test/brand-new"), "{}").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    let why = std::fs::read_to_string(m.dir.join(".nkmc/last_error")).unwrap();
+    assert!(why.starts_with("CREATE /shop.test/brand-new: EACCES") && why.contains("cannot create here"), "{why}");
+    assert_eq!(up.seen().iter().filter(|s| s.method != "GET").count(), 2, "nothing more was sent");
+
+    // --no-cache: every listing is a request.
+    let fresh = Mountd::start(&n, "fresh", &["--no-cache"]);
+    let before = lists();
+    for _ in 0..2 {
+        assert_eq!(ok(&format!("ls {}", fresh.dir.join("shop.test/pets.d").display())), "p1\np2\n");
+    }
+    assert_eq!(lists(), before + 2);
+}
+
+/// A deterministic body of `len` bytes that no run of zeros or repeats could fake.
+fn big_body(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256(path: &Path) -> String {
+    let out = ok(&format!("sha256sum {}", path.display()));
+    out.split_whitespace().next().unwrap().to_owned()
+}
+
+fn daemon_pid(n: &Nkmc, which: &str) -> i32 {
+    match which {
+        "gatewayd" => {
+            let status = n.ok(&["gateway", "status"]);
+            let pid = status.split("pid ").nth(1).unwrap().split(|c: char| !c.is_ascii_digit()).next().unwrap();
+            pid.parse().unwrap()
+        }
+        _ => {
+            let dir = n.data_dir.join("run/mounts");
+            let rec = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(rec).unwrap()).unwrap();
+            v["pid"].as_i64().unwrap() as i32
+        }
+    }
+}
+
+#[test]
+fn a_100_mib_body_reads_whole_in_bounded_memory() {
+    if !fuse_available() {
+        return;
+    }
+    const LEN: usize = 100 * 1024 * 1024;
+    let body = Arc::new(big_body(LEN));
+    let served = body.clone();
+    let up = Upstream::start(move |req| match req.uri.as_str() {
+        "/v1/big" => (200, vec![("content-type".into(), "application/octet-stream".into())], served.to_vec()),
+        _ => json(404, "{}"),
+    });
+    let n = setup("[upstream]\nmax_body_bytes = 209715200\n", &up);
+    let expected_file = n.dir.path().join("expected");
+    std::fs::write(&expected_file, &*body).unwrap();
+    drop(body);
+    let file: PathBuf = n.mount.join("shop.test/big");
+    assert_eq!(sha256(&file), sha256(&expected_file), "the body through the mount");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), LEN as u64, "the real size once read");
+
+    // Neither daemon held the body whole: their peak resident memory stayed well under it.
+    let mountd = vm_hwm_kib(daemon_pid(&n, "mountd"));
+    let gatewayd = vm_hwm_kib(daemon_pid(&n, "gatewayd"));
+    assert!(mountd < 48 * 1024, "mountd peaked at {mountd} KiB for a 100 MiB body");
+    assert!(gatewayd < 64 * 1024, "gatewayd peaked at {gatewayd} KiB for a 100 MiB body");
+    eprintln!("VmHWM after a 100 MiB read: mountd {mountd} KiB, gatewayd {gatewayd} KiB");
+}
+
+#[test]
+fn umount_and_sigterm_end_a_mount_cleanly() {
+    if !fuse_available() {
+        return;
+    }
+    let up = Upstream::start(|_| json(200, r#"{"ok":true}"#));
+    let n = setup("", &up);
+
+    // `nkmc mount DIR` then `nkmc umount DIR`.
+    let view = n.dir.path().join("view");
+    n.ok(&["mount", view.to_str().unwrap()]);
+    assert!(is_mounted(&view));
+    assert_eq!(std::fs::read(view.join("shop.test/status")).unwrap(), br#"{"ok":true}"#);
+    n.ok(&["umount", view.to_str().unwrap()]);
+    assert!(!is_mounted(&view), "`nkmc umount` left the mount in place");
+    assert!(is_mounted(&n.mount), "the main mount is untouched");
+
+    // SIGTERM: mountd unmounts and exits 0.
+    let mut m = Mountd::start(&n, "term", &[]);
+    assert_eq!(std::fs::read(m.dir.join("shop.test/status")).unwrap(), br#"{"ok":true}"#);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.pid()), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let status = m.child.wait().unwrap();
+    assert!(status.success(), "mountd exited with {status} on SIGTERM");
+    assert!(!is_mounted(&m.dir), "SIGTERM left the mount in place");
+}
