@@ -73,6 +73,8 @@ pub struct Gateway {
     pub identity: crate::federation::identity::Identity,
     /// Peer calls, replay cache, lending rates.
     pub federation: crate::federation::Federation,
+    /// The directory of online gateways, when this one is a coordinator.
+    pub directory: Option<crate::federation::coordinator::Directory>,
     /// The tools of `nkmc run`, their binaries resolved at start.
     pub tools: crate::run::tools::Tools,
     /// The runs under way (stopped at shutdown).
@@ -107,6 +109,7 @@ impl Gateway {
         let tools = crate::run::tools::Tools::resolve(&config.run)?;
         let run_slots = config.run.max_concurrent;
         let federation = crate::federation::Federation::new(&config.upstream)?;
+        let directory = config.federation.coordinator.then(Default::default);
         Ok(Arc::new(Gateway {
             paths,
             config,
@@ -116,6 +119,7 @@ impl Gateway {
             audit,
             auth,
             identity,
+            directory,
             federation,
             tools,
             runs: crate::run::Runs::new(run_slots),

@@ -85,7 +85,7 @@ fn a_borrows_from_b_c_is_refused_and_the_lender_cannot_be_fooled() {
     let b_audit = b.ok(&["audit", "tail", "-n", "100"]);
     assert!(b_audit.contains("peer:gw-a"), "{b_audit}");
     for f in a.data_files() {
-        assert!(!contains(&std::fs::read(&f).unwrap(), key.as_bytes()), "B's key is in {}", f.display());
+        assert!(!contains(&std::fs::read(&f).unwrap_or_default(), key.as_bytes()), "B's key is in {}", f.display());
     }
     assert!(!a.ok(&["audit", "tail", "-n", "100"]).contains(&key));
 
@@ -179,4 +179,48 @@ fn a_borrows_from_b_c_is_refused_and_the_lender_cannot_be_fooled() {
     // Removing the rule: B tells A, and the domain disappears from A.
     b.ok(&["rules", "remove", "pets.test"]);
     eventually("A forgets pets.test", || !a.ok(&["ls", "/"]).contains("pets.test"));
+}
+
+#[test]
+fn a_coordinator_lists_who_offers_what_and_never_adds_a_peer() {
+    let k = Nkmc::new("[federation]\ncoordinator = true\n");
+    k.ok(&["gateway", "start", "--daemon"]);
+    let k_addr = k.tcp_addr();
+    let config = format!("[federation]\ncoordinator_url = \"http://{k_addr}\"\n");
+    let start = |id: &str| {
+        let n = Nkmc::new(&config);
+        let out = n.cmd(&["gateway", "start", "--daemon"]).env("NKMC_GATEWAY_ID", id).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        n
+    };
+    let (a, b) = (start("gw-a"), start("gw-b"));
+    let up = Upstream::start(|_| json(200, "[]"));
+    let spec = fixture("openapi/petstore.yaml");
+    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    b.ok(&["rules", "set", "pets.test", "--allow"]);
+
+    eventually("the coordinator lists B offering pets.test", || {
+        a.ok(&["peers", "discover", "--domain", "pets.test"]).contains("gw-b")
+    });
+    let found = a.ok(&["peers", "discover", "--domain", "pets.test"]);
+    assert!(found.contains(&url(&b)) && found.contains("offers: pets.test"), "{found}");
+    assert!(!found.contains("gw-a"), "A offers nothing: {found}");
+    assert!(a.ok(&["peers", "discover"]).contains("gw-a"), "every online gateway without --domain");
+    assert!(a.ok(&["peers", "discover", "--domain", "nope.test"]).contains("no gateway online"));
+    // Discovery adds nobody: peering needs each owner's `peers add` and a secret.
+    assert!(a.ok(&["peers", "list"]).contains("no peers"));
+    assert!(!a.ok(&["ls", "/"]).contains("pets.test"));
+
+    // The directory refuses malformed entries; it is not an agent API (no token needed).
+    let bad = nkmc_e2e::http(
+        k_addr,
+        "POST",
+        "/coordinator/heartbeat",
+        &[("Content-Type", "application/json")],
+        br#"{"id":"Evil Id","name":"x","url":"http://127.0.0.1:1","domains":[]}"#,
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    // A gateway that is not a coordinator has no directory.
+    let not = nkmc_e2e::http(a.tcp_addr(), "GET", "/coordinator/gateways", &[], b"");
+    assert_eq!(not.status, 400, "{}", not.text());
 }

@@ -413,6 +413,7 @@ pub async fn set_rule(
     audit.check(rules::set(&gw.db(), &rule).map_err(|e| ApiError::bad_request(e.to_string())))?;
     audit.ok();
     announce_all(&gw).await;
+    heartbeat_to_coordinator(&gw).await;
     Ok(Json(rule))
 }
 
@@ -427,5 +428,105 @@ pub async fn remove_rule(State(gw): State<Arc<Gateway>>, Path(domain): Path<Stri
     }
     audit.ok();
     announce_all(&gw).await;
+    heartbeat_to_coordinator(&gw).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /coordinator/heartbeat` (coordinator only): a gateway is online.
+pub async fn heartbeat(
+    State(gw): State<Arc<Gateway>>,
+    req: Result<Json<crate::federation::coordinator::Listing>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let listing = json_body(req)?;
+    let Some(dir) = gw.directory.as_ref() else {
+        return Err(ApiError::bad_request("gatewayd: this gateway is not a coordinator"));
+    };
+    dir.heartbeat(listing, Instant::now()).map_err(ApiError::bad_request)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?domain=D`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainQuery {
+    domain: Option<String>,
+}
+
+/// `GET /coordinator/gateways?domain=D` (coordinator only): who is online, offering what.
+pub async fn gateways(
+    State(gw): State<Arc<Gateway>>,
+    q: axum::extract::Query<DomainQuery>,
+) -> Result<Json<Vec<crate::federation::coordinator::Listing>>, ApiError> {
+    let Some(dir) = gw.directory.as_ref() else {
+        return Err(ApiError::bad_request("gatewayd: this gateway is not a coordinator"));
+    };
+    Ok(Json(dir.online(q.domain.as_deref(), Instant::now())))
+}
+
+/// `GET /v1/peers/discover?domain=D`: asks the configured coordinator who offers what.
+/// Nothing is added: peering needs `nkmc peers add` with a secret.
+pub async fn discover(
+    State(gw): State<Arc<Gateway>>,
+    q: axum::extract::Query<DomainQuery>,
+) -> Result<Json<Vec<crate::federation::coordinator::Listing>>, ApiError> {
+    let Some(base) = gw.config.federation.coordinator_url.as_deref() else {
+        return Err(ApiError::bad_request(
+            "gatewayd: no coordinator is configured; set [federation] coordinator_url in config.toml",
+        ));
+    };
+    let mut url = url::Url::parse(base)
+        .and_then(|u| u.join(crate::federation::coordinator::route::GATEWAYS))
+        .map_err(|e| ApiError::bad_request(format!("gatewayd: coordinator_url: {e}")))?;
+    if let Some(d) = &q.domain {
+        url.query_pairs_mut().append_pair("domain", d);
+    }
+    let unreachable = |e: reqwest::Error| {
+        ApiError::new(ErrorCode::Unreachable, format!("gatewayd: the coordinator did not answer: {}", e.without_url()))
+    };
+    let resp = gw.federation.client.http().get(url).send().await.map_err(unreachable)?;
+    if !resp.status().is_success() {
+        return Err(ApiError::new(
+            ErrorCode::UpstreamFailed,
+            format!("gatewayd: the coordinator answered {}", resp.status()),
+        ));
+    }
+    let body = resp.bytes().await.map_err(unreachable)?;
+    let list = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(ErrorCode::UpstreamFailed, format!("gatewayd: the coordinator's answer: {e}")))?;
+    Ok(Json(list))
+}
+
+/// Tells the coordinator, if one is configured, that this gateway is online and which
+/// domains it offers (those a rule lends to someone).
+pub async fn heartbeat_to_coordinator(gw: &Gateway) {
+    let Some(base) = gw.config.federation.coordinator_url.as_deref() else { return };
+    let Ok(url) = url::Url::parse(base).and_then(|u| u.join(crate::federation::coordinator::route::HEARTBEAT)) else {
+        tracing::warn!("federation: coordinator_url is not a URL");
+        return;
+    };
+    let public = match (&gw.config.federation.public_url, gw.tcp_addr()) {
+        (Some(u), _) => u.clone(),
+        (None, Some(addr)) => format!("http://{addr}"),
+        (None, None) => return,
+    };
+    let rules_now = rules::list(&gw.db()).unwrap_or_default();
+    let domains: Vec<String> = gw
+        .registry()
+        .iter()
+        .filter(|s| s.borrowed.is_none())
+        .filter(|s| rules_now.iter().any(|r| r.allow && (r.domain == s.domain || r.domain == "*")))
+        .map(|s| s.domain.clone())
+        .collect();
+    let listing = crate::federation::coordinator::Listing {
+        id: gw.identity.id.clone(),
+        name: gw.identity.name.clone(),
+        url: public,
+        domains,
+        seen_secs_ago: 0,
+    };
+    let Ok(body) = serde_json::to_vec(&listing) else { return };
+    let sent = gw.federation.client.http().post(url).header(CONTENT_TYPE, "application/json").body(body).send().await;
+    if let Err(e) = sent {
+        tracing::info!(error = %e.without_url(), "federation: the coordinator did not answer the heartbeat");
+    }
 }

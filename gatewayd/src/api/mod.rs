@@ -21,7 +21,7 @@ use axum::Router;
 use crate::Gateway;
 use error::ApiError;
 
-pub use federation::announce_all;
+pub use federation::{announce_all, heartbeat_to_coordinator};
 pub use fs::UPSTREAM_STATUS as UPSTREAM_STATUS_HEADER;
 
 /// A registration carries a whole document, JSON-escaped (so up to twice its size).
@@ -61,6 +61,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/peers"),
     ("POST", "/v1/peers"),
     ("DELETE", "/v1/peers/{id}"),
+    ("GET", "/v1/peers/discover"),
     ("GET", "/v1/rules"),
     ("PUT", "/v1/rules/{domain}"),
     ("DELETE", "/v1/rules/{domain}"),
@@ -114,8 +115,13 @@ fn finish(routes: Router<Arc<Gateway>>, gw: Arc<Gateway>) -> Router {
 }
 
 /// The peer protocol, on the TCP listener only: signed by the peer, no bearer token.
-pub const PEER_ROUTES: &[(&str, &str)] =
-    &[("POST", "/federation/query"), ("POST", "/federation/exec"), ("POST", "/federation/announce")];
+pub const PEER_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/federation/query"),
+    ("POST", "/federation/exec"),
+    ("POST", "/federation/announce"),
+    ("POST", "/coordinator/heartbeat"),
+    ("GET", "/coordinator/gateways"),
+];
 
 /// The TCP listener: [`AGENT_ROUTES`] behind [`tcp::require_bearer`], and [`PEER_ROUTES`].
 pub fn tcp_router(gw: Arc<Gateway>) -> Router {
@@ -123,6 +129,8 @@ pub fn tcp_router(gw: Arc<Gateway>) -> Router {
         .route("/federation/query", post(federation::query))
         .route("/federation/exec", post(federation::exec))
         .route("/federation/announce", post(federation::announce))
+        .route("/coordinator/heartbeat", post(federation::heartbeat))
+        .route("/coordinator/gateways", get(federation::gateways))
         .layer(DefaultBodyLimit::max(crate::federation::protocol::MAX_REQUEST_BYTES));
     finish(agent_routes().merge(peers), gw).layer(axum::middleware::from_fn(tcp::require_bearer))
 }
@@ -147,6 +155,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/vault/check", get(admin::check_vault))
         .route("/v1/peers", get(federation::list_peers).post(federation::add_peer))
         .route("/v1/peers/{id}", axum::routing::delete(federation::remove_peer))
+        .route("/v1/peers/discover", get(federation::discover))
         .route("/v1/rules", get(federation::list_rules))
         .route("/v1/rules/{domain}", put(federation::set_rule).delete(federation::remove_rule));
     finish(agent_routes().merge(admin), gw)

@@ -48,7 +48,10 @@ pub fn is_public(addr: &SocketAddr) -> bool {
 /// The token itself is verified by the operation, like on the socket.
 pub async fn require_bearer(req: Request, next: Next) -> Response {
     // Probes need nothing; peer routes are signed instead (checked by their handlers).
-    if UNAUTHENTICATED_PATHS.contains(&req.uri().path()) || req.uri().path().starts_with("/federation/") {
+    if UNAUTHENTICATED_PATHS.contains(&req.uri().path())
+        || req.uri().path().starts_with("/federation/")
+        || req.uri().path().starts_with("/coordinator/")
+    {
         return next.run(req).await;
     }
     let has_token = req

@@ -14,6 +14,16 @@ struct Args {
     /// Socket path (default: $NKMC_SOCKET or $XDG_RUNTIME_DIR/nkmc/gatewayd.sock).
     #[arg(long)]
     socket: Option<std::path::PathBuf>,
+    /// Also run a coordinator: a directory of online gateways on the TCP listener
+    /// (`[federation] coordinator = true`).
+    #[arg(long)]
+    coordinator: bool,
+    /// Register with this coordinator and heartbeat (`[federation] coordinator_url`).
+    #[arg(long)]
+    coordinator_url: Option<String>,
+    /// The URL peers reach this gateway at (`[federation] public_url`).
+    #[arg(long)]
+    public_url: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,7 +43,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(s) = args.socket {
         paths.socket = std::path::absolute(s)?;
     }
-    let config = Config::load(&paths.config_file)?;
+    let mut config = Config::load(&paths.config_file)?;
+    config.federation.coordinator |= args.coordinator;
+    if args.coordinator_url.is_some() {
+        config.federation.coordinator_url = args.coordinator_url;
+    }
+    if args.public_url.is_some() {
+        config.federation.public_url = args.public_url;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,9 +70,10 @@ fn main() -> anyhow::Result<()> {
         let peers = gw.clone();
         tokio::spawn(async move {
             loop {
+                gatewayd::api::heartbeat_to_coordinator(&peers).await;
                 gatewayd::api::announce_all(&peers).await;
                 gatewayd::federation::borrow::refresh_all(&peers).await;
-                tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             }
         });
         gatewayd::api::serve(gw.clone(), gatewayd::api::socket::OwnerOnly::new(listener), tcp).await?;

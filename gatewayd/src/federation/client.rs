@@ -74,6 +74,11 @@ impl PeerClient {
         Ok(PeerClient { http, max_body })
     }
 
+    /// The HTTP client itself (coordinator calls: unsigned, public).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// POSTs `body` (JSON) to `route` of `peer`, signed as `me`; returns the answer once its
     /// signature, recipient, time and request nonce check out.
     pub async fn post(

@@ -30,6 +30,13 @@ pub enum PeersCommand {
     },
     /// Peers, their status, when last seen, and what each lends to this gateway.
     List,
+    /// Who is online and what they offer, from the configured coordinator. Nothing is
+    /// added: peering needs `nkmc peers add` with a secret agreed with the other owner.
+    Discover {
+        /// Only gateways offering this domain.
+        #[arg(long)]
+        domain: Option<String>,
+    },
     /// Remove a peer, its secret, and what it lent.
     Remove {
         /// The peer's id.
@@ -112,6 +119,28 @@ pub async fn peers(ctx: &Ctx, command: PeersCommand) -> anyhow::Result<ExitCode>
                     p["status"].as_str().unwrap_or(""),
                     seen,
                     if domains.is_empty() { "-".to_owned() } else { domains.join(",") }
+                );
+            }
+        }
+        PeersCommand::Discover { domain } => {
+            let route = match &domain {
+                Some(d) => format!("/v1/peers/discover?domain={}", segment(d)),
+                None => "/v1/peers/discover".to_owned(),
+            };
+            let list: Vec<Value> = client.get_json(&route).await?;
+            if list.is_empty() {
+                println!("no gateway online{}", domain.map(|d| format!(" offers {d}")).unwrap_or_default());
+            }
+            for g in list {
+                let domains: Vec<&str> =
+                    g["domains"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                println!(
+                    "{}\t{}\t{}\toffers: {}\tseen {}s ago",
+                    g["id"].as_str().unwrap_or(""),
+                    g["name"].as_str().unwrap_or(""),
+                    g["url"].as_str().unwrap_or(""),
+                    if domains.is_empty() { "-".to_owned() } else { domains.join(",") },
+                    g["seen_secs_ago"].as_u64().unwrap_or(0)
                 );
             }
         }
