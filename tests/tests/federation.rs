@@ -224,3 +224,44 @@ fn a_coordinator_lists_who_offers_what_and_never_adds_a_peer() {
     let not = nkmc_e2e::http(a.tcp_addr(), "GET", "/coordinator/gateways", &[], b"");
     assert_eq!(not.status, 400, "{}", not.text());
 }
+
+#[test]
+fn nkmc_run_on_a_peer_that_lends_the_tool_s_domain() {
+    let key = canary();
+    let dir = tempfile::tempdir().unwrap();
+    let tool = dir.path().join("leaky");
+    std::fs::write(&tool, "#!/bin/bash\necho \"token=$LEAKY_TOKEN\"\necho \"stdin=$(cat)\"\nexit 3\n").unwrap();
+    std::fs::set_permissions(&tool, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[run.tools.leaky]\nbinary = \"{}\"\ndomain = \"tools.test\"\ninject = {{ LEAKY_TOKEN = \"secret\" }}\n",
+        tool.display()
+    );
+    let start = |id: &str| {
+        let n = Nkmc::new(&config);
+        let out = n.cmd(&["gateway", "start", "--daemon"]).env("NKMC_GATEWAY_ID", id).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        n
+    };
+    let (a, b) = (start("gw-a"), start("gw-b"));
+    assert!(b.run_stdin(&["keys", "set", "tools.test", "--token", "-"], key.as_bytes()).status.success());
+
+    // Not lent yet: A has no key and no lender, so the tool cannot run.
+    a.ok(&["peers", "add", "--id", "gw-b", "--name", "B", "--url", &url(&b), "--secret", SECRET_AB]);
+    b.ok(&["peers", "add", "--id", "gw-a", "--name", "A", "--url", &url(&a), "--secret", SECRET_AB]);
+    let refused = a.run_stdin(&["run", "leaky"], b"x");
+    assert!(!refused.status.success());
+
+    // B lends `run` of tools.test to A: the tool runs on B, with B's key, masked on B.
+    b.ok(&["rules", "set", "tools.test", "--allow", "--peers", "gw-a", "--ops", "run"]);
+    eventually("A learns B lends tools.test", || a.ok(&["peers", "list"]).contains("lends: tools.test"));
+    let out = a.run_stdin(&["run", "leaky"], b"hello");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "the tool's exit code: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("token=[masked by nkmc]"), "{stdout}");
+    assert!(stdout.contains("stdin=hello"), "{stdout}");
+    assert!(!contains(&out.stdout, key.as_bytes()) && !contains(&out.stderr, key.as_bytes()));
+    for f in a.data_files() {
+        assert!(!contains(&std::fs::read(&f).unwrap_or_default(), key.as_bytes()), "B's key is in {}", f.display());
+    }
+    assert!(b.ok(&["audit", "tail", "-n", "50"]).contains("peer:gw-a"));
+}

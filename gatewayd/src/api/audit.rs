@@ -110,6 +110,11 @@ impl Pending {
         self.peer = Some(id.to_owned());
     }
 
+    /// The federation peer that did the operation for us (the agent stays who asked).
+    pub fn peer_used(&mut self, id: &str) {
+        self.peer = Some(id.to_owned());
+    }
+
     /// What the operation acts on: a canonical path or a domain.
     pub fn target(&mut self, target: impl ToString) {
         self.target = target.to_string();

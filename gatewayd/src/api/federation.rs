@@ -530,3 +530,78 @@ pub async fn heartbeat_to_coordinator(gw: &Gateway) {
         tracing::info!(error = %e.without_url(), "federation: the coordinator did not answer the heartbeat");
     }
 }
+
+/// `POST /federation/run`: a peer runs one of our tools with our key. The body is the run's
+/// request frames; the answer is its output frames, masked here, where the key is.
+pub async fn run(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes) -> Response {
+    use crate::run::frame::{self, Decoder, Kind};
+    let Some(v) = verify(&gw, route::RUN, &headers, &body) else { return terse() };
+    let mut audit = Pending::start(&gw, Operation::Run);
+    audit.peer(&v.peer);
+    let mut decoder = Decoder::default();
+    decoder.push(&body);
+    let req: Option<crate::run::wire::ExecRequest> = match decoder.next_frame() {
+        Ok(Some((Kind::Request, payload))) => serde_json::from_slice(&payload).ok(),
+        _ => None,
+    };
+    let Some(req) = req else {
+        let _ = audit.check::<(), _>(Err(ApiError::bad_request("federation: malformed run")));
+        return refusal(&gw, &v, 400, ErrorCode::BadRequest, "federation: malformed run".into(), None);
+    };
+    let mut stdin = Vec::new();
+    loop {
+        match decoder.next_frame() {
+            Ok(Some((Kind::Stdin, payload))) => stdin.push(payload),
+            Ok(Some((Kind::StdinEnd, _)) | None) => break,
+            _ => return refusal(&gw, &v, 400, ErrorCode::BadRequest, "federation: malformed run".into(), None),
+        }
+    }
+    audit.target(crate::run::audit_target(&req));
+    let Some(tool) = gw.tools.get(&req.tool).cloned() else {
+        let _ = audit.check::<(), _>(Err(ApiError::new(ErrorCode::NotFound, "no such tool")));
+        return refusal(&gw, &v, 404, ErrorCode::NotFound, format!("federation: no tool `{}` here", req.tool), None);
+    };
+    if let Err(r) = lend::admit_run(&gw, &v.peer, &tool.spec.domain, Instant::now()) {
+        return refused(&gw, &v, audit, r);
+    }
+    let Some(slot) = gw.runs.slot() else {
+        return refusal(&gw, &v, 429, ErrorCode::RateLimited, "federation: too many runs under way".into(), None);
+    };
+    let prepared = match crate::run::prepare(&gw, None, &tool, req) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = ApiError::from(e);
+            let (status, code, message) = (e.http_status(), e.code(), e.message().to_owned());
+            let _ = audit.check::<(), _>(Err(e));
+            return refusal(&gw, &v, status, code, message, None);
+        }
+    };
+    let running = match crate::run::exec::spawn(prepared) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = audit.check::<(), _>(Err(ApiError::new(ErrorCode::Internal, "cannot start")));
+            return refusal(&gw, &v, 500, ErrorCode::Internal, format!("federation: cannot start the tool: {e}"), None);
+        }
+    };
+    let (stdin_tx, stdin_rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    tokio::spawn(async move {
+        for chunk in stdin {
+            if stdin_tx.send(chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let driver = tokio::spawn(running.drive(stdin_rx, out_tx, gw.runs.stopping()));
+    let mut frames = Vec::new();
+    while let Some(b) = out_rx.recv().await {
+        frames.extend_from_slice(&b);
+    }
+    if let Ok(ended) = driver.await {
+        let (outcome, bytes) = super::proxy::outcome_of(&ended);
+        audit.outcome_text(outcome);
+        audit.bytes(bytes);
+    }
+    drop(slot);
+    answer(&gw, &v, 200, frame::MEDIA_TYPE, &[], frames)
+}

@@ -119,6 +119,7 @@ pub const PEER_ROUTES: &[(&str, &str)] = &[
     ("POST", "/federation/query"),
     ("POST", "/federation/exec"),
     ("POST", "/federation/announce"),
+    ("POST", "/federation/run"),
     ("POST", "/coordinator/heartbeat"),
     ("GET", "/coordinator/gateways"),
 ];
@@ -129,6 +130,7 @@ pub fn tcp_router(gw: Arc<Gateway>) -> Router {
         .route("/federation/query", post(federation::query))
         .route("/federation/exec", post(federation::exec))
         .route("/federation/announce", post(federation::announce))
+        .route("/federation/run", post(federation::run))
         .route("/coordinator/heartbeat", post(federation::heartbeat))
         .route("/coordinator/gateways", get(federation::gateways))
         .layer(DefaultBodyLimit::max(crate::federation::protocol::MAX_REQUEST_BYTES));

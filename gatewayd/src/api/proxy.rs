@@ -168,6 +168,15 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
     audit.target(crate::run::audit_target(&req));
     let tool = audit.check(gw.tools.get(&req.tool).cloned().ok_or_else(|| RunError::NoTool(req.tool.clone())))?;
     let agent = audit.check(authorize(&gw, &who, &tool))?;
+    // No key here for this caller (own or pool): a peer that lends the domain runs it.
+    if matches!(crate::run::credential(&gw, agent.as_ref(), &tool.spec.domain), Ok(None)) {
+        let lenders: Vec<String> = crate::federation::peers::lenders_of(&gw.db(), &tool.spec.domain)
+            .map(|p| p.into_iter().map(|p| p.id).collect())
+            .unwrap_or_default();
+        if !lenders.is_empty() {
+            return run_on_peer(gw.clone(), audit, req, decoder, body, lenders);
+        }
+    }
     let slot = audit.check(gw.runs.slot().ok_or_else(|| {
         ApiError::new(
             ErrorCode::RateLimited,
@@ -193,20 +202,7 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
         let ended = running.drive(stdin_rx, out_tx, stopping).await;
         stdin_task.abort();
         drop(slot);
-        let (outcome, bytes) = match &ended {
-            Ended::Status(s) => {
-                let text = match s.reason {
-                    ExitReason::Exited if s.code == Some(0) => "ok".to_owned(),
-                    ExitReason::Exited => format!("exit {}", s.code.unwrap_or(-1)),
-                    ExitReason::Signaled => format!("signal {}", s.signal.unwrap_or(0)),
-                    ExitReason::Timeout => "timeout".to_owned(),
-                    ExitReason::OutputLimit => "output_limit".to_owned(),
-                    ExitReason::Shutdown => "shutdown".to_owned(),
-                };
-                (text, s.output_bytes)
-            }
-            Ended::CallerGone { output_bytes } => ("cancelled".to_owned(), *output_bytes),
-        };
+        let (outcome, bytes) = outcome_of(&ended);
         tracing::info!(tool = %name, outcome = %outcome, bytes, "run: ended");
         audit.outcome_text(outcome);
         audit.bytes(bytes);
@@ -217,6 +213,89 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
         .status(200)
         .header(CONTENT_TYPE, frame::MEDIA_TYPE)
         .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(ErrorCode::Internal, format!("gatewayd: {e}")))
+        .map(IntoResponse::into_response)
+}
+
+/// The audit outcome of a run, and its output bytes.
+pub(super) fn outcome_of(ended: &Ended) -> (String, u64) {
+    match ended {
+        Ended::Status(s) => {
+            let text = match s.reason {
+                ExitReason::Exited if s.code == Some(0) => "ok".to_owned(),
+                ExitReason::Exited => format!("exit {}", s.code.unwrap_or(-1)),
+                ExitReason::Signaled => format!("signal {}", s.signal.unwrap_or(0)),
+                ExitReason::Timeout => "timeout".to_owned(),
+                ExitReason::OutputLimit => "output_limit".to_owned(),
+                ExitReason::Shutdown => "shutdown".to_owned(),
+            };
+            (text, s.output_bytes)
+        }
+        Ended::CallerGone { output_bytes } => ("cancelled".to_owned(), *output_bytes),
+    }
+}
+
+/// Runs the tool on a peer that lends its domain (no key here): answers 200 at once (the
+/// CLI sends stdin only then), gathers stdin, sends the run to the first lender that takes
+/// it, and passes its output frames on — masked by the lender, which holds the key. When no
+/// lender takes it, the frames say why and the exit status is 1.
+fn run_on_peer(
+    gw: Arc<Gateway>,
+    mut audit: Pending,
+    req: ExecRequest,
+    decoder: Decoder,
+    body: axum::body::BodyDataStream,
+    lenders: Vec<String>,
+) -> Result<Response, ApiError> {
+    let (out_tx, out_rx) = mpsc::channel::<Bytes>(OUT_FRAMES);
+    tokio::spawn(async move {
+        let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(8);
+        tokio::spawn(forward_stdin(body, decoder, stdin_tx));
+        let mut frames: Vec<u8> = frame::encode(Kind::Request, &serde_json::to_vec(&req).unwrap_or_default()).to_vec();
+        while let Some(chunk) = stdin_rx.recv().await {
+            for f in frame::encode_all(Kind::Stdin, &chunk) {
+                frames.extend_from_slice(&f);
+            }
+        }
+        frames.extend_from_slice(&frame::encode(Kind::StdinEnd, b""));
+        let mut why = String::new();
+        for peer in &lenders {
+            match crate::federation::borrow::call(&gw, peer, crate::federation::protocol::route::RUN, frames.clone())
+                .await
+            {
+                Ok(a) if a.status == 200 => {
+                    audit.peer_used(peer);
+                    audit.outcome_text(format!("run on peer {peer}"));
+                    audit.bytes(a.body.len() as u64);
+                    let _ = out_tx.send(a.body).await;
+                    return;
+                }
+                Ok(a) => {
+                    let said: Option<crate::federation::protocol::ExecRefusal> = serde_json::from_slice(&a.body).ok();
+                    why = format!(
+                        "peer {peer}: {}",
+                        said.map(|r| r.message).unwrap_or_else(|| format!("HTTP {}", a.status))
+                    );
+                }
+                Err(e) => why = e.to_string(),
+            }
+        }
+        let message = format!("nkmc: run: no key here and no peer ran it ({why})\n");
+        let _ = out_tx.send(frame::encode(Kind::Stderr, message.as_bytes())).await;
+        let exit = crate::run::wire::ExitStatus {
+            reason: ExitReason::Exited,
+            code: Some(1),
+            signal: None,
+            output_bytes: 0,
+            message: Some(why),
+        };
+        let _ = out_tx.send(frame::encode(Kind::Exit, &serde_json::to_vec(&exit).unwrap_or_default())).await;
+        audit.outcome_text("permission_denied".to_owned());
+    });
+    Response::builder()
+        .status(200)
+        .header(CONTENT_TYPE, frame::MEDIA_TYPE)
+        .body(Body::from_stream(tokio_stream(out_rx)))
         .map_err(|e| ApiError::new(ErrorCode::Internal, format!("gatewayd: {e}")))
         .map(IntoResponse::into_response)
 }

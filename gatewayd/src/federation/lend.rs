@@ -83,15 +83,43 @@ pub fn admit(gw: &Gateway, peer: &str, path: &VPath, op: Op, now: std::time::Ins
     Ok(Grant { peer: peer.to_owned(), domain, ops: rule.ops })
 }
 
-/// The domains registered here that the rules lend to `peer`.
+/// Checks that the rules lend `run` of `domain`'s tools to `peer`, and counts the run
+/// against the rate limit.
+pub fn admit_run(gw: &Gateway, peer: &str, domain: &str, now: std::time::Instant) -> Result<(), Refusal> {
+    let rules = { rules::list(&gw.db()) }.map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let rule = match rules::decide(&rules, peer, domain, Op::Run) {
+        Decision::Lend(rule) => rule,
+        Decision::Refuse => return Err(Refusal::NotLent),
+    };
+    if let Some(per_min) = rule.rate_per_min {
+        gw.federation.rates.admit(peer, domain, per_min, now).map_err(|wait| Refusal::Rate(wait.as_secs().max(1)))?;
+    }
+    if rule.pricing != rules::PricingMode::Free {
+        return Err(Refusal::Payment(rule));
+    }
+    Ok(())
+}
+
+/// The domains the rules lend to `peer`: services registered here, and domains whose tools
+/// it may `run` with a pool key held here.
 pub fn lent_domains(gw: &Gateway, peer: &str) -> Vec<String> {
     let Ok(rules) = rules::list(&gw.db()) else { return Vec::new() };
-    gw.registry()
+    let mut domains: Vec<String> = gw
+        .registry()
         .iter()
         .filter(|s| s.borrowed.is_none())
         .filter(|s| rules::lends_domain(&rules, peer, &s.domain).is_some())
         .map(|s| s.domain.clone())
-        .collect()
+        .collect();
+    let keys = { gw.vault.list(&gw.db(), Some(crate::vault::KeyOwner::Pool)) }.unwrap_or_default();
+    for k in keys {
+        if !domains.contains(&k.domain) && matches!(rules::decide(&rules, peer, &k.domain, Op::Run), Decision::Lend(_))
+        {
+            domains.push(k.domain);
+        }
+    }
+    domains.sort();
+    domains
 }
 
 #[cfg(test)]

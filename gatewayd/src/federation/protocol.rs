@@ -20,6 +20,9 @@ pub mod route {
     pub const EXEC: &str = "/federation/exec";
     /// The domains a peer lends.
     pub const ANNOUNCE: &str = "/federation/announce";
+    /// `nkmc run` of a tool whose key the lender holds: the body is the run's request frames
+    /// (request, stdin, end), the answer the run's output frames (masked by the lender).
+    pub const RUN: &str = "/federation/run";
 }
 
 /// The largest request body a lender reads.
