@@ -56,6 +56,12 @@ fn agents_use_the_tcp_api_with_a_bearer_token_and_nothing_else() {
     assert!(sent.headers.values().any(|v| v.contains(&secret)), "the upstream got the pool key");
     assert!(!contains(&pets.body, secret.as_bytes()));
 
+    // `nkmc run`'s API is there for remote agents too.
+    let tools = http(addr, "GET", "/v1/proxy/tools", &[("Authorization", &auth)], b"");
+    assert_eq!(tools.status, 200, "{}", tools.text());
+    assert!(tools.text().contains("\"name\":\"gh\""), "{}", tools.text());
+    assert_eq!(http(addr, "GET", "/v1/proxy/tools", &[], b"").status, 401);
+
     // The same bytes as the socket's `nkmc cat`.
     assert_eq!(n.ok(&["cat", "/pets.test/pets"]).as_bytes(), &pets.body[..]);
 
