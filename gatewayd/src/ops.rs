@@ -16,7 +16,7 @@ use agentfs::{readme, skill};
 use crate::auth;
 
 use crate::registry::Service;
-use crate::upstream::{Call, UpstreamError};
+use crate::upstream::{Answer, Call, UpstreamError};
 use crate::vault::VaultError;
 use crate::Gateway;
 
@@ -331,7 +331,7 @@ async fn collection_ids(
     dir: &Resolved,
 ) -> Result<Vec<String>, OpError> {
     let resp = send_get(gw, agent, service, dir).await?;
-    if resp.content_length().is_some_and(|l| l > MAX_LISTING_BODY) {
+    if resp.announced_len().is_some_and(|l| l > MAX_LISTING_BODY) {
         return Ok(Vec::new());
     }
     let body = resp.bytes().await.map_err(|e| UpstreamError::Transport {
@@ -353,8 +353,8 @@ async fn collection_ids(
 /// What a read, write or delete returns.
 #[derive(Debug)]
 pub enum Output {
-    /// The upstream's response, to be streamed.
-    Upstream(reqwest::Response),
+    /// The upstream's response (its body masked against the credential sent), to be streamed.
+    Upstream(Answer),
     /// A whole body: a generated file (README.md, skill.md) or a JSON-RPC result.
     Whole {
         /// The bytes.
@@ -470,7 +470,7 @@ async fn send_get(
     agent: Option<&auth::AgentId>,
     service: &Service,
     resolved: &Resolved,
-) -> Result<reqwest::Response, OpError> {
+) -> Result<Answer, OpError> {
     send_op(gw, agent, service, resolved, Method::Get, None).await
 }
 
@@ -482,7 +482,7 @@ async fn send_op(
     resolved: &Resolved,
     method: Method,
     body: Option<Bytes>,
-) -> Result<reqwest::Response, OpError> {
+) -> Result<Answer, OpError> {
     let op_index = service.tree.operation(resolved.node, method).ok_or_else(|| OpError::NoOperation {
         path: format!("/{}/{}", service.domain, resolved.segments.join("/")),
         method: method.as_str(),

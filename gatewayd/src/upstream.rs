@@ -10,6 +10,10 @@ use url::Url;
 use crate::config::UpstreamConfig;
 use crate::vault::Secret;
 
+pub mod echo;
+
+pub use echo::Answer;
+
 /// Longest upstream error body kept for a message, in bytes.
 const ERROR_BODY_EXCERPT: usize = 2048;
 
@@ -143,9 +147,10 @@ impl Upstream {
         &self.config
     }
 
-    /// Sends the call; a non-2xx status becomes [`UpstreamError::Status`]. Only idempotent
-    /// calls may be retried by a caller; this sends exactly once.
-    pub async fn send(&self, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
+    /// Sends the call; a non-2xx status becomes [`UpstreamError::Status`]. Idempotent calls
+    /// are retried on 429/502/503/504. The answer's body, and the excerpt of an error body,
+    /// have every form of the credential sent masked ([`echo`]).
+    pub async fn send(&self, call: Call<'_>) -> Result<Answer, UpstreamError> {
         let domain = call.domain.to_owned();
         if crate::ssrf::is_metadata(call.base_url) {
             return Err(UpstreamError::Refused {
@@ -203,7 +208,7 @@ impl Upstream {
                     return Err(UpstreamError::TooLarge { domain, size: len, limit: self.config.max_body_bytes });
                 }
             }
-            return Ok(resp);
+            return Ok(Answer::new(resp, call.credential.as_ref()));
         }
         let body = error_excerpt(resp, call.credential.as_ref()).await;
         Err(UpstreamError::Status { domain, status: status.as_u16(), body })
@@ -286,17 +291,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 async fn error_excerpt(resp: reqwest::Response, credential: Option<&Secret>) -> String {
     let bytes = resp.bytes().await.unwrap_or_default();
-    let cut = &bytes[..bytes.len().min(ERROR_BODY_EXCERPT)];
-    let text = String::from_utf8_lossy(cut).into_owned();
-    mask(text, credential)
-}
-
-/// Replaces every occurrence of the credential with `****`.
-pub fn mask(text: String, credential: Option<&Secret>) -> String {
-    match credential {
-        Some(s) if !s.expose().is_empty() && text.contains(s.expose()) => text.replace(s.expose(), "****"),
-        _ => text,
-    }
+    echo::masked_excerpt(&bytes, ERROR_BODY_EXCERPT, credential)
 }
 
 /// A path that cannot be sent: a base URL that takes no path, or an empty, `.` or `..` segment.

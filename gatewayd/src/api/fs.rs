@@ -117,15 +117,17 @@ fn respond(gw: &Gateway, out: ops::Output, audit: Pending) -> Response {
 /// The header that carries the upstream's status on a successful write or delete.
 pub const UPSTREAM_STATUS: &str = "x-nkmc-upstream-status";
 
-/// Passes an upstream response on: its content type and length, and its body streamed
+/// Passes an upstream response on: its content type, its length when masking cannot change
+/// it, and its body streamed
 /// (cut off with an error past `upstream.max_body_bytes`).
-fn stream_response(gw: &Gateway, resp: reqwest::Response, audit: Pending) -> Response {
+fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, audit: Pending) -> Response {
     let status = resp.status().as_u16();
     let mut builder = Response::builder().status(200).header(UPSTREAM_STATUS, status);
     if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
         builder = builder.header(CONTENT_TYPE, ct.clone());
     }
-    let length = resp.content_length();
+    // Known only when nothing can be masked (a masked body may change length).
+    let length = resp.exact_len();
     if let Some(len) = length {
         builder = builder.header(CONTENT_LENGTH, len);
     }
