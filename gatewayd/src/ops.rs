@@ -491,6 +491,7 @@ async fn send_op(
     let schemes = service.spec.schemes_for(op);
     let credential = credential_for(gw, agent, &service.domain)?;
     let (credential, placement) = present(gw, service, &schemes, credential).await?;
+    injected_panic(&service.domain, credential.as_ref());
     let query = match (&op.fixed_query, &resolved.query) {
         (Some(a), Some(b)) => Some(format!("{a}&{b}")),
         (a, b) => a.clone().or_else(|| b.clone()),
@@ -507,6 +508,18 @@ async fn send_op(
         body,
     };
     Ok(gw.upstream.send(call).await?)
+}
+
+/// Fault injection for the panic tests: when set to a service's domain, an operation on it
+/// panics once its credential is in hand, with the credential in the panic's message, so a
+/// test can prove that neither the answer nor the log shows it. Unset in normal use.
+pub const PANIC_VAR: &str = "NKMC_TEST_PANIC_WITH_CREDENTIAL";
+
+fn injected_panic(domain: &str, credential: Option<&crate::vault::Secret>) {
+    if std::env::var(PANIC_VAR).is_ok_and(|d| d == domain) {
+        let shown = credential.map(crate::vault::Secret::expose).unwrap_or("none");
+        panic!("fault injection ({PANIC_VAR}): the credential is {shown}");
+    }
 }
 
 /// The file a write or delete acts on.

@@ -18,6 +18,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    agentfs::panic::install_quiet_hook("gatewayd");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NKMC_LOG")
