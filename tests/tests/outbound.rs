@@ -122,3 +122,32 @@ fn keys_go_where_the_owner_says() {
     let out = n.run(&["keys", "set", "pets.test", "--header", "x-api-key"]);
     assert!(!out.status.success(), "--header needs --value");
 }
+
+#[test]
+fn pagination_links_to_another_origin_are_never_followed() {
+    let key = canary();
+    let elsewhere = Upstream::start(|_| json(200, r#"[{"id":99}]"#));
+    let next = elsewhere.url("/v1/pets?page=2");
+    let home = Upstream::start(move |req| match req.uri.as_str() {
+        "/v1/pets" => {
+            let body = format!(r#"[{{"id":1}},{{"id":2,"next":"{next}"}}]"#);
+            let mut answer = json(200, &body);
+            answer.1.push(("link".into(), format!(r#"<{next}>; rel="next""#)));
+            answer.1.push(("x-next".into(), next.clone()));
+            answer
+        }
+        _ => json(404, "{}"),
+    });
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+    assert!(petstore(&n, "pets.test", &home.url("/v1")).status.success());
+    n.ok(&["keys", "set", "pets.test", "--token", &key]);
+
+    // A listing is the first page only; a file is the one response.
+    assert_eq!(n.ok(&["ls", "/pets.test/pets.d"]).split_whitespace().collect::<Vec<_>>(), ["1", "2"]);
+    assert!(n.ok(&["cat", "/pets.test/pets"]).contains("page=2"));
+    n.ok(&["grep", "-l", "id", "/pets.test"]);
+    assert!(elsewhere.seen().is_empty(), "no link was followed: {:?}", elsewhere.seen());
+    // Nor on the service's own origin: the items are read (grep), no next page.
+    assert!(home.seen().iter().all(|s| !s.uri.contains("page=")), "{:?}", home.seen());
+}
