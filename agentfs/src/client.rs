@@ -25,12 +25,15 @@ const MAX_IDLE: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// gatewayd is not listening on the socket.
-    #[error("gateway client: cannot connect to gatewayd at {socket}: {source} (is it running? try `nkmc up`)")]
+    #[error(
+        "gateway client: cannot connect to gatewayd at {socket} ({cause}); is it running? Start it with \
+         `nkmc up` or `nkmc gateway start --daemon` (or set NKMC_SOCKET / NKMC_DATA_DIR to the ones it uses)"
+    )]
     Connect {
         /// The socket path.
         socket: PathBuf,
-        /// The connect error.
-        source: std::io::Error,
+        /// The connect error (shown in the message, not chained: printed once).
+        cause: std::io::Error,
     },
     /// The HTTP exchange broke off.
     #[error("gateway client: the connection to gatewayd failed: {0}")]
@@ -122,7 +125,7 @@ impl GatewayClient {
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), cause: source })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             // The connection ends when gatewayd closes it or the sender is dropped.

@@ -37,7 +37,7 @@ pub enum OpError {
     #[error("{0}")]
     Tree(#[from] TreeError),
     /// No such service.
-    #[error("gatewayd: no service `{0}` is registered")]
+    #[error("gatewayd: no service `{0}` is registered (`nkmc services list` shows them; `nkmc register` adds one)")]
     NoService(String),
     /// A directory where a file was needed.
     #[error("gatewayd: `{0}` is a directory")]
