@@ -4,7 +4,7 @@
 //! audit log or any file of the data dir.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use nkmc_e2e::{assert_no_secret, base64, canary, fixture, json, Nkmc, Upstream};
+use nkmc_e2e::{assert_no_secret, base64, canary, fixture, http, json, Nkmc, Upstream};
 
 const MARKER: &str = "[masked by nkmc]";
 
@@ -102,12 +102,20 @@ fn an_upstream_echoing_the_credential_never_gets_it_out() {
     assert!(grep.status.success(), "{}", text(&grep.stderr));
     assert!(!n.run(&["grep", "-F", &key, "/pets.test"]).status.success(), "grep finds no key");
     outputs.push(("grep".into(), [grep.stdout, grep.stderr].concat()));
+    // The same over TCP, as an agent.
+    let token = n.ok(&["token", "mint", "--agent", "bot"]);
+    let auth = format!("Bearer {}", token.trim());
+    for path in ["/pets.test/pets", "/pets.test/pets.d/1"] {
+        let answer = http(n.tcp_addr(), "GET", &format!("/v1/fs/read?path={path}"), &[("authorization", &auth)], b"");
+        assert!(answer.text().contains(MARKER), "{path}: {}", answer.text());
+        outputs.push((format!("tcp read {path} (HTTP {})", answer.status), answer.body));
+    }
     let audit = n.ok(&["audit", "tail", "-n", "1000", "--json"]);
     outputs.push(("audit tail".into(), audit.into_bytes()));
 
     // The upstream did receive the key each time (the test is not vacuous).
     let seen = home.seen();
-    assert!(seen.len() >= 4, "{seen:?}");
+    assert!(seen.len() >= 6, "{seen:?}");
     assert!(seen.iter().all(|s| s.headers.get("authorization") == Some(&format!("Bearer {key}"))));
 
     for (what, out) in &outputs {
