@@ -158,3 +158,38 @@ fn pagination_links_to_another_origin_are_never_followed() {
     // Nor on the service's own origin: the items are read (grep), no next page.
     assert!(home.seen().iter().all(|s| !s.uri.contains("page=")), "{:?}", home.seen());
 }
+
+#[test]
+fn an_answer_over_the_size_cap_is_refused() {
+    let home = Upstream::start(|req| match req.uri.as_str() {
+        "/v1/pets" => json(200, &format!(r#"[{{"id":"{}"}}]"#, "x".repeat(5000))),
+        _ => json(200, r#"{"id":1}"#),
+    });
+    let n = Nkmc::new("[upstream]\nmax_body_bytes = 1000\n");
+    n.ok(&["gateway", "start", "--daemon"]);
+    assert!(petstore(&n, "pets.test", &home.url("/v1")).status.success());
+    let out = n.run(&["cat", "/pets.test/pets"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("over the limit of 1000") && err.contains("max_body_bytes"), "{err}");
+    assert_eq!(n.ok(&["cat", "/pets.test/pets.d/1"]), r#"{"id":1}"#, "a small answer passes");
+}
+
+#[test]
+fn a_key_in_the_query_never_shows_in_a_connection_error() {
+    let key = canary();
+    // A port with nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let n = Nkmc::new("[upstream]\nconnect_timeout_ms = 800\n");
+    n.ok(&["gateway", "start", "--daemon"]);
+    assert!(petstore(&n, "dead.test", &format!("http://{closed}/v1")).status.success());
+    n.ok(&["keys", "set", "dead.test", "--query", "api_key", "--value", &key]);
+    let out = n.run(&["cat", "/dead.test/pets"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(!err.contains(&key) && !err.contains("api_key"), "no key, no query: {err}");
+    n.ok(&["gateway", "stop"]);
+    let log = std::fs::read_to_string(n.data_dir.join("gatewayd.log")).unwrap();
+    assert!(!log.contains(&key), "the trace log holds no key");
+}
