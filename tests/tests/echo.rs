@@ -62,7 +62,10 @@ fn an_upstream_echoing_the_credential_never_gets_it_out() {
             }
             // A 401 that quotes what it was sent.
             ("GET", "/v1/pets/1") => (401, vec![], forms.join("\n").into_bytes()),
-            ("POST", "/v1/pets") => (201, vec![], forms.join("\n").into_bytes()),
+            // An answer whose content type quotes the key, too.
+            ("POST", "/v1/pets") => {
+                (201, vec![("content-type".into(), format!("text/plain; echo={auth}"))], forms.join("\n").into_bytes())
+            }
             _ => json(404, "{}"),
         }
     });
@@ -110,12 +113,17 @@ fn an_upstream_echoing_the_credential_never_gets_it_out() {
         assert!(answer.text().contains(MARKER), "{path}: {}", answer.text());
         outputs.push((format!("tcp read {path} (HTTP {})", answer.status), answer.body));
     }
+    let answer = http(n.tcp_addr(), "POST", "/v1/fs/write?path=/pets.test/pets", &[("authorization", &auth)], b"{}");
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.headers.get("content-type").map(String::as_str), Some("application/octet-stream"));
+    outputs.push(("tcp write (headers)".into(), format!("{:?}", answer.headers).into_bytes()));
+    outputs.push(("tcp write".into(), answer.body));
     let audit = n.ok(&["audit", "tail", "-n", "1000", "--json"]);
     outputs.push(("audit tail".into(), audit.into_bytes()));
 
     // The upstream did receive the key each time (the test is not vacuous).
     let seen = home.seen();
-    assert!(seen.len() >= 6, "{seen:?}");
+    assert!(seen.len() >= 7, "{seen:?}");
     assert!(seen.iter().all(|s| s.headers.get("authorization") == Some(&format!("Bearer {key}"))));
 
     for (what, out) in &outputs {

@@ -123,8 +123,8 @@ pub const UPSTREAM_STATUS: &str = "x-nkmc-upstream-status";
 fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, audit: Pending) -> Response {
     let status = resp.status().as_u16();
     let mut builder = Response::builder().status(200).header(UPSTREAM_STATUS, status);
-    if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
-        builder = builder.header(CONTENT_TYPE, ct.clone());
+    if let Some(ct) = resp.content_type() {
+        builder = builder.header(CONTENT_TYPE, ct);
     }
     // Known only when nothing can be masked (a masked body may change length).
     let length = resp.exact_len();

@@ -78,9 +78,16 @@ impl Answer {
         self.resp.status()
     }
 
-    /// The upstream's headers (gatewayd passes on only the content type).
-    pub fn headers(&self) -> &reqwest::header::HeaderMap {
-        self.resp.headers()
+    /// The upstream's content type, the one header gatewayd passes on; one that holds the
+    /// credential in any form is replaced by `application/octet-stream`.
+    pub fn content_type(&self) -> Option<reqwest::header::HeaderValue> {
+        let value = self.resp.headers().get(reqwest::header::CONTENT_TYPE)?;
+        match &self.patterns {
+            Some(p) if mask_all(p, value.as_bytes()) != value.as_bytes() => {
+                Some(reqwest::header::HeaderValue::from_static("application/octet-stream"))
+            }
+            _ => Some(value.clone()),
+        }
     }
 
     /// The length the upstream announced, for size caps.
