@@ -45,7 +45,7 @@ pub enum UpstreamError {
         message: String,
     },
     /// The upstream answered with an error status.
-    #[error("upstream {domain}: HTTP {status}: {body}")]
+    #[error("upstream {domain}: HTTP {status}: {body}{}", next_step(*status, domain))]
     Status {
         /// The service.
         domain: String,
@@ -80,6 +80,23 @@ pub enum UpstreamError {
         /// Why.
         message: String,
     },
+}
+
+/// What to do about an error status, when nkmc can say: the key for 401/403, patience for
+/// 429. Appended to the message after the upstream's own words.
+fn next_step(status: u16, domain: &str) -> String {
+    match status {
+        401 => format!(
+            " (the upstream did not accept the key: check it, or store another with `nkmc keys set {domain} ...`; \
+             `nkmc keys list` shows what is stored)"
+        ),
+        403 => format!(
+            " (the upstream refused this with the key sent: check what the key may do, or store another with \
+             `nkmc keys set {domain} ...`)"
+        ),
+        429 => " (rate limited by the upstream: retry later)".to_owned(),
+        _ => String::new(),
+    }
 }
 
 /// A request to send: everything derived from validated input.
@@ -343,6 +360,15 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_say_what_to_do_next() {
+        let status = |status| UpstreamError::Status { domain: "pets.test".into(), status, body: "{}".into() };
+        assert!(status(401).to_string().ends_with("`nkmc keys list` shows what is stored)"), "{}", status(401));
+        assert!(status(403).to_string().contains("`nkmc keys set pets.test ...`"), "{}", status(403));
+        assert!(status(429).to_string().contains("retry later"));
+        assert_eq!(status(404).to_string(), "upstream pets.test: HTTP 404: {}");
+    }
 
     #[test]
     fn retry_after_is_honoured_up_to_the_cap() {
