@@ -38,6 +38,17 @@ pub enum ClientError {
     /// The HTTP exchange broke off.
     #[error("gateway client: the connection to gatewayd failed: {0}")]
     Http(#[from] hyper::Error),
+    /// gatewayd stopped sending an answer part way: it cuts a body that goes over
+    /// `upstream.max_body_bytes`, and passes on an upstream that breaks off.
+    #[error(
+        "gateway client: gatewayd stopped sending the answer part way ({cause}): the upstream's body went over \
+         `upstream.max_body_bytes`, or the upstream broke off; `nkmc audit tail` says which (`too_large` or \
+         `upstream_failed`)"
+    )]
+    Cut {
+        /// The broken body (shown in the message, not chained).
+        cause: hyper::Error,
+    },
     /// gatewayd answered with an error.
     #[error("{}", .body.message)]
     Api {
@@ -60,6 +71,7 @@ impl ClientError {
         match self {
             ClientError::Api { body, .. } => body.code,
             ClientError::Timeout(_) => ErrorCode::Timeout,
+            ClientError::Cut { .. } => ErrorCode::UpstreamFailed,
             ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Decode(_) => ErrorCode::Internal,
         }
     }
@@ -227,7 +239,7 @@ impl GatewayClient {
         };
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = resp.into_body().collect().await.map_err(|cause| ClientError::Cut { cause })?.to_bytes();
         self.put_idle(sender);
         Ok(Answer { status, headers, body })
     }

@@ -137,6 +137,7 @@ fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, audit: Pending) 
         let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
         seen += chunk.len() as u64;
         if seen > limit {
+            tracing::warn!(limit, "read: the upstream body went over upstream.max_body_bytes; cut off");
             let message = format!("upstream body over the limit of {limit} bytes");
             return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, message));
         }
