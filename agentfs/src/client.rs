@@ -25,16 +25,30 @@ const MAX_IDLE: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// gatewayd is not listening on the socket.
-    #[error("gateway client: cannot connect to gatewayd at {socket}: {source} (is it running? try `nkmc up`)")]
+    #[error(
+        "gateway client: cannot connect to gatewayd at {socket} ({cause}); is it running? Start it with \
+         `nkmc up` or `nkmc gateway start --daemon` (or set NKMC_SOCKET / NKMC_DATA_DIR to the ones it uses)"
+    )]
     Connect {
         /// The socket path.
         socket: PathBuf,
-        /// The connect error.
-        source: std::io::Error,
+        /// The connect error (shown in the message, not chained: printed once).
+        cause: std::io::Error,
     },
     /// The HTTP exchange broke off.
     #[error("gateway client: the connection to gatewayd failed: {0}")]
     Http(#[from] hyper::Error),
+    /// gatewayd stopped sending an answer part way: it cuts a body that goes over
+    /// `upstream.max_body_bytes`, and passes on an upstream that breaks off.
+    #[error(
+        "gateway client: gatewayd stopped sending the answer part way ({cause}): the upstream's body went over \
+         `upstream.max_body_bytes`, or the upstream broke off; `nkmc audit tail` says which (`too_large` or \
+         `upstream_failed`)"
+    )]
+    Cut {
+        /// The broken body (shown in the message, not chained).
+        cause: hyper::Error,
+    },
     /// gatewayd answered with an error.
     #[error("{}", .body.message)]
     Api {
@@ -57,6 +71,7 @@ impl ClientError {
         match self {
             ClientError::Api { body, .. } => body.code,
             ClientError::Timeout(_) => ErrorCode::Timeout,
+            ClientError::Cut { .. } => ErrorCode::UpstreamFailed,
             ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Decode(_) => ErrorCode::Internal,
         }
     }
@@ -122,7 +137,7 @@ impl GatewayClient {
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
         let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), source })?;
+            .map_err(|source| ClientError::Connect { socket: self.socket.clone(), cause: source })?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             // The connection ends when gatewayd closes it or the sender is dropped.
@@ -194,7 +209,7 @@ impl GatewayClient {
         let (sender, resp) = self.send_head(method, path_and_query, body, &[]).await?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await?.to_bytes();
+        let body = resp.into_body().collect().await.map_err(|cause| ClientError::Cut { cause })?.to_bytes();
         self.put_idle(sender);
         Ok(Answer { status, headers, body })
     }
@@ -330,7 +345,7 @@ impl Streamed<'_> {
                     }
                     return Ok(None);
                 }
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(cause)) => return Err(ClientError::Cut { cause }),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
                         if !data.is_empty() {

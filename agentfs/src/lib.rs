@@ -7,8 +7,10 @@
 //! - [`path`] is the one canonical path form that policy and execution share.
 //! - [`skill`] and [`readme`] generate the files that teach an agent the layout.
 //! - [`wire`] holds the types that cross gatewayd's socket API.
+//! - [`panic`]: the panic hook of the nkmc programs (never prints a panic's message).
 //! - [`client`] (feature `client`) is the HTTP-over-Unix-socket client for gatewayd.
 
+pub mod panic;
 pub mod path;
 pub mod readme;
 pub mod skill;

@@ -13,6 +13,7 @@
 //! - [`api`]: the HTTP/1.1 + JSON API on the Unix socket.
 //! - [`audit`]: the hash-chained audit log of every operation, and its verification.
 //! - [`run`]: `nkmc run`: existing CLIs with their credential injected, output masked.
+//! - [`hardening`]: no core dumps, not dumpable.
 //! - [`auth`]: agent tokens (biscuit): the root key, minting, attenuation, authorization, revocation.
 
 pub mod api;
@@ -24,6 +25,7 @@ pub mod discovery;
 pub mod federation;
 pub mod gateway;
 pub mod grep;
+pub mod hardening;
 pub mod oauth2;
 pub mod ops;
 pub mod registry;

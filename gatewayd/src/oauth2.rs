@@ -163,8 +163,9 @@ async fn fetch(http: &reqwest::Client, ex: &Exchange<'_>) -> Result<(Secret, i64
         return Err(fail(format!("answered more than {MAX_TOKEN_RESPONSE} bytes")));
     }
     if !status.is_success() {
-        let excerpt = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
-        let excerpt = crate::upstream::mask(excerpt, Some(&Secret::new(secret.to_owned())));
+        // The token endpoint saw the secret (form-encoded, in base64 basic auth): every
+        // form of it is masked.
+        let excerpt = crate::upstream::echo::masked_excerpt(&body, 512, Some(&Secret::new(secret.to_owned())));
         return Err(fail(format!("answered HTTP {}: {excerpt} (check the client id and secret)", status.as_u16())));
     }
     let parsed: TokenResponse = serde_json::from_slice(&body)

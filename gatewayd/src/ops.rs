@@ -18,7 +18,7 @@ use crate::auth;
 use crate::federation::borrow;
 use crate::federation::protocol::ExecOp;
 use crate::registry::Service;
-use crate::upstream::{Call, UpstreamError};
+use crate::upstream::{Answer, Call, UpstreamError};
 use crate::vault::VaultError;
 use crate::Gateway;
 
@@ -39,7 +39,7 @@ pub enum OpError {
     #[error("{0}")]
     Tree(#[from] TreeError),
     /// No such service.
-    #[error("gatewayd: no service `{0}` is registered")]
+    #[error("gatewayd: no service `{0}` is registered (`nkmc services list` shows them; `nkmc register` adds one)")]
     NoService(String),
     /// A directory where a file was needed.
     #[error("gatewayd: `{0}` is a directory")]
@@ -369,8 +369,8 @@ async fn collection_ids(
 }
 
 /// The ids in a collection's response.
-async fn ids_in(service: &Service, dir: &Resolved, resp: reqwest::Response) -> Result<Vec<String>, OpError> {
-    if resp.content_length().is_some_and(|l| l > MAX_LISTING_BODY) {
+async fn ids_in(service: &Service, dir: &Resolved, resp: Answer) -> Result<Vec<String>, OpError> {
+    if resp.announced_len().is_some_and(|l| l > MAX_LISTING_BODY) {
         return Ok(Vec::new());
     }
     let body = resp.bytes().await.map_err(|e| UpstreamError::Transport {
@@ -426,8 +426,8 @@ fn borrow_from(
 /// What a read, write or delete returns.
 #[derive(Debug)]
 pub enum Output {
-    /// The upstream's response, to be streamed.
-    Upstream(reqwest::Response),
+    /// The upstream's response (its body masked against the credential sent), to be streamed.
+    Upstream(Answer),
     /// A whole body: a generated file (README.md, skill.md) or a JSON-RPC result.
     Whole {
         /// The bytes.
@@ -554,7 +554,7 @@ async fn send_get(
     agent: Option<&auth::AgentId>,
     service: &Service,
     resolved: &Resolved,
-) -> Result<reqwest::Response, OpError> {
+) -> Result<Answer, OpError> {
     send_op(gw, agent, service, resolved, Method::Get, None).await
 }
 
@@ -566,7 +566,7 @@ async fn send_op(
     resolved: &Resolved,
     method: Method,
     body: Option<Bytes>,
-) -> Result<reqwest::Response, OpError> {
+) -> Result<Answer, OpError> {
     send_op_with(gw, agent, service, resolved, method, body, crate::upstream::Validators::default()).await
 }
 
@@ -579,7 +579,7 @@ async fn send_op_with(
     method: Method,
     body: Option<Bytes>,
     validators: crate::upstream::Validators,
-) -> Result<reqwest::Response, OpError> {
+) -> Result<Answer, OpError> {
     let op_index = service.tree.operation(resolved.node, method).ok_or_else(|| OpError::NoOperation {
         path: format!("/{}/{}", service.domain, resolved.segments.join("/")),
         method: method.as_str(),
@@ -588,6 +588,7 @@ async fn send_op_with(
     let schemes = service.spec.schemes_for(op);
     let credential = credential_for(gw, agent, &service.domain)?;
     let (credential, placement) = present(gw, service, &schemes, credential).await?;
+    injected_panic(&service.domain, credential.as_ref());
     let query = match (&op.fixed_query, &resolved.query) {
         (Some(a), Some(b)) => Some(format!("{a}&{b}")),
         (a, b) => a.clone().or_else(|| b.clone()),
@@ -605,6 +606,18 @@ async fn send_op_with(
         validators,
     };
     Ok(gw.upstream.send(call).await?)
+}
+
+/// Fault injection for the panic tests: when set to a service's domain, an operation on it
+/// panics once its credential is in hand, with the credential in the panic's message, so a
+/// test can prove that neither the answer nor the log shows it. Unset in normal use.
+pub const PANIC_VAR: &str = "NKMC_TEST_PANIC_WITH_CREDENTIAL";
+
+fn injected_panic(domain: &str, credential: Option<&crate::vault::Secret>) {
+    if std::env::var(PANIC_VAR).is_ok_and(|d| d == domain) {
+        let shown = credential.map(crate::vault::Secret::expose).unwrap_or("none");
+        panic!("fault injection ({PANIC_VAR}): the credential is {shown}");
+    }
 }
 
 /// The file a write or delete acts on.

@@ -10,6 +10,10 @@ use url::Url;
 use crate::config::UpstreamConfig;
 use crate::vault::Secret;
 
+pub mod echo;
+
+pub use echo::Answer;
+
 /// Longest upstream error body kept for a message, in bytes.
 const ERROR_BODY_EXCERPT: usize = 2048;
 
@@ -41,7 +45,7 @@ pub enum UpstreamError {
         message: String,
     },
     /// The upstream answered with an error status.
-    #[error("upstream {domain}: HTTP {status}: {body}")]
+    #[error("upstream {domain}: HTTP {status}: {body}{}", next_step(*status, domain))]
     Status {
         /// The service.
         domain: String,
@@ -76,6 +80,23 @@ pub enum UpstreamError {
         /// Why.
         message: String,
     },
+}
+
+/// What to do about an error status, when nkmc can say: the key for 401/403, patience for
+/// 429. Appended to the message after the upstream's own words.
+fn next_step(status: u16, domain: &str) -> String {
+    match status {
+        401 => format!(
+            " (the upstream did not accept the key: check it, or store another with `nkmc keys set {domain} ...`; \
+             `nkmc keys list` shows what is stored)"
+        ),
+        403 => format!(
+            " (the upstream refused this with the key sent: check what the key may do, or store another with \
+             `nkmc keys set {domain} ...`)"
+        ),
+        429 => " (rate limited by the upstream: retry later)".to_owned(),
+        _ => String::new(),
+    }
 }
 
 /// A request to send: everything derived from validated input.
@@ -162,9 +183,10 @@ impl Upstream {
         &self.config
     }
 
-    /// Sends the call; a non-2xx status becomes [`UpstreamError::Status`]. Only idempotent
-    /// calls may be retried by a caller; this sends exactly once.
-    pub async fn send(&self, call: Call<'_>) -> Result<reqwest::Response, UpstreamError> {
+    /// Sends the call; a non-2xx status becomes [`UpstreamError::Status`]. Idempotent calls
+    /// are retried on 429/502/503/504. The answer's body, and the excerpt of an error body,
+    /// have every form of the credential sent masked ([`echo`]).
+    pub async fn send(&self, call: Call<'_>) -> Result<Answer, UpstreamError> {
         let domain = call.domain.to_owned();
         if crate::ssrf::is_metadata(call.base_url) {
             return Err(UpstreamError::Refused {
@@ -223,7 +245,7 @@ impl Upstream {
         };
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_MODIFIED && call.validators.any() {
-            return Ok(resp);
+            return Ok(Answer::new(resp, call.credential.as_ref()));
         }
         if status.is_success() {
             if let Some(len) = resp.content_length() {
@@ -231,7 +253,7 @@ impl Upstream {
                     return Err(UpstreamError::TooLarge { domain, size: len, limit: self.config.max_body_bytes });
                 }
             }
-            return Ok(resp);
+            return Ok(Answer::new(resp, call.credential.as_ref()));
         }
         let body = error_excerpt(resp, call.credential.as_ref()).await;
         Err(UpstreamError::Status { domain, status: status.as_u16(), body })
@@ -314,17 +336,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 async fn error_excerpt(resp: reqwest::Response, credential: Option<&Secret>) -> String {
     let bytes = resp.bytes().await.unwrap_or_default();
-    let cut = &bytes[..bytes.len().min(ERROR_BODY_EXCERPT)];
-    let text = String::from_utf8_lossy(cut).into_owned();
-    mask(text, credential)
-}
-
-/// Replaces every occurrence of the credential with `****`.
-pub fn mask(text: String, credential: Option<&Secret>) -> String {
-    match credential {
-        Some(s) if !s.expose().is_empty() && text.contains(s.expose()) => text.replace(s.expose(), "****"),
-        _ => text,
-    }
+    echo::masked_excerpt(&bytes, ERROR_BODY_EXCERPT, credential)
 }
 
 /// A path that cannot be sent: a base URL that takes no path, or an empty, `.` or `..` segment.
@@ -376,6 +388,15 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_say_what_to_do_next() {
+        let status = |status| UpstreamError::Status { domain: "pets.test".into(), status, body: "{}".into() };
+        assert!(status(401).to_string().ends_with("`nkmc keys list` shows what is stored)"), "{}", status(401));
+        assert!(status(403).to_string().contains("`nkmc keys set pets.test ...`"), "{}", status(403));
+        assert!(status(429).to_string().contains("retry later"));
+        assert_eq!(status(404).to_string(), "upstream pets.test: HTTP 404: {}");
+    }
 
     #[test]
     fn retry_after_is_honoured_up_to_the_cap() {

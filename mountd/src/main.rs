@@ -47,6 +47,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    agentfs::panic::install_quiet_hook("mountd");
     // The agent token comes in the environment (never argv, which `ps` shows) and leaves it
     // before any thread starts.
     let token = std::env::var("NKMC_TOKEN").ok();

@@ -450,3 +450,60 @@ pub fn vm_hwm_kib(pid: i32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM")
 }
+
+const BASE64_STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const BASE64_URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Base64 of `bytes` with `=` padding, standard or URL-safe alphabet (an encoder written
+/// for the tests, independent of gatewayd's).
+pub fn base64(bytes: &[u8], url_safe: bool) -> String {
+    let alphabet = if url_safe { BASE64_URL } else { BASE64_STD };
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(alphabet[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The forms a leaked secret could take, named: plain, hex (both cases), every byte
+/// percent-encoded (both cases), and base64 (standard and URL-safe) at each of the three
+/// alignments it can have inside a longer encoded text (only the characters that depend on
+/// the secret's bytes alone).
+pub fn secret_forms(secret: &str) -> Vec<(String, String)> {
+    let bytes = secret.as_bytes();
+    let mut forms = vec![
+        ("plain".to_owned(), secret.to_owned()),
+        ("hex".to_owned(), bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        ("HEX".to_owned(), bytes.iter().map(|b| format!("{b:02X}")).collect()),
+        ("percent-encoded".to_owned(), bytes.iter().map(|b| format!("%{b:02X}")).collect()),
+        ("percent-encoded (lower)".to_owned(), bytes.iter().map(|b| format!("%{b:02x}")).collect()),
+    ];
+    for url_safe in [false, true] {
+        for shift in 0..3 {
+            let mut shifted = vec![b'x'; shift];
+            shifted.extend_from_slice(bytes);
+            shifted.extend_from_slice(b"xyz");
+            let enc = base64(&shifted, url_safe);
+            // Characters that mix in bits of the filler are left out.
+            let first = (8 * shift).div_ceil(6);
+            let last = (8 * (shift + bytes.len())) / 6;
+            forms.push((format!("base64 (url-safe: {url_safe}, offset {shift})"), enc[first..last].to_owned()));
+        }
+    }
+    forms
+}
+
+/// Panics if `hay` holds any of [`secret_forms`] of `secret`.
+pub fn assert_no_secret(what: &str, hay: &[u8], secret: &str) {
+    for (form, needle) in secret_forms(secret) {
+        assert!(!contains(hay, needle.as_bytes()), "{what} contains the key ({form})");
+    }
+}

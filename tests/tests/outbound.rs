@@ -104,7 +104,14 @@ fn keys_go_where_the_owner_says() {
     let n = Nkmc::new("");
     n.ok(&["gateway", "start", "--daemon"]);
     assert!(petstore(&n, "pets.test", &up.url("/v1")).status.success());
-    let seen = |n: &Nkmc| -> serde_json::Value { serde_json::from_str(&n.ok(&["cat", "/pets.test/pets"])).unwrap() };
+    // What the upstream received (its echo of it comes back masked: keys never reach the caller).
+    let seen = |n: &Nkmc| -> serde_json::Value {
+        let echoed = n.ok(&["cat", "/pets.test/pets"]);
+        assert!(!echoed.contains("k-") && !echoed.contains("s3cret"), "{echoed}");
+        let req = up.seen().pop().unwrap();
+        let header = |name: &str| req.headers.get(name).cloned().unwrap_or_default();
+        serde_json::json!({"uri": req.uri, "x-api-key": header("x-api-key"), "authorization": header("authorization")})
+    };
 
     n.ok(&["keys", "set", "pets.test", "--header", "x-api-key", "--value", "k-header"]);
     let v = seen(&n);
@@ -121,4 +128,68 @@ fn keys_go_where_the_owner_says() {
     assert_eq!(seen(&n)["authorization"], "Bearer k-bearer", "petstore declares no scheme: bearer");
     let out = n.run(&["keys", "set", "pets.test", "--header", "x-api-key"]);
     assert!(!out.status.success(), "--header needs --value");
+}
+
+#[test]
+fn pagination_links_to_another_origin_are_never_followed() {
+    let key = canary();
+    let elsewhere = Upstream::start(|_| json(200, r#"[{"id":99}]"#));
+    let next = elsewhere.url("/v1/pets?page=2");
+    let home = Upstream::start(move |req| match req.uri.as_str() {
+        "/v1/pets" => {
+            let body = format!(r#"[{{"id":1}},{{"id":2,"next":"{next}"}}]"#);
+            let mut answer = json(200, &body);
+            answer.1.push(("link".into(), format!(r#"<{next}>; rel="next""#)));
+            answer.1.push(("x-next".into(), next.clone()));
+            answer
+        }
+        _ => json(404, "{}"),
+    });
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+    assert!(petstore(&n, "pets.test", &home.url("/v1")).status.success());
+    n.ok(&["keys", "set", "pets.test", "--token", &key]);
+
+    // A listing is the first page only; a file is the one response.
+    assert_eq!(n.ok(&["ls", "/pets.test/pets.d"]).split_whitespace().collect::<Vec<_>>(), ["1", "2"]);
+    assert!(n.ok(&["cat", "/pets.test/pets"]).contains("page=2"));
+    n.ok(&["grep", "-l", "id", "/pets.test"]);
+    assert!(elsewhere.seen().is_empty(), "no link was followed: {:?}", elsewhere.seen());
+    // Nor on the service's own origin: the items are read (grep), no next page.
+    assert!(home.seen().iter().all(|s| !s.uri.contains("page=")), "{:?}", home.seen());
+}
+
+#[test]
+fn an_answer_over_the_size_cap_is_refused() {
+    let home = Upstream::start(|req| match req.uri.as_str() {
+        "/v1/pets" => json(200, &format!(r#"[{{"id":"{}"}}]"#, "x".repeat(5000))),
+        _ => json(200, r#"{"id":1}"#),
+    });
+    let n = Nkmc::new("[upstream]\nmax_body_bytes = 1000\n");
+    n.ok(&["gateway", "start", "--daemon"]);
+    assert!(petstore(&n, "pets.test", &home.url("/v1")).status.success());
+    let out = n.run(&["cat", "/pets.test/pets"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("over the limit of 1000") && err.contains("max_body_bytes"), "{err}");
+    assert_eq!(n.ok(&["cat", "/pets.test/pets.d/1"]), r#"{"id":1}"#, "a small answer passes");
+}
+
+#[test]
+fn a_key_in_the_query_never_shows_in_a_connection_error() {
+    let key = canary();
+    // A port with nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let n = Nkmc::new("[upstream]\nconnect_timeout_ms = 800\n");
+    n.ok(&["gateway", "start", "--daemon"]);
+    assert!(petstore(&n, "dead.test", &format!("http://{closed}/v1")).status.success());
+    n.ok(&["keys", "set", "dead.test", "--query", "api_key", "--value", &key]);
+    let out = n.run(&["cat", "/dead.test/pets"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect"), "{err}");
+    assert!(!err.contains(&key) && !err.contains("api_key"), "no key, no query: {err}");
+    n.ok(&["gateway", "stop"]);
+    let log = std::fs::read_to_string(n.data_dir.join("gatewayd.log")).unwrap();
+    assert!(!log.contains(&key), "the trace log holds no key");
 }

@@ -155,3 +155,40 @@ fn another_gateways_tokens_are_not_ours() {
     let o = a.run(&["token", "inspect"]);
     assert!(!o.status.success() && out(&o).contains("nkmc auth"), "{}", out(&o));
 }
+
+#[test]
+fn tokens_never_enter_the_log_or_the_audit() {
+    let n = Nkmc::new("");
+    n.ok(&["gateway", "start", "--daemon"]);
+    let token = n.ok(&["token", "mint", "--agent", "bot"]).trim().to_owned();
+    let narrow = ok_stdin(&n, &["token", "attenuate", "--token", "-", "--allow", "pets.test:read"], &token);
+    let narrow = narrow.trim().to_owned();
+    // Used over the socket (valid, then revoked) and over TCP (valid, then a mangled copy).
+    let as_agent = |t: &str, args: &[&str]| n.cmd(args).env("NKMC_TOKEN", t).output().unwrap();
+    assert!(as_agent(&token, &["ls", "/"]).status.success());
+    assert!(!as_agent(&narrow, &["cat", "/pets.test/pets"]).status.success(), "no such service");
+    ok_stdin(&n, &["token", "revoke", "--token", "-"], &narrow);
+    let refused = as_agent(&narrow, &["ls", "/"]);
+    assert!(!refused.status.success() && out(&refused).contains("revoked"), "{}", out(&refused));
+    let addr = n.tcp_addr();
+    let ok = nkmc_e2e::http(addr, "GET", "/v1/fs/list?path=/", &[("authorization", &format!("Bearer {token}"))], b"");
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let mangled = format!("{}x{}", &token[..token.len() / 2], &token[token.len() / 2..]);
+    let bad =
+        nkmc_e2e::http(addr, "GET", "/v1/fs/list?path=/", &[("authorization", &format!("Bearer {mangled}"))], b"");
+    assert_ne!(bad.status, 200);
+
+    let audit = n.ok(&["audit", "tail", "-n", "1000", "--json"]);
+    assert!(audit.contains("\"agent\":\"bot\""), "the agent is named: {audit}");
+    n.ok(&["gateway", "stop"]);
+    let mut hay = audit.into_bytes();
+    hay.extend(std::fs::read(n.data_dir.join("gatewayd.log")).unwrap());
+    hay.extend(bad.body);
+    hay.extend(refused.stderr);
+    for (name, t) in [("minted", &token), ("attenuated", &narrow), ("mangled", &mangled)] {
+        // Any 40-character stretch of the token (they are long base64 strings).
+        for start in (0..t.len().saturating_sub(40)).step_by(40) {
+            assert!(!contains(&hay, &t.as_bytes()[start..start + 40]), "the {name} token leaked");
+        }
+    }
+}

@@ -259,13 +259,11 @@ async fn collect(gw: &Gateway, out: ops::Output) -> Result<(u16, String, Vec<u8>
         ops::Output::Upstream(resp) => {
             let status = resp.status().as_u16();
             let ct = resp
-                .headers()
-                .get(CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("application/octet-stream")
-                .to_owned();
+                .content_type()
+                .and_then(|v| v.to_str().ok().map(str::to_owned))
+                .unwrap_or_else(|| "application/octet-stream".to_owned());
             let limit = gw.upstream.config().max_body_bytes;
-            if resp.content_length().is_some_and(|l| l > limit) {
+            if resp.announced_len().is_some_and(|l| l > limit) {
                 return Err(ApiError::new(
                     ErrorCode::TooLarge,
                     format!("upstream body over the limit of {limit} bytes"),

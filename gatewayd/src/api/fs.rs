@@ -123,17 +123,17 @@ fn respond(gw: &Gateway, out: ops::Output, audit: Pending) -> Response {
 /// The header that carries the upstream's status on a successful write or delete.
 pub const UPSTREAM_STATUS: &str = "x-nkmc-upstream-status";
 
-/// Passes an upstream response on: its content type and length, its validators (`ETag`,
-/// `Last-Modified`), and its body streamed (cut off with an error past
-/// `upstream.max_body_bytes`). An upstream `304 Not Modified` (to a conditional read) is
-/// passed on as `304` with no body.
-fn stream_response(gw: &Gateway, resp: reqwest::Response, audit: Pending) -> Response {
+/// Passes an upstream response on: its content type, its length when masking cannot change
+/// it, its validators (`ETag`, `Last-Modified`), and its body streamed (cut off with an
+/// error past `upstream.max_body_bytes`). An upstream `304 Not Modified` (to a conditional
+/// read) is passed on as `304` with no body.
+fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, audit: Pending) -> Response {
     let status = resp.status().as_u16();
     let ours = if status == 304 { 304 } else { 200 };
     let mut builder = Response::builder().status(ours).header(UPSTREAM_STATUS, status);
     for name in [ETAG, LAST_MODIFIED] {
-        if let Some(v) = resp.headers().get(&name) {
-            builder = builder.header(name, v.clone());
+        if let Some(v) = resp.validator(&name) {
+            builder = builder.header(name, v);
         }
     }
     if status == 304 {
@@ -142,10 +142,11 @@ fn stream_response(gw: &Gateway, resp: reqwest::Response, audit: Pending) -> Res
             ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")).into_response()
         });
     }
-    if let Some(ct) = resp.headers().get(CONTENT_TYPE) {
-        builder = builder.header(CONTENT_TYPE, ct.clone());
+    if let Some(ct) = resp.content_type() {
+        builder = builder.header(CONTENT_TYPE, ct);
     }
-    let length = resp.content_length();
+    // Known only when nothing can be masked (a masked body may change length).
+    let length = resp.exact_len();
     if let Some(len) = length {
         builder = builder.header(CONTENT_LENGTH, len);
     }
@@ -155,6 +156,7 @@ fn stream_response(gw: &Gateway, resp: reqwest::Response, audit: Pending) -> Res
         let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
         seen += chunk.len() as u64;
         if seen > limit {
+            tracing::warn!(limit, "read: the upstream body went over upstream.max_body_bytes; cut off");
             let message = format!("upstream body over the limit of {limit} bytes");
             return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, message));
         }

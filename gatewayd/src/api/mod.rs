@@ -7,6 +7,7 @@ pub mod error;
 mod federation;
 mod fs;
 mod health;
+mod panic;
 mod proxy;
 pub mod socket;
 pub mod tcp;
@@ -103,7 +104,8 @@ fn agent_routes() -> Router<Arc<Gateway>> {
         .route("/v1/proxy/tools", get(proxy::tools))
 }
 
-/// Answers for unknown routes and methods, then the body limit and the state.
+/// Answers for unknown routes and methods, then the body limit, a panic in a handler
+/// answered as 500 `internal` ([`panic`]), and the state.
 fn finish(routes: Router<Arc<Gateway>>, gw: Arc<Gateway>) -> Router {
     routes
         .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
@@ -111,6 +113,7 @@ fn finish(routes: Router<Arc<Gateway>>, gw: Arc<Gateway>) -> Router {
             ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(panic::catch_panic))
         .with_state(gw)
 }
 

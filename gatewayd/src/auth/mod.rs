@@ -93,7 +93,10 @@ pub fn token_file(data_dir: &Path) -> PathBuf {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     /// Not a biscuit token (bad base64, bad encoding, unsupported version).
-    #[error("auth: the token is not a valid biscuit token")]
+    #[error(
+        "auth: the token is not a valid biscuit token (was all of it copied?); `nkmc token mint --agent NAME` \
+         mints one"
+    )]
     Malformed,
     /// Over [`authorize::MAX_TOKEN_BYTES`].
     #[error("auth: the token is {0} bytes long; the limit is {max}", max = authorize::MAX_TOKEN_BYTES)]
@@ -103,17 +106,21 @@ pub enum AuthError {
     TooComplex(String),
     /// Signed by another root key, or a block was removed, reordered or altered.
     #[error(
-        "auth: the token was not issued by this gateway (its signatures do not verify with this gateway's root key)"
+        "auth: the token was not issued by this gateway (its signatures do not verify with this gateway's root key); \
+         mint one here with `nkmc token mint --agent NAME`"
     )]
     NotIssuedHere,
     /// A block signed by a third party; not accepted.
     #[error("auth: tokens with third-party blocks are not accepted")]
     ThirdParty,
     /// On the revocation list.
-    #[error("auth: the token has been revoked")]
+    #[error("auth: the token has been revoked; ask the owner for a new one (`nkmc token mint --agent NAME`)")]
     Revoked,
     /// An expiry check failed (and nothing else did).
-    #[error("auth: the token has expired")]
+    #[error(
+        "auth: the token has expired; ask the owner for a new one (`nkmc token mint --agent NAME`), or attenuate \
+         one with a longer `--ttl`"
+    )]
     Expired,
     /// A check or the policy refused the request.
     #[error("auth: the token does not allow this operation")]

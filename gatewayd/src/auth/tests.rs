@@ -576,3 +576,20 @@ fn biscuit_sample_vectors_with_bad_signatures_are_refused() {
         assert!(matches!(err, AuthError::NotIssuedHere | AuthError::Malformed), "{name}: {err}");
     }
 }
+
+#[test]
+fn third_party_blocks_are_refused() {
+    let root = RootKey::generate();
+    let full = mint(&root, "a1", t0()).unwrap();
+    let token = UnverifiedBiscuit::from_base64(&full).unwrap();
+    let third = biscuit_auth::KeyPair::new();
+    let block = token
+        .third_party_request()
+        .unwrap()
+        .create_block(&third.private(), BlockBuilder::new().code(r#"note("from a third party")"#).unwrap())
+        .unwrap();
+    let with_third = token.append_third_party(&block.serialize().unwrap()).unwrap().to_base64().unwrap();
+    let err = auth(&root, &with_third, &req(Some(SVC), "/m", Op::Read)).unwrap_err();
+    assert!(matches!(err, AuthError::ThirdParty), "{err}");
+    assert!(auth(&root, &full, &req(Some(SVC), "/m", Op::Read)).is_ok());
+}

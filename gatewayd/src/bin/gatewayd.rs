@@ -28,6 +28,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    agentfs::panic::install_quiet_hook("gatewayd");
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NKMC_LOG")
@@ -36,6 +37,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    // Before any key is loaded: no core file, no ptrace by same-uid processes.
+    gatewayd::hardening::forbid_core_dumps().context("gatewayd: cannot forbid core dumps (setrlimit, prctl)")?;
     let mut paths = Paths::from_env()?;
     if let Some(d) = args.data_dir {
         paths.data_dir = std::path::absolute(d)?;

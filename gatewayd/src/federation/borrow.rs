@@ -180,7 +180,7 @@ pub async fn exec(
     op: ExecOp,
     path: &VPath,
     body: Option<bytes::Bytes>,
-) -> Result<reqwest::Response, OpError> {
+) -> Result<crate::upstream::Answer, OpError> {
     let domain = path.service().map(|d| d.to_string()).unwrap_or_default();
     let text = match body {
         Some(b) if !b.is_empty() => Some(
@@ -227,8 +227,8 @@ pub async fn exec(
 }
 
 /// The lender's answer as an upstream response: its `x-nkmc-upstream-status`, content type
-/// and body.
-fn as_upstream(answer: PeerAnswer) -> reqwest::Response {
+/// and body (already masked by the lender; no credential was sent from here).
+fn as_upstream(answer: PeerAnswer) -> crate::upstream::Answer {
     let status = answer
         .headers
         .get(crate::api::UPSTREAM_STATUS_HEADER)
@@ -240,5 +240,5 @@ fn as_upstream(answer: PeerAnswer) -> reqwest::Response {
         builder = builder.header(reqwest::header::CONTENT_TYPE, ct.clone());
     }
     let resp = builder.body(answer.body).unwrap_or_else(|_| axum::http::Response::new(bytes::Bytes::new()));
-    reqwest::Response::from(resp)
+    crate::upstream::Answer::new(reqwest::Response::from(resp), None)
 }

@@ -3,7 +3,8 @@
 //! For every secret, the patterns are the secret itself and its encodings that a tool might
 //! print: base64 (standard and URL-safe alphabets, at each of the three byte alignments the
 //! secret can have inside a longer encoded string), hex (lower and upper case),
-//! URL-encoding (`%XX` upper and lower case, and form encoding with `+` for a space), and
+//! URL-encoding (`%XX` upper and lower case, of the reserved bytes only or of every byte, and
+//! form encoding with `+` for a space), and
 //! JSON string escaping (`\"`, `\\`, and `\/` as some encoders write `/`). Every
 //! occurrence of a pattern is replaced by [`MARKER`]; overlapping occurrences become one
 //! marker.
@@ -79,6 +80,12 @@ fn url_encoded(bytes: &[u8], upper: bool, plus: bool) -> Vec<u8> {
     out
 }
 
+/// Every byte as `%XX`, unreserved ones too (some encoders and echoing servers write it so).
+fn percent_every_byte(bytes: &[u8], upper: bool) -> Vec<u8> {
+    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
+    bytes.iter().flat_map(|b| [b'%', digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]).collect()
+}
+
 /// `secret` inside a JSON string: `"` and `\` escaped, and `/` as `\/` when `slash`.
 fn json_escaped(secret: &[u8], slash: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(secret.len());
@@ -105,6 +112,7 @@ pub fn patterns_of(secret: &[u8]) -> Vec<Vec<u8>> {
         for plus in [false, true] {
             out.push(url_encoded(secret, upper, plus));
         }
+        out.push(percent_every_byte(secret, upper));
     }
     out
 }
@@ -296,6 +304,8 @@ mod tests {
         inputs.push(hex(secret.as_bytes(), true));
         inputs.push(b"CANARY_0123456789abcdef%2F%2B%20x".to_vec());
         inputs.push(b"CANARY_0123456789abcdef%2f%2b+x".to_vec());
+        inputs.push(secret.bytes().flat_map(|b| format!("%{b:02X}").into_bytes()).collect());
+        inputs.push(secret.bytes().flat_map(|b| format!("%{b:02x}").into_bytes()).collect());
         inputs.push(br#"{"key":"CANARY_0123456789abcdef\/+ x"}"#.to_vec());
         for input in inputs {
             let out = mask_all(&p, &input);

@@ -57,6 +57,7 @@ impl FsError {
         match self {
             FsError::Gateway(ClientError::Connect { .. }) => libc::EIO,
             FsError::Gateway(ClientError::Http(_)) => libc::EIO,
+            FsError::Gateway(ClientError::Cut { .. }) => libc::EIO,
             FsError::Gateway(ClientError::Decode(_)) => libc::EIO,
             FsError::Gateway(ClientError::Timeout(_)) => libc::ETIMEDOUT,
             FsError::Gateway(ClientError::Api { body, .. }) => errno_of(body.code),

@@ -270,7 +270,7 @@ pub async fn umount(ctx: &Ctx, dir: &Path) -> anyhow::Result<ExitCode> {
     match mounts::find(&ctx.paths.mounts_dir(), &dir) {
         Some(rec) => stop_mount(ctx, &rec).await?,
         None if mounts::is_stale(&dir) || mounts::is_nkmc_mount(&dir) => mounts::detach(&dir)?,
-        None => bail!("{} is not an nkmc mount", dir.display()),
+        None => bail!("{} is not an nkmc mount (`nkmc gateway status` lists the mounts nkmc started)", dir.display()),
     }
     println!("unmounted {}", dir.display());
     Ok(ExitCode::SUCCESS)

@@ -74,7 +74,7 @@ pub enum RulesCommand {
         #[arg(long)]
         rate: Option<String>,
     },
-    /// The rules.
+    /// The lending rules, by domain (allow or deny, peers, operations, price, rate).
     List,
     /// Remove the rule of a domain.
     Remove {

@@ -275,6 +275,7 @@ impl Ctx {
 }
 
 fn main() -> ExitCode {
+    agentfs::panic::install_quiet_hook("nkmc");
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

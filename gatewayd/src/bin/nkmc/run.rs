@@ -98,7 +98,10 @@ fn stdin_frames(tx: mpsc::Sender<Bytes>) {
 async fn exec(ctx: &Ctx, req: &ExecRequest) -> anyhow::Result<ExitCode> {
     let socket = &ctx.paths.socket;
     let stream = UnixStream::connect(socket).await.with_context(|| {
-        format!("cannot connect to gatewayd at {} (is it running? try `nkmc up`)", socket.display())
+        format!(
+            "cannot connect to gatewayd at {}; is it running? Start it with `nkmc up` or `nkmc gateway start --daemon`",
+            socket.display()
+        )
     })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, StreamBody<FrameStream>>(TokioIo::new(stream))
         .await

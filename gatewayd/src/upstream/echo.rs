@@ -1,0 +1,184 @@
+//! What an upstream says, with the credential that was sent to it masked out.
+//!
+//! An upstream may echo the request back: a 401 that quotes the `Authorization` header, a
+//! debug endpoint, a key-management API that returns the key itself. Whatever it echoes
+//! would leave gatewayd in an error message (and from there in `.nkmc/last_error`, the
+//! log and the audit outcome), in a file's content, in a listing's names or in a grep
+//! match. DESIGN says keys never reach the agent or the mount, so every byte of an
+//! upstream's answer, successful or not, goes through the masker of `nkmc run`
+//! ([`crate::run::mask`]): the credential, its base64 (standard and URL-safe, at every
+//! alignment), hex, URL-encoded and JSON-escaped forms become `[masked by nkmc]`.
+//!
+//! A masked body may be shorter or longer than the upstream announced, so its length is
+//! only passed on when nothing can be masked (no credential was sent).
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::run::mask::{mask_all, Masker, Patterns};
+use crate::vault::Secret;
+
+/// The patterns standing for `credential`: the value sent and, for a `user:password`
+/// basic credential, the password on its own (an upstream may quote either).
+pub fn patterns(credential: Option<&Secret>) -> Option<Patterns> {
+    let value = credential?.expose();
+    if value.is_empty() {
+        return None;
+    }
+    let mut secrets: Vec<&[u8]> = vec![value.as_bytes()];
+    if let Some((_, password)) = value.split_once(':') {
+        if password.len() >= crate::run::mask::MIN_SECRET_LEN {
+            secrets.push(password.as_bytes());
+        }
+    }
+    Some(Patterns::new(secrets))
+}
+
+/// `bytes` as text with every form of `credential` masked.
+pub fn mask_text(bytes: &[u8], credential: Option<&Secret>) -> String {
+    match patterns(credential) {
+        Some(p) => String::from_utf8_lossy(&mask_all(&p, bytes)).into_owned(),
+        None => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// The start of `bytes` (at most `limit` bytes of output) as text, masked; an occurrence
+/// of the credential cut by the limit is not shown in part: what could be the beginning
+/// of a secret is held back by the masker and dropped.
+pub fn masked_excerpt(bytes: &[u8], limit: usize, credential: Option<&Secret>) -> String {
+    let Some(p) = patterns(credential) else {
+        return String::from_utf8_lossy(&bytes[..bytes.len().min(limit)]).into_owned();
+    };
+    let window = limit.saturating_add(p.longest());
+    let mut masker = Masker::new(p);
+    let mut out = masker.push(&bytes[..bytes.len().min(window)]);
+    if bytes.len() <= window {
+        out.extend(masker.finish());
+    }
+    out.truncate(limit);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A successful upstream response whose body is masked against the credential sent.
+#[derive(Debug)]
+pub struct Answer {
+    resp: reqwest::Response,
+    /// Boxed: the patterns' lookup table would make every [`Answer`] large.
+    patterns: Option<Box<Patterns>>,
+}
+
+impl Answer {
+    /// Wraps `resp`, the answer to a request that carried `credential`.
+    pub fn new(resp: reqwest::Response, credential: Option<&Secret>) -> Self {
+        Answer { resp, patterns: patterns(credential).map(Box::new) }
+    }
+
+    /// The upstream's status.
+    pub fn status(&self) -> reqwest::StatusCode {
+        self.resp.status()
+    }
+
+    /// The upstream's content type, the one header gatewayd passes on; one that holds the
+    /// credential in any form is replaced by `application/octet-stream`.
+    pub fn content_type(&self) -> Option<reqwest::header::HeaderValue> {
+        let value = self.resp.headers().get(reqwest::header::CONTENT_TYPE)?;
+        match &self.patterns {
+            Some(p) if mask_all(p, value.as_bytes()) != value.as_bytes() => {
+                Some(reqwest::header::HeaderValue::from_static("application/octet-stream"))
+            }
+            _ => Some(value.clone()),
+        }
+    }
+
+    /// A validator header (`ETag`, `Last-Modified`) of the upstream's answer, unless it
+    /// holds the credential in some form (then it is dropped).
+    pub fn validator(&self, name: &reqwest::header::HeaderName) -> Option<reqwest::header::HeaderValue> {
+        let value = self.resp.headers().get(name)?;
+        match &self.patterns {
+            Some(p) if mask_all(p, value.as_bytes()) != value.as_bytes() => None,
+            _ => Some(value.clone()),
+        }
+    }
+
+    /// The length the upstream announced, for size caps.
+    pub fn announced_len(&self) -> Option<u64> {
+        self.resp.content_length()
+    }
+
+    /// The exact length of the body [`Answer::bytes_stream`] yields, when it is known:
+    /// only when no credential was sent, as masking may change it.
+    pub fn exact_len(&self) -> Option<u64> {
+        if self.patterns.is_some() {
+            None
+        } else {
+            self.resp.content_length()
+        }
+    }
+
+    /// The whole body, masked.
+    pub async fn bytes(self) -> Result<Bytes, reqwest::Error> {
+        let body = self.resp.bytes().await?;
+        Ok(match &self.patterns {
+            Some(p) => mask_all(p, &body).into(),
+            None => body,
+        })
+    }
+
+    /// The body as it arrives, masked chunk by chunk (a credential split between chunks is
+    /// still masked; the masker holds back at most one pattern's length).
+    pub fn bytes_stream(self) -> futures_util::stream::BoxStream<'static, Result<Bytes, reqwest::Error>> {
+        let masker = self.patterns.map(|p| Masker::new(*p));
+        let chunks = self.resp.bytes_stream();
+        futures_util::stream::unfold(Some((chunks, masker)), |state| async move {
+            let (mut chunks, mut masker) = state?;
+            loop {
+                match chunks.next().await {
+                    Some(Ok(chunk)) => match masker.as_mut() {
+                        None => return Some((Ok(chunk), Some((chunks, masker)))),
+                        Some(m) => {
+                            let out = m.push(&chunk);
+                            if !out.is_empty() {
+                                return Some((Ok(out.into()), Some((chunks, masker))));
+                            }
+                        }
+                    },
+                    Some(Err(e)) => return Some((Err(e), None)),
+                    None => {
+                        let rest = masker.as_mut().map(Masker::finish).unwrap_or_default();
+                        return (!rest.is_empty()).then(|| (Ok(rest.into()), None));
+                    }
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_excerpt_never_shows_a_secret_cut_by_its_limit() {
+        let key = Secret::new("CANARY_excerpt_0123456789".into());
+        let body = format!("{}{}{}", "x".repeat(10), key.expose(), "y".repeat(200));
+        // The limit falls inside the secret: not even its beginning is shown.
+        let out = masked_excerpt(body.as_bytes(), 16, Some(&key));
+        assert_eq!(out, "xxxxxxxxxx[maske");
+        let out = masked_excerpt(body.as_bytes(), 40, Some(&key));
+        assert_eq!(out, format!("{}[masked by nkmc]{}", "x".repeat(10), "y".repeat(14)));
+        // A body cut inside a secret past the window: the partial secret is held back.
+        let long = format!("{}{}", "x".repeat(60), key.expose());
+        let out = masked_excerpt(long.as_bytes(), 64, Some(&key));
+        assert!(!out.contains("CANA"), "{out}");
+        assert_eq!(masked_excerpt(b"no secret here", 4, Some(&key)), "no s");
+        assert_eq!(masked_excerpt(b"no credential", 100, None), "no credential");
+    }
+
+    #[test]
+    fn a_basic_password_is_masked_on_its_own() {
+        let key = Secret::new("user:CANARY_password_42".into());
+        let out = mask_text(b"bad password CANARY_password_42 for user:CANARY_password_42", Some(&key));
+        assert!(!out.contains("CANARY"), "{out}");
+    }
+}
