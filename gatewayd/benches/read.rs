@@ -28,6 +28,8 @@ fn main() {
         );
         return;
     };
+    // reqwest is built without a TLS provider of its own; gatewayd installs ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let gw = GatewayClient::new(socket, Duration::from_secs(10)).with_token(Some(token));
     let route = fs_route("read", &path);
