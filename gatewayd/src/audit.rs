@@ -315,14 +315,14 @@ struct Synchronous<'c>(&'c Connection);
 
 impl<'c> Synchronous<'c> {
     fn normal(conn: &'c Connection) -> Result<Self, AuditError> {
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.prepare_cached("PRAGMA synchronous = NORMAL")?.execute([])?;
         Ok(Synchronous(conn))
     }
 }
 
 impl Drop for Synchronous<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.0.pragma_update(None, "synchronous", "FULL") {
+        if let Err(e) = self.0.prepare_cached("PRAGMA synchronous = FULL").and_then(|mut s| s.execute([])) {
             tracing::error!(error = %e, "audit: cannot set synchronous=FULL again");
         }
     }

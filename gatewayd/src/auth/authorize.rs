@@ -23,7 +23,7 @@ use biscuit_auth::macros::authorizer;
 use biscuit_auth::{AuthorizerLimits, Biscuit, PublicKey};
 use serde::{Deserialize, Serialize};
 
-use super::cache::VerifiedTokens;
+use super::cache::{Decision, VerifiedTokens};
 use super::{token, unix_secs, AuthError};
 
 /// Longest token accepted, in base64 characters.
@@ -227,7 +227,8 @@ pub(crate) fn run(
 
 /// [`authorize`] with the verified token taken from (or put in) `cache`: the signatures are
 /// checked once per token string; revocation (`revoked` answers for hex ids, a failure to know
-/// must answer `true`) and the Datalog, expiry included, run on every call with `req`'s time.
+/// must answer `true`) on every call; the Datalog once per request and second of `req`'s
+/// time (its `time` fact has a one-second resolution; see [`super::cache`]).
 pub(crate) fn authorize_cached(
     cache: &VerifiedTokens,
     root: &PublicKey,
@@ -240,7 +241,14 @@ pub(crate) fn authorize_cached(
     if revoked(&verified.revocation_ids) {
         return Err(AuthError::Revoked);
     }
-    evaluate(&verified.biscuit, req, true)
+    if let Some(decision) = verified.decisions.get(req) {
+        return decision.result();
+    }
+    let result = evaluate(&verified.biscuit, req, true);
+    if let Some(decision) = Decision::of(&result) {
+        verified.decisions.keep(req, decision);
+    }
+    result
 }
 
 /// The Datalog of one request against a verified, unrevoked token.

@@ -1,15 +1,24 @@
 //! Agent tokens already verified: parsing a biscuit and checking its signatures costs far more
 //! than evaluating its Datalog, and an agent sends the same token with every request. The
 //! cache keeps the parsed, verified [`Biscuit`] per token string (bounded, least recently used
-//! out first). Only what depends on the token's bytes alone is kept: revocation is checked
-//! and the Datalog (expiry included) evaluated on every request, with the request's time.
+//! out first). Revocation is checked on every request.
+//!
+//! Each entry also keeps the Datalog's last answers ([`Decisions`]) per (service, path,
+//! operation), with the second they were evaluated at: the authorizer's only other input is
+//! the `time` fact, which has a resolution of one second, so a request in the same second
+//! gets exactly the answer the evaluation would give; a request in another second evaluates
+//! again (expiry is decided with each request's own time).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use biscuit_auth::{Biscuit, PublicKey};
 
-use super::{authorize, hex, AuthError};
+use super::authorize::{AgentId, Op, Request};
+use super::{authorize, hex, unix_secs, AuthError};
+
+/// Answers kept per token; when full, they are all forgotten.
+pub const DECISIONS_PER_TOKEN: usize = 64;
 
 /// Tokens kept by default. Tokens are a few hundred bytes (at most
 /// [`authorize::MAX_TOKEN_BYTES`]); a gateway serves a handful of agents.
@@ -24,6 +33,85 @@ pub struct Verified {
     pub revocation_ids: Vec<String>,
     /// The agent its authority block names ([`super::token::inspect`]).
     pub agent: Option<String>,
+    /// The Datalog's answers for this token.
+    pub decisions: Decisions,
+}
+
+/// What the Datalog answered for one request of a token (deterministic answers only: a
+/// refusal for hitting the authorizer's time limit is never kept).
+#[derive(Debug, Clone)]
+pub enum Decision {
+    /// Allowed, for this agent.
+    Allowed(AgentId),
+    /// [`AuthError::Denied`].
+    Denied,
+    /// [`AuthError::Expired`].
+    Expired,
+}
+
+impl Decision {
+    /// The decision of an evaluation, if it is one to keep.
+    pub fn of(result: &Result<AgentId, AuthError>) -> Option<Decision> {
+        match result {
+            Ok(agent) => Some(Decision::Allowed(agent.clone())),
+            Err(AuthError::Denied) => Some(Decision::Denied),
+            Err(AuthError::Expired) => Some(Decision::Expired),
+            Err(_) => None,
+        }
+    }
+
+    /// Back to what the evaluation returned.
+    pub fn result(self) -> Result<AgentId, AuthError> {
+        match self {
+            Decision::Allowed(agent) => Ok(agent),
+            Decision::Denied => Err(AuthError::Denied),
+            Decision::Expired => Err(AuthError::Expired),
+        }
+    }
+}
+
+/// (service, path, operation) → (the second of the evaluation, its decision).
+type DecisionMap = HashMap<(Option<String>, String, Op), (u64, Decision)>;
+
+/// The Datalog answers of one token, by request and second (bounded by
+/// [`DECISIONS_PER_TOKEN`]).
+#[derive(Debug, Default)]
+pub struct Decisions(Mutex<DecisionMap>);
+
+impl Decisions {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DecisionMap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The answer for `req` if one was evaluated in the same second as `req.now`.
+    pub fn get(&self, req: &Request) -> Option<Decision> {
+        let map = self.lock();
+        let key = (req.service.clone(), req.path.clone(), req.operation);
+        match map.get(&key) {
+            Some((secs, d)) if *secs == unix_secs(req.now) => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps the answer evaluated for `req`.
+    pub fn keep(&self, req: &Request, decision: Decision) {
+        let mut map = self.lock();
+        let key = (req.service.clone(), req.path.clone(), req.operation);
+        if map.len() >= DECISIONS_PER_TOKEN && !map.contains_key(&key) {
+            map.clear();
+        }
+        map.insert(key, (unix_secs(req.now), decision));
+    }
+
+    /// How many answers are kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The bounded cache of verified tokens of one root key.
@@ -60,7 +148,7 @@ impl VerifiedTokens {
         let biscuit = authorize::parse_verified(root, token)?;
         let revocation_ids = biscuit.revocation_identifiers().iter().map(|id| hex(id)).collect();
         let agent = super::token::inspect(token, None).ok().and_then(|i| i.agent);
-        let verified = Arc::new(Verified { biscuit, revocation_ids, agent });
+        let verified = Arc::new(Verified { biscuit, revocation_ids, agent, decisions: Decisions::default() });
         self.insert(token, verified.clone());
         Ok(verified)
     }

@@ -659,4 +659,39 @@ mod verified_cache {
         assert!(matches!(a.authorize(&foreign, &req(Some(SVC), "/models", Op::Read)), Err(AuthError::NotIssuedHere)));
         assert!(!a.verified_tokens().contains(&foreign));
     }
+
+    #[test]
+    fn decisions_are_kept_per_request_and_second_and_bounded() {
+        let a = authority(RootKey::generate());
+        let full = a.mint("a1", t0()).unwrap();
+        let ro = attenuate(&full, &allows(&["api.example.test:read/models"]), None, t0()).unwrap();
+        let read = req(Some(SVC), "/models", Op::Read);
+        let write = req(Some(SVC), "/models", Op::Write);
+        assert!(a.authorize(&ro, &read).is_ok());
+        assert!(matches!(a.authorize(&ro, &write), Err(AuthError::Denied)));
+        let decisions = || a.verified_tokens().get_or_verify(&a.public_key(), &ro).unwrap().decisions.len();
+        assert_eq!(decisions(), 2);
+        // The same answers from the kept decisions, in the same second.
+        assert!(a.authorize(&ro, &read).is_ok());
+        assert!(matches!(a.authorize(&ro, &write), Err(AuthError::Denied)));
+        assert_eq!(decisions(), 2);
+        // Bounded.
+        for i in 0..crate::auth::cache::DECISIONS_PER_TOKEN + 3 {
+            let _ = a.authorize(&ro, &req(Some(SVC), &format!("/models.d/{i}"), Op::Read));
+        }
+        assert!(decisions() <= crate::auth::cache::DECISIONS_PER_TOKEN, "{}", decisions());
+    }
+
+    #[test]
+    fn a_kept_decision_is_not_used_in_another_second() {
+        let a = authority(RootKey::generate());
+        let full = a.mint("a1", t0()).unwrap();
+        // Expires at t0 + 1 s: allowed during the second t0, refused two seconds later.
+        let short = attenuate(&full, &[], Some(Duration::from_secs(1)), t0()).unwrap();
+        let at = |ms: u64| Request { now: t0() + Duration::from_millis(ms), ..req(Some(SVC), "/models", Op::Read) };
+        assert!(a.authorize(&short, &at(0)).is_ok());
+        assert!(a.authorize(&short, &at(999)).is_ok(), "the same second");
+        assert!(matches!(a.authorize(&short, &at(2_000)), Err(AuthError::Expired)));
+        assert!(a.authorize(&short, &at(500)).is_ok(), "back in the first second: evaluated again");
+    }
 }
