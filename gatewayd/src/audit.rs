@@ -440,6 +440,9 @@ struct AnchorState {
     written: u64,
     /// Someone waits for the anchor: write now, do not wait out the interval.
     urgent: bool,
+    /// The writer waits for a head (not out an interval): a new head must wake it. During an
+    /// interval a new head waits for its end, so an append need not wake the writer.
+    idle: bool,
     stop: bool,
 }
 
@@ -473,7 +476,9 @@ impl AnchorShared {
             } else if state.stop {
                 return;
             } else {
+                state.idle = true;
                 state = self.wait(state);
+                state.idle = false;
             }
         }
     }
@@ -492,8 +497,11 @@ impl AnchorWriter {
     }
 
     fn post(&self, head: Head) {
-        self.shared.lock().pending = Some(head);
-        self.shared.changed.notify_all();
+        let mut state = self.shared.lock();
+        state.pending = Some(head);
+        if state.idle {
+            self.shared.changed.notify_all();
+        }
     }
 
     /// Waits until the head numbered `seq` (or a later one) has been written.
