@@ -36,11 +36,14 @@
 //! record the table does not have (truncated), a record whose hash differs (rewritten), or
 //! when the anchor is missing while records exist.
 //!
-//! An append is one INSERT; the anchor is written after the commit by a thread of its own,
-//! which writes the newest head it was given, at most every 50 ms (so no request waits for
-//! that fsync, and a steady stream of appends costs a few a second). `verify` and gatewayd's
-//! exit wait for it. So the anchor can only lag behind the table (by the records of the last
-//! 50 ms before a crash), never run ahead of it; hence the directory is not fsynced either: a lost rename leaves the previous,
+//! An append is one INSERT, committed without an fsync of its own (`synchronous=NORMAL` for
+//! that commit: the record is in the WAL, safe from a crash of gatewayd, not yet from a power
+//! loss); the anchor is written after the commit by a thread of its own, which first fsyncs
+//! the WAL (making every record up to the head durable) and then writes the newest head it
+//! was given, at most every 50 ms (so no request waits for an fsync, and a steady stream of
+//! appends costs a few a second, not one each). `verify` and gatewayd's exit wait for it. So
+//! the anchor can only lag behind the durable table (by the records of the last 50 ms before
+//! a power loss), never run ahead of it; hence the directory is not fsynced either: a lost rename leaves the previous,
 //! still valid anchor. When gatewayd starts and finds the anchor ahead of the table, it goes
 //! on numbering after the anchor, so a truncation made while it was stopped stays visible as
 //! a gap. A running gatewayd also checks against the head it holds in memory.
@@ -319,8 +322,41 @@ fn read_anchor(path: &Path) -> Result<Option<Head>, String> {
     }
 }
 
+/// `synchronous=NORMAL` on a connection until dropped, then `FULL` again (db.rs's setting).
+struct Synchronous<'c>(&'c Connection);
+
+impl<'c> Synchronous<'c> {
+    fn normal(conn: &'c Connection) -> Result<Self, AuditError> {
+        conn.prepare_cached("PRAGMA synchronous = NORMAL")?.execute([])?;
+        Ok(Synchronous(conn))
+    }
+}
+
+impl Drop for Synchronous<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.prepare_cached("PRAGMA synchronous = FULL").and_then(|mut s| s.execute([])) {
+            tracing::error!(error = %e, "audit: cannot set synchronous=FULL again");
+        }
+    }
+}
+
+/// Makes the records committed so far durable: fsync of the database's WAL (appends commit
+/// with `synchronous=NORMAL`, see [`AuditLog::append`]). Only the WAL is opened (and closed):
+/// SQLite keeps its POSIX locks on the database and `-shm` files, which closing another
+/// descriptor of those would drop. No WAL (nothing written yet, or not in WAL mode): nothing
+/// to sync.
+fn sync_wal(wal: &Path) -> Result<(), AuditError> {
+    let err = |source| AuditError::Anchor { path: wal.to_path_buf(), source };
+    match std::fs::File::open(wal) {
+        Ok(f) => f.sync_all().map_err(err),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
 /// Replaces the anchor file: temp file (0600), fsync, rename.
 fn write_anchor(path: &Path, head: &Head) -> Result<(), AuditError> {
+    // (The WAL holding the records up to `head` was synced by the caller.)
     use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
@@ -416,6 +452,9 @@ struct AnchorState {
     written: u64,
     /// Someone waits for the anchor: write now, do not wait out the interval.
     urgent: bool,
+    /// The writer waits for a head (not out an interval): a new head must wake it. During an
+    /// interval a new head waits for its end, so an append need not wake the writer.
+    idle: bool,
     stop: bool,
 }
 
@@ -428,13 +467,13 @@ impl AnchorShared {
         self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run(&self, path: &Path) {
+    fn run(&self, path: &Path, wal: Option<&Path>) {
         let mut state = self.lock();
         loop {
             if let Some(head) = state.pending.take() {
                 state.urgent = false;
                 drop(state);
-                if let Err(e) = write_anchor(path, &head) {
+                if let Err(e) = wal.map_or(Ok(()), sync_wal).and_then(|()| write_anchor(path, &head)) {
                     tracing::error!(error = %e, "audit: the anchor was not written");
                 }
                 state = self.lock();
@@ -449,27 +488,32 @@ impl AnchorShared {
             } else if state.stop {
                 return;
             } else {
+                state.idle = true;
                 state = self.wait(state);
+                state.idle = false;
             }
         }
     }
 }
 
 impl AnchorWriter {
-    fn start(path: &Path, written: u64) -> Result<Self, AuditError> {
+    fn start(path: &Path, wal: Option<PathBuf>, written: u64) -> Result<Self, AuditError> {
         let shared = Arc::new(AnchorShared::default());
         shared.lock().written = written;
         let (worker, file) = (shared.clone(), path.to_path_buf());
         let thread = std::thread::Builder::new()
             .name("audit-anchor".into())
-            .spawn(move || worker.run(&file))
+            .spawn(move || worker.run(&file, wal.as_deref()))
             .map_err(|source| AuditError::Anchor { path: path.to_path_buf(), source })?;
         Ok(AnchorWriter { shared, thread: Some(thread) })
     }
 
     fn post(&self, head: Head) {
-        self.shared.lock().pending = Some(head);
-        self.shared.changed.notify_all();
+        let mut state = self.shared.lock();
+        state.pending = Some(head);
+        if state.idle {
+            self.shared.changed.notify_all();
+        }
     }
 
     /// Waits until the head numbered `seq` (or a later one) has been written.
@@ -530,7 +574,9 @@ impl AuditLog {
             Ok(_) => {}
             Err(e) => tracing::warn!(file = %anchor.display(), error = %e, "audit: the anchor file is unreadable"),
         }
-        let writer = AnchorWriter::start(&anchor, head.seq)?;
+        // The database's write-ahead log, which the anchor writer syncs (none in memory).
+        let wal = conn.path().filter(|p| !p.is_empty()).map(|p| PathBuf::from(format!("{p}-wal")));
+        let writer = AnchorWriter::start(&anchor, wal, head.seq)?;
         Ok(AuditLog { clock, anchor, head: Mutex::new(head), writer, failing: Default::default() })
     }
 
@@ -588,6 +634,10 @@ impl AuditLog {
         record.hash = record_hash(&record);
         let inserted = (|| -> Result<(), AuditError> {
             let conn = db();
+            // This commit does not wait for an fsync: the anchor writer syncs the WAL before
+            // it anchors the head, at most every ANCHOR_INTERVAL. Every other write on the
+            // connection keeps `synchronous=FULL`.
+            let _normal = Synchronous::normal(&conn)?;
             let mut stmt = conn.prepare_cached(&format!(
                 "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
             ))?;
@@ -851,6 +901,34 @@ mod tests {
         fn sql(&self, sql: &str) {
             self.conn.execute_batch(sql).unwrap();
         }
+    }
+
+    #[test]
+    fn an_append_commits_without_fsync_and_leaves_the_connection_at_synchronous_full() {
+        let f = Fixture::new();
+        let level = |c: &Connection| c.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(level(&f.conn), 2, "db.rs opens with FULL");
+        f.append(1);
+        assert_eq!(level(&f.conn), 2, "FULL again after the append");
+        // The WAL the anchor writer syncs is the database's.
+        assert!(f.dir.path().join("t.db-wal").exists());
+        // A failed insert restores it too.
+        f.sql("DROP TABLE audit");
+        let event = Event {
+            time_ms: T0,
+            agent: OWNER.into(),
+            operation: Operation::Read,
+            target: "/x".into(),
+            outcome: "ok".into(),
+            upstream_status: None,
+            bytes: 0,
+            duration_ms: 0,
+            peer: None,
+            key_id: None,
+        };
+        assert!(f.log.append(|| &f.conn, &event).is_err());
+        assert!(f.log.is_failing());
+        assert_eq!(level(&f.conn), 2);
     }
 
     #[test]

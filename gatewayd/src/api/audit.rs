@@ -99,6 +99,11 @@ impl Pending {
         Ok(())
     }
 
+    /// The gateway the operation runs on.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gw
+    }
+
     /// Who acts: the agent a token names (the owner when there is no token).
     pub fn agent(&mut self, name: String) {
         self.agent = name;

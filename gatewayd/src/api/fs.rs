@@ -48,7 +48,7 @@ pub(super) fn caller(headers: &HeaderMap, audit: &mut Pending) -> Result<Caller,
                 "gatewayd: the Authorization header is not `Bearer <token>`",
             )
         })?;
-    let claimed = crate::auth::token::inspect(token, None).ok().and_then(|i| i.agent);
+    let claimed = audit.gateway().auth.claimed_agent(token);
     audit.agent(claimed.unwrap_or_else(|| "unknown".to_owned()));
     Ok(Caller::Agent(token.to_owned()))
 }

@@ -23,6 +23,7 @@ use biscuit_auth::macros::authorizer;
 use biscuit_auth::{AuthorizerLimits, Biscuit, PublicKey};
 use serde::{Deserialize, Serialize};
 
+use super::cache::{Decision, VerifiedTokens};
 use super::{token, unix_secs, AuthError};
 
 /// Longest token accepted, in base64 characters.
@@ -221,7 +222,37 @@ pub(crate) fn run(
     if revoked(&biscuit.revocation_identifiers()) {
         return Err(AuthError::Revoked);
     }
+    evaluate(&biscuit, req, with_time)
+}
 
+/// [`authorize`] with the verified token taken from (or put in) `cache`: the signatures are
+/// checked once per token string; revocation (`revoked` answers for hex ids, a failure to know
+/// must answer `true`) on every call; the Datalog once per request and second of `req`'s
+/// time (its `time` fact has a one-second resolution; see [`super::cache`]).
+pub(crate) fn authorize_cached(
+    cache: &VerifiedTokens,
+    root: &PublicKey,
+    token: &str,
+    req: &Request,
+    revoked: &dyn Fn(&[String]) -> bool,
+) -> Result<AgentId, AuthError> {
+    check_canonical(req)?;
+    let verified = cache.get_or_verify(root, token)?;
+    if revoked(&verified.revocation_ids) {
+        return Err(AuthError::Revoked);
+    }
+    if let Some(decision) = verified.decisions.get(req) {
+        return decision.result();
+    }
+    let result = evaluate(&verified.biscuit, req, true);
+    if let Some(decision) = Decision::of(&result) {
+        verified.decisions.keep(req, decision);
+    }
+    result
+}
+
+/// The Datalog of one request against a verified, unrevoked token.
+fn evaluate(biscuit: &Biscuit, req: &Request, with_time: bool) -> Result<AgentId, AuthError> {
     let mut builder = authorizer!(r#"allow if agent($a);"#).set_limits(limits());
     let mut facts = vec![fact("path", &[string(&req.path)]), fact("operation", &[string(req.operation.as_str())])];
     match &req.service {
@@ -234,7 +265,7 @@ pub(crate) fn run(
     for f in facts {
         builder = builder.fact(f).map_err(|e| AuthError::Internal(format!("authorizer fact: {e}")))?;
     }
-    let mut authorizer = builder.build(&biscuit).map_err(|_| AuthError::Malformed)?;
+    let mut authorizer = builder.build(biscuit).map_err(|_| AuthError::Malformed)?;
     check_cost(&authorizer.dump())?;
 
     match authorizer.authorize() {

@@ -62,6 +62,7 @@
 //! refused.
 
 pub mod authorize;
+pub mod cache;
 pub mod keys;
 pub mod revocation;
 pub mod token;
@@ -195,6 +196,8 @@ impl AuthError {
 pub struct Authority {
     root: RootKey,
     revoked: RwLock<RevocationList>,
+    /// Tokens whose signatures already verified ([`cache`]).
+    verified: cache::VerifiedTokens,
 }
 
 impl Authority {
@@ -202,12 +205,12 @@ impl Authority {
     pub fn open(data_dir: &Path, conn: &Connection) -> Result<Self, AuthError> {
         let root = RootKey::load_or_create(&keys::key_path(data_dir))?;
         let revoked = RevocationList::load(conn)?;
-        Ok(Authority { root, revoked: RwLock::new(revoked) })
+        Ok(Authority { root, revoked: RwLock::new(revoked), verified: cache::VerifiedTokens::default() })
     }
 
     /// An authority over a given key and list (tests).
     pub fn new(root: RootKey, revoked: RevocationList) -> Self {
-        Authority { root, revoked: RwLock::new(revoked) }
+        Authority { root, revoked: RwLock::new(revoked), verified: cache::VerifiedTokens::default() }
     }
 
     /// The root public key: tokens verify with it.
@@ -226,15 +229,36 @@ impl Authority {
     }
 
     /// Whether `token` may do `req` ([`authorize::authorize`]); the agent it was minted for.
+    /// The token's signatures are verified once and kept ([`cache`]); revocation and the
+    /// Datalog, expiry included, are checked on every call.
     pub fn authorize(&self, token: &str, req: &Request) -> Result<AgentId, AuthError> {
-        let list = self.revoked.read().unwrap_or_else(|p| p.into_inner());
-        authorize::authorize(&self.root.public(), token, req, &|ids| list.any_revoked(ids))
+        let revoked = |ids: &[String]| {
+            let list = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+            list.any_revoked_hex(ids.iter().map(String::as_str))
+        };
+        authorize::authorize_cached(&self.verified, &self.root.public(), token, req, &revoked)
     }
 
     /// Whether `token` may see `path` of `service` at all ([`authorize::visible`]).
     pub fn visible(&self, token: &str, service: Option<&str>, path: &str, now: SystemTime) -> bool {
-        let list = self.revoked.read().unwrap_or_else(|p| p.into_inner());
-        authorize::visible(&self.root.public(), token, service, path, now, &|ids| list.any_revoked(ids))
+        let req = Request { service: service.map(str::to_owned), path: path.to_owned(), operation: Op::Lookup, now };
+        self.authorize(token, &req).is_ok()
+    }
+
+    /// The agent a token names, verified or not (a token that does not verify still names
+    /// whom it claims to be); `None` when it does not parse. For the audit's `agent` column
+    /// before the operation authorizes the token. A token that verifies is kept in the
+    /// cache of verified tokens, so the operation that follows does not verify it again.
+    pub fn claimed_agent(&self, token: &str) -> Option<String> {
+        match self.verified.get_or_verify(&self.root.public(), token) {
+            Ok(verified) => verified.agent.clone(),
+            Err(_) => token::inspect(token, None).ok().and_then(|i| i.agent),
+        }
+    }
+
+    /// The cache of verified tokens (tests and benchmarks look at it).
+    pub fn verified_tokens(&self) -> &cache::VerifiedTokens {
+        &self.verified
     }
 
     /// What `token` allows, verified against this gateway's key, with its revocation state.

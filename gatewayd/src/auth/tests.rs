@@ -593,3 +593,122 @@ fn third_party_blocks_are_refused() {
     assert!(matches!(err, AuthError::ThirdParty), "{err}");
     assert!(auth(&root, &full, &req(Some(SVC), "/m", Op::Read)).is_ok());
 }
+
+mod verified_cache {
+    //! The cache of verified tokens: bounded, least recently used out first, and never a way
+    //! around revocation, expiry, attenuation or a foreign key.
+    use super::*;
+    use crate::auth::cache::VerifiedTokens;
+
+    fn authority(root: RootKey) -> Authority {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
+        Authority::new(root, RevocationList::load(&conn).unwrap())
+    }
+
+    #[test]
+    fn it_keeps_at_most_its_capacity_and_evicts_the_least_recently_used() {
+        let root = RootKey::generate();
+        let cache = VerifiedTokens::new(2);
+        let [a, b, c] = ["a", "b", "c"].map(|n| mint(&root, n, t0()).unwrap());
+        cache.get_or_verify(&root.public(), &a).unwrap();
+        cache.get_or_verify(&root.public(), &b).unwrap();
+        // Using `a` again makes `b` the least recently used.
+        assert_eq!(cache.get_or_verify(&root.public(), &a).unwrap().agent.as_deref(), Some("a"));
+        cache.get_or_verify(&root.public(), &c).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert!(cache.contains(&a) && cache.contains(&c) && !cache.contains(&b));
+        // An evicted token verifies again, and evicts the next oldest.
+        assert_eq!(cache.get_or_verify(&root.public(), &b).unwrap().agent.as_deref(), Some("b"));
+        assert!(cache.contains(&b) && cache.contains(&c) && !cache.contains(&a));
+    }
+
+    #[test]
+    fn a_token_that_fails_to_verify_is_not_kept() {
+        let root = RootKey::generate();
+        let other = RootKey::generate();
+        let cache = VerifiedTokens::new(4);
+        let foreign = mint(&other, "a", t0()).unwrap();
+        assert!(matches!(cache.get_or_verify(&root.public(), &foreign), Err(AuthError::NotIssuedHere)));
+        assert!(matches!(cache.get_or_verify(&root.public(), "garbage"), Err(AuthError::Malformed)));
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn revocation_is_honoured_for_a_token_already_cached() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
+        let a = Authority::new(RootKey::generate(), RevocationList::load(&conn).unwrap());
+        let token = a.mint("a1", t0()).unwrap();
+        let r = req(Some(SVC), "/models", Op::Read);
+        assert_eq!(a.authorize(&token, &r).unwrap().as_str(), "a1");
+        assert!(a.verified_tokens().contains(&token));
+        a.revoke(&conn, &token, RevokeScope::Token, t0()).unwrap();
+        assert!(a.verified_tokens().contains(&token), "still cached, and still refused:");
+        assert!(matches!(a.authorize(&token, &r), Err(AuthError::Revoked)));
+        assert!(!a.visible(&token, Some(SVC), "/models", t0()));
+    }
+
+    #[test]
+    fn expiry_is_evaluated_with_each_requests_time_for_a_cached_token() {
+        let a = authority(RootKey::generate());
+        let full = a.mint("a1", t0()).unwrap();
+        let short = attenuate(&full, &[], Some(Duration::from_secs(60)), t0()).unwrap();
+        let at = |secs: u64| Request { now: t0() + Duration::from_secs(secs), ..req(Some(SVC), "/models", Op::Read) };
+        assert!(a.authorize(&short, &at(0)).is_ok());
+        assert!(a.verified_tokens().contains(&short));
+        assert!(matches!(a.authorize(&short, &at(61)), Err(AuthError::Expired)));
+        assert!(a.authorize(&short, &at(30)).is_ok(), "the same cached token, an earlier time");
+    }
+
+    #[test]
+    fn attenuation_is_evaluated_per_request_for_a_cached_token() {
+        let a = authority(RootKey::generate());
+        let full = a.mint("a1", t0()).unwrap();
+        let ro = attenuate(&full, &allows(&["api.example.test:read/models"]), None, t0()).unwrap();
+        assert!(a.authorize(&ro, &req(Some(SVC), "/models", Op::Read)).is_ok());
+        assert!(matches!(a.authorize(&ro, &req(Some(SVC), "/models", Op::Write)), Err(AuthError::Denied)));
+        assert!(matches!(a.authorize(&ro, &req(Some(SVC), "/chat", Op::Read)), Err(AuthError::Denied)));
+        assert_eq!(a.claimed_agent(&ro).as_deref(), Some("a1"));
+        // A foreign token still names whom it claims to be, and is refused.
+        let foreign = mint(&RootKey::generate(), "mallory", t0()).unwrap();
+        assert_eq!(a.claimed_agent(&foreign).as_deref(), Some("mallory"));
+        assert!(matches!(a.authorize(&foreign, &req(Some(SVC), "/models", Op::Read)), Err(AuthError::NotIssuedHere)));
+        assert!(!a.verified_tokens().contains(&foreign));
+    }
+
+    #[test]
+    fn decisions_are_kept_per_request_and_second_and_bounded() {
+        let a = authority(RootKey::generate());
+        let full = a.mint("a1", t0()).unwrap();
+        let ro = attenuate(&full, &allows(&["api.example.test:read/models"]), None, t0()).unwrap();
+        let read = req(Some(SVC), "/models", Op::Read);
+        let write = req(Some(SVC), "/models", Op::Write);
+        assert!(a.authorize(&ro, &read).is_ok());
+        assert!(matches!(a.authorize(&ro, &write), Err(AuthError::Denied)));
+        let decisions = || a.verified_tokens().get_or_verify(&a.public_key(), &ro).unwrap().decisions.len();
+        assert_eq!(decisions(), 2);
+        // The same answers from the kept decisions, in the same second.
+        assert!(a.authorize(&ro, &read).is_ok());
+        assert!(matches!(a.authorize(&ro, &write), Err(AuthError::Denied)));
+        assert_eq!(decisions(), 2);
+        // Bounded.
+        for i in 0..crate::auth::cache::DECISIONS_PER_TOKEN + 3 {
+            let _ = a.authorize(&ro, &req(Some(SVC), &format!("/models.d/{i}"), Op::Read));
+        }
+        assert!(decisions() <= crate::auth::cache::DECISIONS_PER_TOKEN, "{}", decisions());
+    }
+
+    #[test]
+    fn a_kept_decision_is_not_used_in_another_second() {
+        let a = authority(RootKey::generate());
+        let full = a.mint("a1", t0()).unwrap();
+        // Expires at t0 + 1 s: allowed during the second t0, refused two seconds later.
+        let short = attenuate(&full, &[], Some(Duration::from_secs(1)), t0()).unwrap();
+        let at = |ms: u64| Request { now: t0() + Duration::from_millis(ms), ..req(Some(SVC), "/models", Op::Read) };
+        assert!(a.authorize(&short, &at(0)).is_ok());
+        assert!(a.authorize(&short, &at(999)).is_ok(), "the same second");
+        assert!(matches!(a.authorize(&short, &at(2_000)), Err(AuthError::Expired)));
+        assert!(a.authorize(&short, &at(500)).is_ok(), "back in the first second: evaluated again");
+    }
+}

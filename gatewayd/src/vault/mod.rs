@@ -10,6 +10,7 @@
 
 mod blob;
 pub mod envkey;
+pub mod held;
 pub mod keyfile;
 pub mod rotation;
 mod secret;
@@ -169,6 +170,8 @@ pub struct Vault {
     ring: RwLock<Keyring>,
     cipher: Cipher,
     source: MasterSource,
+    /// Credentials already decrypted ([`held`]).
+    held: held::Held,
 }
 
 fn now() -> i64 {
@@ -235,7 +238,12 @@ impl Vault {
     pub fn open_file(key_path: &Path, cipher: Cipher, conn: &Connection) -> Result<Self, VaultError> {
         let current = rotation::recover(key_path, conn)?;
         let ring = Keyring { current, previous: Vec::new() };
-        let vault = Vault { ring: RwLock::new(ring), cipher, source: MasterSource::File(key_path.to_path_buf()) };
+        let vault = Vault {
+            ring: RwLock::new(ring),
+            cipher,
+            source: MasterSource::File(key_path.to_path_buf()),
+            held: held::Held::default(),
+        };
         vault.check_master(conn)?;
         Ok(vault)
     }
@@ -253,6 +261,7 @@ impl Vault {
             ring: RwLock::new(Keyring { current, previous: old.into_iter().collect() }),
             cipher,
             source: MasterSource::Env,
+            held: held::Held::default(),
         };
         vault.check_master(conn)?;
         let stale = vault.rows_not_under_current(conn)?;
@@ -334,6 +343,7 @@ impl Vault {
             }
         }
         tx.commit()?;
+        self.held.forget_all();
         Ok(rows.len())
     }
 
@@ -372,6 +382,7 @@ impl Vault {
             params![key_id, domain, owner.scope(), owner.owner(), ct, now(), placement],
         )?;
         tx.commit()?;
+        self.held.forget_all();
         Ok(key_id)
     }
 
@@ -386,8 +397,30 @@ impl Vault {
         self.set_key(conn, KeyOwner::Pool, domain, secret, placement)
     }
 
-    /// `owner`'s key for `domain`, decrypted, if one is stored.
+    /// `owner`'s key for `domain`, decrypted, if one is stored: held in memory once read
+    /// ([`held`]), until the next write of the keys table.
     pub fn key(&self, conn: &Connection, owner: KeyOwner<'_>, domain: &str) -> Result<Option<Credential>, VaultError> {
+        let (held, generation) = self.held.get(owner.scope(), owner.owner(), domain);
+        if let Some(answer) = held {
+            return Ok(answer);
+        }
+        let answer = self.read_key(conn, owner, domain)?;
+        self.held.keep(owner.scope(), owner.owner(), domain, generation, answer.clone());
+        Ok(answer)
+    }
+
+    /// How many credential answers are held in memory (tests).
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Forgets every credential held in memory, so the next lookups read the keys table
+    /// again (after it was changed other than through the vault; tests).
+    pub fn forget_held(&self) {
+        self.held.forget_all();
+    }
+
+    fn read_key(&self, conn: &Connection, owner: KeyOwner<'_>, domain: &str) -> Result<Option<Credential>, VaultError> {
         let row = conn
             .query_row(
                 &format!("SELECT {ROW_COLUMNS} FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ?3"),
@@ -435,15 +468,19 @@ impl Vault {
 
     /// Removes every key of `domain` (the pool key and every agent's); returns how many.
     pub fn remove(&self, conn: &Connection, domain: &str) -> Result<usize, VaultError> {
-        Ok(conn.execute("DELETE FROM keys WHERE domain = ?1 AND scope != 'peer'", params![domain])?)
+        let removed = conn.execute("DELETE FROM keys WHERE domain = ?1 AND scope != 'peer'", params![domain]);
+        self.held.forget_all();
+        Ok(removed?)
     }
 
     /// Removes `owner`'s key for `domain`; returns how many (0 or 1).
     pub fn remove_own(&self, conn: &Connection, owner: KeyOwner<'_>, domain: &str) -> Result<usize, VaultError> {
-        Ok(conn.execute(
+        let removed = conn.execute(
             "DELETE FROM keys WHERE domain = ?1 AND scope = ?2 AND owner = ?3",
             params![domain, owner.scope(), owner.owner()],
-        )?)
+        );
+        self.held.forget_all();
+        Ok(removed?)
     }
 
     /// Stored API keys, without secrets: all of them (`None`), or only `owner`'s. Peer

@@ -128,6 +128,7 @@ impl Vault {
         std::fs::rename(&next_file, key_path).map_err(|e| keyfile::io(key_path, e))?;
         sync_dir(key_path)?;
         self.ring.write().unwrap_or_else(|p| p.into_inner()).previous.clear();
+        self.held.forget_all();
         tracing::info!(keys, old = %rotation.old_master_id, new = %rotation.new_master_id, "vault: master key rotated");
         Ok(rotation)
     }

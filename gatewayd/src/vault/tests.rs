@@ -25,6 +25,7 @@ fn swapped_ciphertexts_do_not_decrypt() {
         "UPDATE keys SET ciphertext = (SELECT ciphertext FROM keys WHERE domain = 'b.example') WHERE domain = 'a.example'",
     )
     .unwrap();
+    v.forget_held(); // an edit behind the vault's back is seen once it forgets
     let err = v.pool_key(&conn, "a.example").unwrap_err().to_string();
     assert!(err.contains("does not decrypt") && !err.contains("CANARY"), "{err}");
     assert_eq!(v.list(&conn, None).unwrap().len(), 2);
@@ -38,9 +39,11 @@ fn a_placement_edited_in_the_database_fails_to_decrypt() {
     assert!(v.pool_key(&conn, "a.example").unwrap().is_some());
     // Someone with write access to the file sends the key elsewhere: a query parameter.
     conn.execute("UPDATE keys SET placement = ?1", [r#"{"kind":"api_key","location":"query","name":"leak"}"#]).unwrap();
+    v.forget_held(); // an edit behind the vault's back is seen once it forgets
     let err = v.pool_key(&conn, "a.example").unwrap_err().to_string();
     assert!(err.contains("does not decrypt") && err.contains("placement"), "{err}");
     conn.execute("UPDATE keys SET placement = NULL", []).unwrap();
+    v.forget_held(); // an edit behind the vault's back is seen once it forgets
     assert!(v.pool_key(&conn, "a.example").is_err(), "placement removed");
 }
 
@@ -61,8 +64,10 @@ fn byok_keys_come_first_and_only_for_their_agent() {
     assert_eq!(v.list(&conn, None).unwrap().len(), 2);
     // A byok row moved to another agent does not decrypt.
     conn.execute("UPDATE keys SET owner = 'bob' WHERE owner = 'alice'", []).unwrap();
+    v.forget_held(); // an edit behind the vault's back is seen once it forgets
     assert!(v.credential(&conn, Some("bob"), "a.example").is_err());
     conn.execute("UPDATE keys SET owner = 'alice' WHERE owner = 'bob'", []).unwrap();
+    v.forget_held(); // an edit behind the vault's back is seen once it forgets
     assert_eq!(v.remove_own(&conn, KeyOwner::Agent("bob"), "a.example").unwrap(), 0);
     assert_eq!(v.remove_own(&conn, KeyOwner::Agent("alice"), "a.example").unwrap(), 1);
     assert_eq!(get(Some("alice")).secret.expose(), "POOL");
@@ -215,7 +220,56 @@ fn the_same_secret_sealed_twice_differs_and_a_planted_plaintext_row_is_refused()
     let cts: Vec<Vec<u8>> = all_rows(&conn).unwrap().into_iter().map(|r| r.ciphertext).collect();
     assert_ne!(cts[0][6..], cts[1][6..]);
     conn.execute("UPDATE keys SET ciphertext = CAST('sk-live-plaintext' AS BLOB) WHERE scope = 'pool'", []).unwrap();
+    v.forget_held(); // an edit behind the vault's back is seen once it forgets
     let err = v.pool_key(&conn, "a.example").unwrap_err().to_string();
     assert!(err.contains("never accepted") || err.contains("unknown"), "{err}");
     assert!(!err.contains("sk-live"), "{err}");
+}
+
+#[test]
+fn decrypted_credentials_are_held_until_the_keys_table_is_written() {
+    let (_dir, conn, v) = setup();
+    let get = |agent| v.credential(&conn, agent, "a.example").unwrap().map(|c| c.secret.expose().to_owned());
+    assert_eq!(get(None), None);
+    assert_eq!(v.held_len(), 1, "absence is held too");
+    v.set_pool_key(&conn, "a.example", &secret("POOL1"), None).unwrap();
+    assert_eq!(v.held_len(), 0, "a store forgets everything");
+    assert_eq!(get(None).as_deref(), Some("POOL1"));
+    assert_eq!(get(Some("alice")).as_deref(), Some("POOL1"), "alice has no key of her own");
+    assert_eq!(v.held_len(), 2, "the pool answer and alice's absence");
+    // Held: an edit behind the vault's back is not seen...
+    conn.execute("UPDATE keys SET ciphertext = CAST('x' AS BLOB)", []).unwrap();
+    assert_eq!(get(None).as_deref(), Some("POOL1"));
+    // ...until a write through the vault.
+    v.set_pool_key(&conn, "a.example", &secret("POOL2"), None).unwrap();
+    assert_eq!(get(None).as_deref(), Some("POOL2"));
+    // A new BYOK key replaces alice's held absence.
+    v.set_key(&conn, KeyOwner::Agent("alice"), "a.example", &secret("ALICE"), None).unwrap();
+    assert_eq!(get(Some("alice")).as_deref(), Some("ALICE"));
+    // Removals forget.
+    assert_eq!(v.remove_own(&conn, KeyOwner::Agent("alice"), "a.example").unwrap(), 1);
+    assert_eq!(get(Some("alice")).as_deref(), Some("POOL2"));
+    assert_eq!(v.remove(&conn, "a.example").unwrap(), 1);
+    assert_eq!(get(None), None);
+    // Rotation forgets, and the re-encrypted key still reads.
+    v.set_pool_key(&conn, "a.example", &secret("POOL3"), None).unwrap();
+    assert_eq!(get(None).as_deref(), Some("POOL3"));
+    v.rotate(&conn).unwrap();
+    assert_eq!(v.held_len(), 0);
+    assert_eq!(get(None).as_deref(), Some("POOL3"));
+}
+
+#[test]
+fn held_answers_are_bounded_and_a_lookup_that_raced_a_write_is_not_kept() {
+    let held = held::Held::default();
+    let (_, generation) = held.get(POOL, "", "a.example");
+    held.forget_all(); // a write happened while the lookup ran
+    held.keep(POOL, "", "a.example", generation, None);
+    assert!(held.is_empty());
+    for i in 0..held::CAPACITY + 5 {
+        let (_, generation) = held.get(POOL, "", &format!("d{i}.example"));
+        held.keep(POOL, "", &format!("d{i}.example"), generation, None);
+    }
+    assert!(held.len() <= held::CAPACITY, "{}", held.len());
+    assert!(!held.is_empty());
 }
