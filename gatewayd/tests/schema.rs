@@ -79,6 +79,7 @@ fn routes_match_the_schema() {
         spec.operations.iter().map(|o| (o.method.as_str().to_owned(), o.path.clone())).collect();
     let served: BTreeSet<(String, String)> = gatewayd::api::ROUTES
         .iter()
+        .chain(gatewayd::api::AGENT_ROUTES)
         .chain(gatewayd::api::PEER_ROUTES)
         .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
         .collect();
@@ -285,8 +286,8 @@ async fn real_responses_fit_the_schema() {
         .await;
     assert!(matches!(err, Err(ClientError::Api { status: 400, .. })), "{err:?}");
 
-    // Every route in the table is served (none falls through to "no such route").
-    for (method, path) in gatewayd::api::ROUTES {
+    // Every route in the tables is served on the socket (none falls through to "no such route").
+    for (method, path) in gatewayd::api::ROUTES.iter().chain(gatewayd::api::AGENT_ROUTES) {
         if *path == "/v1/shutdown" {
             continue;
         }

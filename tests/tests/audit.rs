@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nkmc_e2e::{canary, contains, fixture, json, Nkmc, Upstream};
+use nkmc_e2e::{assert_no_secret, canary, fixture, json, Nkmc, Upstream};
 use serde_json::Value;
 
 const MODELS: &str = r#"{"object":"list","data":[{"id":"gpt-4o"},{"id":"o3"}]}"#;
@@ -74,50 +74,6 @@ fn find<'a>(records: &'a [Value], operation: &str, target: &str) -> &'a Value {
         .iter()
         .find(|r| r["operation"] == operation && r["target"] == target)
         .unwrap_or_else(|| panic!("no {operation} {target} in {records:#?}"))
-}
-
-fn base64(bytes: &[u8], alphabet: &[u8; 64]) -> String {
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(alphabet[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
-/// The forms a leaked secret could take: plain, hex, percent-encoded, and base64 (standard and
-/// URL-safe) at each of the three alignments it can have inside a longer encoded text.
-fn forms(secret: &str) -> Vec<(String, String)> {
-    const STD: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = secret.as_bytes();
-    let mut forms = vec![
-        ("plain".to_owned(), secret.to_owned()),
-        ("hex".to_owned(), bytes.iter().map(|b| format!("{b:02x}")).collect()),
-        ("HEX".to_owned(), bytes.iter().map(|b| format!("{b:02X}")).collect()),
-        ("percent-encoded".to_owned(), bytes.iter().map(|b| format!("%{b:02X}")).collect()),
-        ("percent-encoded (lower)".to_owned(), bytes.iter().map(|b| format!("%{b:02x}")).collect()),
-    ];
-    for (name, alphabet) in [("base64", STD), ("base64url", URL)] {
-        for shift in 0..3 {
-            let mut shifted = vec![0u8; shift];
-            shifted.extend_from_slice(bytes);
-            let enc = base64(&shifted, alphabet);
-            // Keep the characters that depend on the secret's bytes only.
-            let middle = &enc[4..enc.len() - 4];
-            forms.push((format!("{name} (offset {shift})"), middle.to_owned()));
-        }
-    }
-    forms
-}
-
-fn assert_no_secret(what: &str, hay: &[u8], secret: &str) {
-    for (form, needle) in forms(secret) {
-        assert!(!contains(hay, needle.as_bytes()), "{what} contains the key ({form})");
-    }
 }
 
 #[test]

@@ -284,8 +284,8 @@ async fn collect(gw: &Gateway, out: ops::Output) -> Result<(u16, String, Vec<u8>
     }
 }
 
-/// `POST /v1/peers`.
-#[derive(Debug, Deserialize)]
+/// `POST /v1/peers`. Its `Debug` never shows the secret.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddPeer {
     id: String,
@@ -294,14 +294,21 @@ pub struct AddPeer {
     secret: String,
 }
 
+impl std::fmt::Debug for AddPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddPeer")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
 fn json_body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     // The rejection text could quote the body, which holds a secret: never echo it.
     b.map(|Json(t)| t)
         .map_err(|_| ApiError::bad_request("gatewayd: invalid request body (unexpected or missing members)"))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// `POST /v1/peers`: adds (or replaces) a peer, its secret in the vault; then tells it what we
@@ -320,7 +327,7 @@ pub async fn add_peer(
     }
     let peer = {
         let conn = gw.db();
-        let stored = peers::upsert(&conn, &req.id, &req.name, &req.url, now_ms())
+        let stored = peers::upsert(&conn, &req.id, &req.name, &req.url, gw.audit.now_ms())
             .map_err(|e| ApiError::bad_request(e.to_string()))
             .and_then(|()| {
                 gw.vault.set_key(&conn, KeyOwner::Peer(&req.id), PEER_DOMAIN, &secret, None).map_err(ApiError::from)
@@ -602,4 +609,21 @@ pub async fn run(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bytes
     }
     drop(slot);
     answer(&gw, &v, 200, frame::MEDIA_TYPE, &[], frames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_request_never_debug_prints_its_secret() {
+        let req: AddPeer = serde_json::from_str(
+            r#"{"id":"gw-b","name":"B","url":"http://127.0.0.1:1","secret":"CANARY-0123456789abcdef0123456789abcdef"}"#,
+        )
+        .unwrap();
+        let shown = format!("{req:?}");
+        assert!(!shown.contains("CANARY") && shown.contains("<redacted>"), "{shown}");
+        let target = crate::federation::client::PeerTarget { id: "gw-b", url: "http://x", secret: b"CANARY-xyz" };
+        assert!(!format!("{target:?}").contains("CANARY"));
+    }
 }

@@ -32,11 +32,10 @@ const WRITE_BODY_LIMIT: usize = 16 * 1024 * 1024;
 /// Every other request body.
 const BODY_LIMIT: usize = 1024 * 1024;
 
-/// Every route the router serves, as (method, path template). `schemas/gatewayd.openapi.yaml`
-/// describes exactly these; a test holds the three (table, router, schema) in step.
+/// The owner's routes, served on the socket only, as (method, path template). The socket
+/// serves these and [`AGENT_ROUTES`]; `schemas/gatewayd.openapi.yaml` describes exactly
+/// those and [`PEER_ROUTES`]; a test holds table, router and schema in step.
 pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
     ("GET", "/v1/status"),
     ("POST", "/v1/shutdown"),
     ("GET", "/v1/services"),
@@ -45,18 +44,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/keys"),
     ("PUT", "/v1/keys/{domain}"),
     ("DELETE", "/v1/keys/{domain}"),
-    ("GET", "/v1/fs/stat"),
-    ("GET", "/v1/fs/list"),
-    ("GET", "/v1/fs/read"),
-    ("POST", "/v1/fs/write"),
-    ("POST", "/v1/fs/delete"),
-    ("POST", "/v1/fs/grep"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/audit/verify"),
-    ("GET", "/.well-known/nkmc/biscuit-public-key"),
     ("POST", "/v1/tokens"),
     ("POST", "/v1/tokens/revoke"),
-    ("POST", "/v1/tokens/inspect"),
     ("POST", "/v1/vault/rotate"),
     ("GET", "/v1/vault/check"),
     ("GET", "/v1/peers"),
@@ -66,11 +57,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/rules"),
     ("PUT", "/v1/rules/{domain}"),
     ("DELETE", "/v1/rules/{domain}"),
-    ("POST", "/v1/proxy/exec"),
-    ("GET", "/v1/proxy/tools"),
 ];
 
-/// The agent subset of [`ROUTES`]: served on the socket and over TCP (where a bearer token
+/// The agent routes: served on the socket and over TCP (where a bearer token
 /// is required on all but the health checks). The schema marks them `x-nkmc-tcp: true`.
 pub const AGENT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),

@@ -2,8 +2,6 @@
 //! registry, and sending one typed operation to a lender (the next one when a lender fails).
 //! Lookup order per request (see `ops`): the caller's own key, the pool key, then peers.
 
-use std::time::SystemTime;
-
 use agentfs::path::VPath;
 use agentfs::wire::ErrorCode;
 use serde::{Deserialize, Serialize};
@@ -52,10 +50,6 @@ pub(crate) fn secret_of(gw: &Gateway, peer: &str) -> Result<Option<crate::vault:
     Ok(gw.vault.key(&conn, KeyOwner::Peer(peer), PEER_DOMAIN)?.map(|c| c.secret))
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// Sends `body` to `route` of `peer_id`, signed; records how the peer answered.
 pub(crate) async fn call(
     gw: &Gateway,
@@ -72,7 +66,7 @@ pub(crate) async fn call(
         Ok(_) => "online",
         Err(_) => "unreachable",
     };
-    let _ = peers::set_status(&gw.db(), peer_id, status, now_ms());
+    let _ = peers::set_status(&gw.db(), peer_id, status, gw.audit.now_ms());
     Ok(answer?)
 }
 
@@ -97,7 +91,7 @@ pub async fn refresh(gw: &Gateway, peer_id: &str) -> Result<Vec<String>, Federat
 
 /// Records that `peer_id` lends exactly `domains` to us, and updates the borrowed services.
 pub async fn apply_domains(gw: &Gateway, peer_id: &str, domains: &[String]) -> Result<(), FederationError> {
-    peers::set_domains(&gw.db(), peer_id, domains, now_ms())?;
+    peers::set_domains(&gw.db(), peer_id, domains, gw.audit.now_ms())?;
     let name = { peers::get(&gw.db(), peer_id)? }.map(|p| p.name).unwrap_or_default();
     for domain in domains {
         let local = gw.registry().get(domain).is_some_and(|s| s.borrowed.is_none());

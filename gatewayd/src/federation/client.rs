@@ -32,7 +32,7 @@ pub enum PeerCallError {
 }
 
 /// A peer as the borrower calls it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PeerTarget<'a> {
     /// Its id (the recipient).
     pub id: &'a str,
@@ -40,6 +40,16 @@ pub struct PeerTarget<'a> {
     pub url: &'a str,
     /// The pair's shared secret.
     pub secret: &'a [u8],
+}
+
+impl std::fmt::Debug for PeerTarget<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTarget")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A verified answer.
