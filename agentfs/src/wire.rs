@@ -123,6 +123,9 @@ pub enum ErrorCode {
     Internal,
     /// A request over TCP without a usable `Authorization: Bearer <token>` header (401).
     Unauthenticated,
+    /// A peer asks for a payment this gateway will not make (no wallet, over the budget,
+    /// or terms it does not accept); HTTP 402.
+    PaymentRequired,
 }
 
 impl ErrorCode {
@@ -146,11 +149,12 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad_request",
             ErrorCode::Internal => "internal",
             ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::PaymentRequired => "payment_required",
         }
     }
 
     /// Every code, for checks against the schema.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::InvalidPath,
         ErrorCode::NameTooLong,
         ErrorCode::NotFound,
@@ -168,6 +172,7 @@ impl ErrorCode {
         ErrorCode::BadRequest,
         ErrorCode::Internal,
         ErrorCode::Unauthenticated,
+        ErrorCode::PaymentRequired,
     ];
 }
 

@@ -179,6 +179,12 @@ pub enum Operation {
     Run,
     /// `GET /v1/proxy/tools`.
     ToolsList,
+    /// `POST /v1/wallet`.
+    WalletSet,
+    /// `DELETE /v1/wallet`.
+    WalletRemove,
+    /// `PUT /v1/budget`.
+    BudgetSet,
 }
 
 impl Operation {
@@ -209,6 +215,9 @@ impl Operation {
             Operation::VaultCheck => "vault.check",
             Operation::Run => "run",
             Operation::ToolsList => "tools.list",
+            Operation::WalletSet => "wallet.set",
+            Operation::WalletRemove => "wallet.remove",
+            Operation::BudgetSet => "budget.set",
         }
     }
 }

@@ -120,6 +120,8 @@ pub struct Config {
     pub run: crate::run::tools::RunConfig,
     /// Federation discovery.
     pub federation: FederationConfig,
+    /// x402 payments: the facilitator, the payee, the asset (`[payments]`).
+    pub payments: crate::payments::config::PaymentsConfig,
 }
 
 /// `[federation]`: discovery through a coordinator.
@@ -253,7 +255,13 @@ impl Config {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(source) => return Err(ConfigError::Read { path: path.to_path_buf(), source }),
         };
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+        config
+            .payments
+            .validate()
+            .map_err(|e| ConfigError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+        Ok(config)
     }
 }
 
@@ -274,6 +282,12 @@ mod tests {
         std::fs::write(&f, "[vault]\ncipher = \"rot13\"\n").unwrap();
         let err = Config::load(&f).unwrap_err().to_string();
         assert!(err.contains("aes-256-gcm"), "{err}");
+        std::fs::write(&f, "[payments]\nnetwork = \"moon\"\n").unwrap();
+        let err = Config::load(&f).unwrap_err().to_string();
+        assert!(err.contains("[payments] network `moon`"), "{err}");
+        std::fs::write(&f, "[payments]\npay_to = \"0x12\"\n").unwrap();
+        let err = Config::load(&f).unwrap_err().to_string();
+        assert!(err.contains("pay_to"), "{err}");
         std::fs::write(&f, "[upstream]\ntimeout = 1\n").unwrap();
         let err = Config::load(&f).unwrap_err().to_string();
         assert!(err.contains("unknown field"), "{err}");

@@ -74,7 +74,49 @@ const MIGRATIONS: &[&str] = &[
     // are vault rows of scope `peer` (owner: the peer's id), so the keys table is rebuilt
     // with the wider CHECK.
     FEDERATION_TABLES,
+    // 6: x402 payments: the ledger of charges on both sides.
+    LEDGER_TABLE,
+    // 7: the wallet that pays peers is a vault row of scope `wallet`, so the keys table is
+    // rebuilt with the wider CHECK.
+    WALLET_SCOPE,
 ];
+
+/// Migration 6: the ledger (also used by unit tests).
+pub const LEDGER_TABLE: &str = "CREATE TABLE ledger (
+        id             INTEGER PRIMARY KEY,
+        at_ms          INTEGER NOT NULL,
+        direction      TEXT NOT NULL CHECK (direction IN ('spent', 'earned')),
+        peer           TEXT NOT NULL,
+        domain         TEXT NOT NULL,
+        op             TEXT NOT NULL,
+        path           TEXT NOT NULL,
+        amount         TEXT NOT NULL,
+        amount_display TEXT NOT NULL,
+        network        TEXT NOT NULL,
+        asset          TEXT NOT NULL,
+        payer          TEXT NOT NULL,
+        pay_to         TEXT NOT NULL,
+        nonce          TEXT NOT NULL,
+        tx             TEXT NOT NULL,
+        UNIQUE (direction, nonce)
+    );
+    CREATE INDEX ledger_at ON ledger (at_ms);";
+
+/// Migration 7: the keys table with the `wallet` scope.
+const WALLET_SCOPE: &str = "CREATE TABLE keys_v7 (
+        key_id     TEXT PRIMARY KEY,
+        domain     TEXT NOT NULL,
+        scope      TEXT NOT NULL CHECK (scope IN ('pool', 'byok', 'peer', 'wallet')),
+        owner      TEXT NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        placement  TEXT,
+        UNIQUE (domain, scope, owner)
+    );
+    INSERT INTO keys_v7 (key_id, domain, scope, owner, ciphertext, created_at, placement)
+        SELECT key_id, domain, scope, owner, ciphertext, created_at, placement FROM keys;
+    DROP TABLE keys;
+    ALTER TABLE keys_v7 RENAME TO keys;";
 
 /// The tables of migration 5 (also used by unit tests).
 pub const FEDERATION_TABLES: &str = "CREATE TABLE settings (

@@ -28,6 +28,7 @@ pub mod grep;
 pub mod hardening;
 pub mod oauth2;
 pub mod ops;
+pub mod payments;
 pub mod registry;
 pub mod run;
 pub mod ssrf;

@@ -67,6 +67,7 @@ fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::PaymentRequired => StatusCode::PAYMENT_REQUIRED,
     }
 }
 

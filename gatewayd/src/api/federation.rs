@@ -26,6 +26,7 @@ use crate::federation::rules::{self, PricingMode, Rule};
 use crate::federation::sign::{self, Envelope, SignedHeaders};
 use crate::federation::{borrow, peers};
 use crate::ops::{self, Caller};
+use crate::payments;
 use crate::vault::{KeyOwner, Secret, PEER_DOMAIN};
 use crate::Gateway;
 
@@ -181,6 +182,16 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         Ok(g) => g,
         Err(r) => return refused(&gw, &v, audit, r),
     };
+    let paid = match &grant.price {
+        None => None,
+        Some(price) => match take_payment(&gw, &v, &headers, req.op, &req.path, price).await {
+            Ok(accepted) => Some(accepted),
+            Err(answer) => {
+                let _ = audit.check::<(), _>(Err(ApiError::new(ErrorCode::PaymentRequired, "payment not taken")));
+                return answer;
+            }
+        },
+    };
     let who = Caller::Peer(grant);
     let result: Result<(u16, String, Vec<u8>), ApiError> = match req.op {
         ExecOp::Read => match ops::read(&gw, &who, &path, Default::default()).await {
@@ -217,14 +228,72 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
             }
         }
     };
+    // A paid call is settled only after a successful answer; a failed one costs nothing.
+    let mut settlement = None;
+    let result = match (result, paid) {
+        (Ok(out), Some((accepted, requirements))) if (200..300).contains(&out.0) => {
+            match accepted.settle(&gw, &v.peer, req.op.as_str(), &req.path).await {
+                Ok(s) => {
+                    settlement = Some(s.to_header());
+                    Ok(out)
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %v.peer, error = %e, "federation: a paid call was not settled; its answer is withheld");
+                    let _ = audit.check::<(), _>(Err(ApiError::new(ErrorCode::PaymentRequired, e.to_string())));
+                    let body = payments::lender::required(requirements, &e.to_string());
+                    return json_answer(&gw, &v, 402, &body);
+                }
+            }
+        }
+        (r, _) => r,
+    };
     match audit.finish(result) {
         Ok((status, content_type, body)) => {
-            let extra = [(super::UPSTREAM_STATUS_HEADER, status.to_string())];
+            let mut extra = vec![(super::UPSTREAM_STATUS_HEADER, status.to_string())];
+            if let Some(s) = settlement {
+                extra.push((payments::x402::PAYMENT_RESPONSE_HEADER, s));
+            }
             answer(&gw, &v, 200, &content_type, &extra, body)
         }
         Err(e) => {
             let status = e.http_status();
             refusal(&gw, &v, status, e.code(), e.message().to_owned(), e.upstream_status())
+        }
+    }
+}
+
+/// For a call priced at `price`: the payment in `X-PAYMENT`, verified and held, with the
+/// requirements it meets; otherwise the answer to send (402 with the requirements, or why
+/// payments cannot be taken now).
+async fn take_payment<'a>(
+    gw: &'a Gateway,
+    v: &Verified,
+    headers: &HeaderMap,
+    op: ExecOp,
+    path: &str,
+    price: &str,
+) -> Result<(payments::lender::Accepted<'a>, payments::x402::Requirements), Response> {
+    let requirements = payments::lender::requirements(gw, op.as_str(), path, price).map_err(|e| {
+        tracing::warn!(error = %e, "federation: a paid rule cannot be served");
+        let message = "federation: this gateway lends for a price but cannot take payments now".to_owned();
+        refusal(gw, v, 503, ErrorCode::Unreachable, message, None)
+    })?;
+    let Some(header) = headers.get(payments::x402::PAYMENT_HEADER).and_then(|h| h.to_str().ok()) else {
+        let body = payments::lender::required(requirements, "X-PAYMENT header is required");
+        return Err(json_answer(gw, v, 402, &body));
+    };
+    let now_s = u64::try_from(gw.audit.now_ms() / 1000).unwrap_or(0);
+    match payments::lender::accept(gw, header, &requirements, now_s).await {
+        Ok(accepted) => Ok((accepted, requirements)),
+        Err(e @ (payments::PaymentError::Refused(_) | payments::PaymentError::Invalid(_))) => {
+            tracing::info!(peer = %v.peer, error = %e, "federation: a payment was refused");
+            let body = payments::lender::required(requirements, &e.to_string());
+            Err(json_answer(gw, v, 402, &body))
+        }
+        Err(e) => {
+            tracing::warn!(peer = %v.peer, error = %e, "federation: a payment could not be verified");
+            let message = "federation: the payment could not be verified now (the facilitator failed)".to_owned();
+            Err(refusal(gw, v, 502, ErrorCode::UpstreamFailed, message, None))
         }
     }
 }
@@ -238,15 +307,7 @@ fn refused(gw: &Gateway, v: &Verified, mut audit: Pending, r: Refusal) -> Respon
         Refusal::Rate(secs) => {
             (429, ErrorCode::RateLimited, format!("federation: over the rate limit; retry in {secs} s"))
         }
-        Refusal::Payment(rule) => (
-            402,
-            ErrorCode::PermissionDenied,
-            format!(
-                "federation: payment required ({} {}); this gateway does not take payments yet",
-                rule.pricing.as_str(),
-                rule.amount.unwrap_or_default()
-            ),
-        ),
+        Refusal::Unpayable(why) => (403, ErrorCode::PermissionDenied, format!("federation: {why}")),
     };
     let _ = audit.check::<(), _>(Err(ApiError::new(code, message.clone())));
     refusal(gw, v, status, code, message, None)
@@ -414,6 +475,17 @@ pub async fn set_rule(
     }
     if rule.pricing == PricingMode::Free && rule.amount.is_some() {
         return Err(audit.fail(ApiError::bad_request("gatewayd: free lending takes no amount")));
+    }
+    if rule.allow && rule.pricing != PricingMode::Free {
+        let cfg = &gw.config.payments;
+        audit.check(cfg.lending().map(|_| ()).map_err(|e| ApiError::bad_request(e.to_string())))?;
+        let amount = rule.amount.as_deref().unwrap_or_default();
+        let atomic = audit.check(
+            payments::amount::to_atomic(amount, cfg.decimals).map_err(|e| ApiError::bad_request(e.to_string())),
+        )?;
+        if atomic == 0 {
+            return Err(audit.fail(ApiError::bad_request("gatewayd: a paid rule needs an amount above 0; use --pricing free")));
+        }
     }
     audit.check(rules::set(&gw.db(), &rule).map_err(|e| ApiError::bad_request(e.to_string())))?;
     audit.ok();

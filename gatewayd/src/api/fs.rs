@@ -127,7 +127,10 @@ pub const UPSTREAM_STATUS: &str = "x-nkmc-upstream-status";
 /// it, its validators (`ETag`, `Last-Modified`), and its body streamed (cut off with an
 /// error past `upstream.max_body_bytes`). An upstream `304 Not Modified` (to a conditional
 /// read) is passed on as `304` with no body.
-fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, audit: Pending) -> Response {
+fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, mut audit: Pending) -> Response {
+    if let Some(peer) = resp.peer() {
+        audit.peer(peer);
+    }
     let status = resp.status().as_u16();
     let ours = if status == 304 { 304 } else { 200 };
     let mut builder = Response::builder().status(ours).header(UPSTREAM_STATUS, status);

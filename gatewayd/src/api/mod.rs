@@ -8,6 +8,7 @@ mod federation;
 mod fs;
 mod health;
 mod panic;
+mod payments;
 mod proxy;
 pub mod socket;
 pub mod tcp;
@@ -57,6 +58,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/rules"),
     ("PUT", "/v1/rules/{domain}"),
     ("DELETE", "/v1/rules/{domain}"),
+    ("GET", "/v1/wallet"),
+    ("POST", "/v1/wallet"),
+    ("DELETE", "/v1/wallet"),
+    ("GET", "/v1/budget"),
+    ("PUT", "/v1/budget"),
+    ("GET", "/v1/ledger"),
 ];
 
 /// The agent routes: served on the socket and over TCP (where a bearer token
@@ -151,7 +158,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/peers/{id}", axum::routing::delete(federation::remove_peer))
         .route("/v1/peers/discover", get(federation::discover))
         .route("/v1/rules", get(federation::list_rules))
-        .route("/v1/rules/{domain}", put(federation::set_rule).delete(federation::remove_rule));
+        .route("/v1/rules/{domain}", put(federation::set_rule).delete(federation::remove_rule))
+        .route("/v1/wallet", get(payments::show_wallet).post(payments::set_wallet).delete(payments::remove_wallet))
+        .route("/v1/budget", get(payments::show_budget).put(payments::set_budget))
+        .route("/v1/ledger", get(payments::ledger));
     finish(agent_routes().merge(admin), gw)
 }
 

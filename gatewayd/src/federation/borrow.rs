@@ -11,6 +11,7 @@ use super::protocol::{route, ExecOp, ExecRefusal, ExecRequest, QueryRequest, Que
 use super::rules::PricingMode;
 use super::{peers, FederationError};
 use crate::ops::OpError;
+use crate::payments;
 use crate::vault::{KeyOwner, PEER_DOMAIN};
 use crate::Gateway;
 
@@ -57,10 +58,23 @@ pub(crate) async fn call(
     route: &str,
     body: Vec<u8>,
 ) -> Result<PeerAnswer, FederationError> {
+    call_with(gw, peer_id, route, body, &[]).await
+}
+
+/// [`call`] with extra (unsigned) headers: `X-PAYMENT`, itself signed by the wallet.
+async fn call_with(
+    gw: &Gateway,
+    peer_id: &str,
+    route: &str,
+    body: Vec<u8>,
+    extra: &[(&str, String)],
+) -> Result<PeerAnswer, FederationError> {
     let peer = { peers::get(&gw.db(), peer_id)? }.ok_or_else(|| FederationError::UnknownPeer(peer_id.to_owned()))?;
     let secret = secret_of(gw, peer_id)?.ok_or_else(|| FederationError::UnknownPeer(peer_id.to_owned()))?;
     let target = PeerTarget { id: &peer.id, url: &peer.url, secret: secret.expose().as_bytes() };
-    let answer = gw.federation.client.post(&gw.identity, &target, route, body, &[]).await;
+    let started = std::time::Instant::now();
+    let answer = gw.federation.client.post(&gw.identity, &target, route, body, extra).await;
+    gw.federation.latency.observe(peer_id, answer.is_ok().then(|| started.elapsed()));
     let status = match &answer {
         Ok(a) if a.status == 401 => "refused",
         Ok(_) => "online",
@@ -153,16 +167,31 @@ pub async fn refresh_all(gw: &Gateway) {
     }
 }
 
-/// The peers to ask for `domain`, cheapest first: for a borrowed service its offers; for a
-/// service registered here (with no key for the caller) the peers advertising the domain.
+/// The peers to ask for `domain`, cheapest first, then fastest (a peer that just failed
+/// goes last): for a borrowed service its offers; for a service registered here (with no key
+/// for the caller) the peers advertising the domain.
 pub fn lenders(gw: &Gateway, service: &crate::registry::Service) -> Vec<String> {
-    if let Some(offers) = &service.borrowed {
-        return offers.iter().map(|o| o.peer.clone()).collect();
-    }
-    match peers::lenders_of(&gw.db(), &service.domain) {
-        Ok(p) => p.into_iter().map(|p| p.id).collect(),
-        Err(_) => Vec::new(),
-    }
+    let decimals = gw.config.payments.decimals;
+    let mut ranked: Vec<(u128, String)> = match &service.borrowed {
+        Some(offers) => offers
+            .iter()
+            .map(|o| {
+                let price = match (o.pricing, &o.amount) {
+                    (PricingMode::Free, _) => 0,
+                    (_, Some(a)) => payments::amount::to_atomic(a, decimals).unwrap_or(u128::MAX),
+                    (_, None) => u128::MAX,
+                };
+                (price, o.peer.clone())
+            })
+            .collect(),
+        None => match peers::lenders_of(&gw.db(), &service.domain) {
+            Ok(p) => p.into_iter().map(|p| (0, p.id)).collect(),
+            Err(_) => Vec::new(),
+        },
+    };
+    let now = std::time::Instant::now();
+    ranked.sort_by_cached_key(|(price, peer)| (*price, gw.federation.latency.rank(peer, now), peer.clone()));
+    ranked.into_iter().map(|(_, peer)| peer).collect()
 }
 
 /// Sends `op` on `path` to the first lender that serves it; the answer as if the upstream
@@ -195,7 +224,7 @@ pub async fn exec(
         upstream_status: None,
     };
     for peer in lenders {
-        let answer = match call(gw, peer, route::EXEC, payload.clone()).await {
+        let mut answer = match call(gw, peer, route::EXEC, payload.clone()).await {
             Ok(a) => a,
             Err(e) => {
                 tracing::info!(peer = %peer, error = %e, "federation: lender failed; trying the next");
@@ -203,8 +232,45 @@ pub async fn exec(
                 continue;
             }
         };
+        let mut paid = None;
+        if answer.status == 402 {
+            match pay_and_retry(gw, peer, op, path, &payload, &answer).await {
+                Ok((again, signed)) => {
+                    answer = again;
+                    paid = Some(signed);
+                }
+                Err(e) => {
+                    tracing::info!(peer = %peer, error = %e, "federation: a lender's price was not paid");
+                    last = e;
+                    continue;
+                }
+            }
+        }
         if answer.status == 200 {
-            return Ok(as_upstream(answer));
+            if let Some(signed) = &paid {
+                let tx = answer
+                    .headers
+                    .get(payments::x402::PAYMENT_RESPONSE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(payments::x402::Settlement::from_header)
+                    .map(|s| s.transaction)
+                    .unwrap_or_default();
+                if let Err(e) = payments::payer::record_spent(gw, peer, op.as_str(), &path.to_string(), signed, &tx) {
+                    tracing::error!(peer = %peer, error = %e, "federation: a payment was made but not recorded in the ledger");
+                }
+            }
+            return Ok(as_upstream(answer, peer));
+        }
+        if answer.status == 402 {
+            let why = serde_json::from_slice::<payments::x402::PaymentRequired>(&answer.body)
+                .map(|r| r.error)
+                .unwrap_or_default();
+            last = OpError::Peer {
+                code: ErrorCode::PaymentRequired,
+                message: format!("peer {peer} did not take the payment: {why}"),
+                upstream_status: None,
+            };
+            continue;
         }
         let refusal: Option<ExecRefusal> = serde_json::from_slice(&answer.body).ok();
         let (code, message, upstream_status) = match refusal {
@@ -220,9 +286,49 @@ pub async fn exec(
     Err(last)
 }
 
+/// Pays `peer`'s 402 `answer` to `op` on `path` (if the owner's wallet, budget and the
+/// peer's advertised price allow) and sends the operation again with the payment.
+async fn pay_and_retry<'a>(
+    gw: &'a Gateway,
+    peer: &str,
+    op: ExecOp,
+    path: &VPath,
+    payload: &[u8],
+    answer: &PeerAnswer,
+) -> Result<(PeerAnswer, payments::payer::Signed<'a>), OpError> {
+    let refused = |code: ErrorCode, message: String| OpError::Peer { code, message, upstream_status: None };
+    let required: payments::x402::PaymentRequired = serde_json::from_slice(&answer.body).map_err(|_| {
+        refused(ErrorCode::UpstreamFailed, format!("federation: peer {peer} answered 402 without x402 requirements"))
+    })?;
+    let domain = path.service().map(|d| d.to_string()).unwrap_or_default();
+    let offered = advertised_price(gw, peer, &domain).await;
+    let resource = payments::lender::resource(peer, op.as_str(), &path.to_string());
+    let signed = payments::payer::pay(gw, peer, offered.as_deref(), &required, &resource)
+        .map_err(|e| refused(ErrorCode::PaymentRequired, e.to_string()))?;
+    let extra = [(payments::x402::PAYMENT_HEADER, signed.header.clone())];
+    let again = call_with(gw, peer, route::EXEC, payload.to_vec(), &extra)
+        .await
+        .map_err(|e| refused(ErrorCode::Unreachable, e.to_string()))?;
+    Ok((again, signed))
+}
+
+/// The price `peer` advertises for `domain` (its offer, or its answer to a query now).
+async fn advertised_price(gw: &Gateway, peer: &str, domain: &str) -> Option<String> {
+    let known = gw
+        .registry()
+        .get(domain)
+        .and_then(|s| s.borrowed.clone())
+        .and_then(|offers| offers.into_iter().find(|o| o.peer == peer));
+    match known {
+        Some(o) => o.amount,
+        None => query(gw, peer, Some(domain)).await.ok().filter(|q| q.available).and_then(|q| q.amount),
+    }
+}
+
 /// The lender's answer as an upstream response: its `x-nkmc-upstream-status`, content type
-/// and body (already masked by the lender; no credential was sent from here).
-fn as_upstream(answer: PeerAnswer) -> crate::upstream::Answer {
+/// and body (already masked by the lender; no credential was sent from here), marked as
+/// served by `peer`.
+fn as_upstream(answer: PeerAnswer, peer: &str) -> crate::upstream::Answer {
     let status = answer
         .headers
         .get(crate::api::UPSTREAM_STATUS_HEADER)
@@ -234,5 +340,5 @@ fn as_upstream(answer: PeerAnswer) -> crate::upstream::Answer {
         builder = builder.header(reqwest::header::CONTENT_TYPE, ct.clone());
     }
     let resp = builder.body(answer.body).unwrap_or_else(|_| axum::http::Response::new(bytes::Bytes::new()));
-    crate::upstream::Answer::new(reqwest::Response::from(resp), None)
+    crate::upstream::Answer::new(reqwest::Response::from(resp), None).served_by(peer)
 }

@@ -4,7 +4,7 @@
 
 use agentfs::path::VPath;
 
-use super::rules::{self, Decision, Rule};
+use super::rules::{self, Decision};
 use crate::auth::Op;
 use crate::Gateway;
 
@@ -17,6 +17,9 @@ pub struct Grant {
     pub domain: String,
     /// The operations lent (`read` brings `lookup` and `list`).
     pub ops: Vec<Op>,
+    /// The price of this call, when the rule lends it per request (a decimal of the asset's
+    /// unit): it is served only once paid (x402).
+    pub price: Option<String>,
 }
 
 impl Grant {
@@ -44,8 +47,9 @@ pub enum Refusal {
     NotLent,
     /// Over the rate (429), with seconds to wait.
     Rate(u64),
-    /// Paid lending: payment required (402).
-    Payment(Rule),
+    /// Priced in a way that cannot be paid for this operation (per-token pricing, or a paid
+    /// `run`), with the reason.
+    Unpayable(String),
 }
 
 /// Parses the request's path: it must already be canonical (no `//`, `..`, `%2e`, trailing
@@ -77,10 +81,12 @@ pub fn admit(gw: &Gateway, peer: &str, path: &VPath, op: Op, now: std::time::Ins
     if let Some(per_min) = rule.rate_per_min {
         gw.federation.rates.admit(peer, &domain, per_min, now).map_err(|wait| Refusal::Rate(wait.as_secs().max(1)))?;
     }
-    if rule.pricing != rules::PricingMode::Free {
-        return Err(Refusal::Payment(rule));
-    }
-    Ok(Grant { peer: peer.to_owned(), domain, ops: rule.ops })
+    let price = match rule.pricing {
+        rules::PricingMode::Free => None,
+        rules::PricingMode::PerRequest => rule.amount.clone(),
+        rules::PricingMode::PerToken => return Err(Refusal::Unpayable(rules::PER_TOKEN_UNPAYABLE.into())),
+    };
+    Ok(Grant { peer: peer.to_owned(), domain, ops: rule.ops, price })
 }
 
 /// Checks that the rules lend `run` of `domain`'s tools to `peer`, and counts the run
@@ -95,7 +101,9 @@ pub fn admit_run(gw: &Gateway, peer: &str, domain: &str, now: std::time::Instant
         gw.federation.rates.admit(peer, domain, per_min, now).map_err(|wait| Refusal::Rate(wait.as_secs().max(1)))?;
     }
     if rule.pricing != rules::PricingMode::Free {
-        return Err(Refusal::Payment(rule));
+        return Err(Refusal::Unpayable(
+            "`run` is lent free or not at all: a run's output streams, so it cannot be settled after success".into(),
+        ));
     }
     Ok(())
 }
@@ -128,7 +136,7 @@ mod tests {
 
     #[test]
     fn a_grant_reaches_one_domain_and_the_lent_operations_only() {
-        let g = Grant { peer: "a".into(), domain: "x.test".into(), ops: vec![Op::Read] };
+        let g = Grant { peer: "a".into(), domain: "x.test".into(), ops: vec![Op::Read], price: None };
         let p = |s: &str| VPath::parse(s).unwrap();
         assert!(g.allows(&p("/x.test/items"), Op::Read));
         assert!(g.allows(&p("/x.test"), Op::List));

@@ -11,6 +11,7 @@ pub mod borrow;
 pub mod client;
 pub mod coordinator;
 pub mod identity;
+pub mod latency;
 pub mod lend;
 pub mod peers;
 pub mod protocol;
@@ -60,6 +61,10 @@ pub struct Federation {
     pub nonces: sign::NonceCache,
     /// Request rates per peer and domain.
     pub rates: rules::RateLimiter,
+    /// How fast each peer answers.
+    pub latency: latency::Latency,
+    /// Payments being served and money being paid (x402).
+    pub payments: crate::payments::Payments,
 }
 
 impl Federation {
@@ -73,6 +78,8 @@ impl Federation {
             )?,
             nonces: sign::NonceCache::default(),
             rates: rules::RateLimiter::default(),
+            latency: latency::Latency::default(),
+            payments: crate::payments::Payments::default(),
         })
     }
 }

@@ -80,6 +80,17 @@ pub enum ExecOp {
 }
 
 impl ExecOp {
+    /// Its name on the wire (`read`, `list`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecOp::List => "list",
+            ExecOp::Read => "read",
+            ExecOp::Write => "write",
+            ExecOp::Delete => "delete",
+            ExecOp::Grep => "grep",
+        }
+    }
+
     /// The token/rule operation it needs.
     pub fn op(self) -> Op {
         match self {

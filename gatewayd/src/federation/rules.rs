@@ -22,6 +22,10 @@ pub enum RuleError {
     Invalid(String),
 }
 
+/// Why per-token pricing is refused: x402's `exact` scheme settles the amount it authorizes,
+/// so a price known only after the answer cannot be paid with it.
+pub const PER_TOKEN_UNPAYABLE: &str = "per-token pricing cannot be paid: x402 `exact` payments settle the amount signed before the call, and the tokens are known only after it; price per request instead";
+
 /// What lending costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -97,6 +101,14 @@ impl Rule {
                 return Err(RuleError::Invalid(format!("--amount `{a}` is not a positive decimal number")));
             }
             _ => {}
+        }
+        if self.allow && self.pricing == PricingMode::PerToken {
+            return Err(RuleError::Invalid(PER_TOKEN_UNPAYABLE.into()));
+        }
+        if self.allow && self.pricing != PricingMode::Free && self.ops.contains(&Op::Run) {
+            return Err(RuleError::Invalid(
+                "`run` is lent free or not at all (its output streams, so it cannot be settled after success); put it in a free rule".into(),
+            ));
         }
         if self.rate_per_min == Some(0) {
             return Err(RuleError::Invalid("--rate 0/min lends nothing; use --deny".into()));

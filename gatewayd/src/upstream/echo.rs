@@ -65,12 +65,25 @@ pub struct Answer {
     resp: reqwest::Response,
     /// Boxed: the patterns' lookup table would make every [`Answer`] large.
     patterns: Option<Box<Patterns>>,
+    /// The peer that made the call, when a lender served it (for the audit's `peer`).
+    peer: Option<Box<str>>,
 }
 
 impl Answer {
     /// Wraps `resp`, the answer to a request that carried `credential`.
     pub fn new(resp: reqwest::Response, credential: Option<&Secret>) -> Self {
-        Answer { resp, patterns: patterns(credential).map(Box::new) }
+        Answer { resp, patterns: patterns(credential).map(Box::new), peer: None }
+    }
+
+    /// Marks the answer as made by `peer` (a federation lender).
+    pub fn served_by(mut self, peer: &str) -> Self {
+        self.peer = Some(peer.into());
+        self
+    }
+
+    /// The peer that made the call, if one did.
+    pub fn peer(&self) -> Option<&str> {
+        self.peer.as_deref()
     }
 
     /// The upstream's status.

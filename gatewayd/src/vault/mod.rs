@@ -83,6 +83,10 @@ pub const BYOK: &str = "byok";
 pub const PEER: &str = "peer";
 /// The `domain` column of peer secrets: empty, which no service domain can be.
 pub const PEER_DOMAIN: &str = "";
+/// Scope of the wallet key that signs x402 payments to peers (domain [`WALLET_DOMAIN`]).
+pub const WALLET: &str = "wallet";
+/// The `domain` column of the wallet key.
+pub const WALLET_DOMAIN: &str = "";
 
 /// Whose key: the owner's pool key or one agent's own (BYOK).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +97,8 @@ pub enum KeyOwner<'a> {
     Agent(&'a str),
     /// The secret shared with a federation peer (stored under [`PEER_DOMAIN`]).
     Peer(&'a str),
+    /// The key of the wallet that pays peers (x402), stored under [`WALLET_DOMAIN`].
+    Wallet,
 }
 
 impl KeyOwner<'_> {
@@ -102,13 +108,14 @@ impl KeyOwner<'_> {
             KeyOwner::Pool => POOL,
             KeyOwner::Agent(_) => BYOK,
             KeyOwner::Peer(_) => PEER,
+            KeyOwner::Wallet => WALLET,
         }
     }
 
     /// The `owner` column (empty for the pool).
     pub fn owner(&self) -> &str {
         match self {
-            KeyOwner::Pool => "",
+            KeyOwner::Pool | KeyOwner::Wallet => "",
             KeyOwner::Agent(a) | KeyOwner::Peer(a) => a,
         }
     }
@@ -484,11 +491,11 @@ impl Vault {
     }
 
     /// Stored API keys, without secrets: all of them (`None`), or only `owner`'s. Peer
-    /// secrets are not API keys and are never listed here.
+    /// secrets and the wallet key are not API keys and are never listed here.
     pub fn list(&self, conn: &Connection, only: Option<KeyOwner<'_>>) -> Result<Vec<StoredKey>, VaultError> {
         let mut stmt = conn.prepare(
             "SELECT key_id, domain, scope, owner, created_at FROM keys
-             WHERE scope != 'peer' AND (?1 IS NULL OR (scope = ?1 AND owner = ?2)) ORDER BY domain, scope, owner",
+             WHERE scope NOT IN ('peer', 'wallet') AND (?1 IS NULL OR (scope = ?1 AND owner = ?2)) ORDER BY domain, scope, owner",
         )?;
         let rows = stmt.query_map(params![only.map(|o| o.scope()), only.map(|o| o.owner().to_owned())], |r| {
             Ok(StoredKey {

@@ -106,5 +106,6 @@ pub fn errno_of(code: ErrorCode) -> i32 {
         ErrorCode::BadRequest => libc::EINVAL,
         ErrorCode::Internal => libc::EIO,
         ErrorCode::Unauthenticated => libc::EACCES,
+        ErrorCode::PaymentRequired => libc::EACCES,
     }
 }

@@ -6,6 +6,7 @@ mod daemons;
 mod federation;
 mod files;
 mod mounts;
+mod payments;
 mod pipe;
 mod run;
 mod token;
@@ -121,6 +122,22 @@ enum Command {
     Rules {
         #[command(subcommand)]
         command: federation::RulesCommand,
+    },
+    /// The wallet that pays peers for paid lending (x402; the key stays in the vault).
+    Wallet {
+        #[command(subcommand)]
+        command: payments::WalletCommand,
+    },
+    /// The daily budget for paying peers.
+    Budget {
+        #[command(subcommand)]
+        command: payments::BudgetCommand,
+    },
+    /// Every charge, paid to peers (`spent`) and paid by them (`earned`), oldest first.
+    Ledger {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
     /// Search files under a path (as `grep -r` on the mount): prints `PATH:LINE` per match.
     /// Exits 0 when something matched, 1 when nothing did, 2 on an error.
@@ -352,6 +369,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grep(args) => files::grep(&ctx, args).await,
         Command::Peers { command } => federation::peers(&ctx, command).await,
         Command::Rules { command } => federation::rules(&ctx, command).await,
+        Command::Wallet { command } => payments::wallet(&ctx, command).await,
+        Command::Budget { command } => payments::budget(&ctx, command).await,
+        Command::Ledger { json } => payments::ledger(&ctx, json).await,
         Command::Pipe { pipeline } => pipe::run(&ctx, &pipeline).await,
         Command::Audit { command } => audit::run(&ctx, command).await,
         Command::Auth(args) => token::auth(&ctx, args).await,
