@@ -348,6 +348,11 @@ pub struct PeerRequest<'a> {
 impl PeerRequest<'_> {
     /// Sends it to `addr`.
     pub fn send(&self, addr: SocketAddr) -> Answer {
+        self.send_with(addr, &[])
+    }
+
+    /// Sends it to `addr` with `extra` headers (outside the signature, as `X-PAYMENT` is).
+    pub fn send_with(&self, addr: SocketAddr, extra: &[(&str, &str)]) -> Answer {
         use hmac::Mac;
         use sha2::Digest;
         let hash: String = sha2::Sha256::digest(self.signed_body).iter().map(|b| format!("{b:02x}")).collect();
@@ -359,20 +364,16 @@ impl PeerRequest<'_> {
         mac.update(canonical.as_bytes());
         let sig: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
         let ts = self.timestamp.to_string();
-        http(
-            addr,
-            "POST",
-            self.path,
-            &[
-                ("Content-Type", "application/json"),
-                ("x-nkmc-sender", self.sender),
-                ("x-nkmc-recipient", self.recipient),
-                ("x-nkmc-timestamp", &ts),
-                ("x-nkmc-nonce", self.nonce),
-                ("x-nkmc-signature", &sig),
-            ],
-            self.body,
-        )
+        let mut headers = vec![
+            ("Content-Type", "application/json"),
+            ("x-nkmc-sender", self.sender),
+            ("x-nkmc-recipient", self.recipient),
+            ("x-nkmc-timestamp", &ts),
+            ("x-nkmc-nonce", self.nonce),
+            ("x-nkmc-signature", &sig),
+        ];
+        headers.extend_from_slice(extra);
+        http(addr, "POST", self.path, &headers, self.body)
     }
 }
 

@@ -484,7 +484,9 @@ pub async fn set_rule(
             payments::amount::to_atomic(amount, cfg.decimals).map_err(|e| ApiError::bad_request(e.to_string())),
         )?;
         if atomic == 0 {
-            return Err(audit.fail(ApiError::bad_request("gatewayd: a paid rule needs an amount above 0; use --pricing free")));
+            return Err(
+                audit.fail(ApiError::bad_request("gatewayd: a paid rule needs an amount above 0; use --pricing free"))
+            );
         }
     }
     audit.check(rules::set(&gw.db(), &rule).map_err(|e| ApiError::bad_request(e.to_string())))?;

@@ -109,8 +109,7 @@ fn uint_word(v: u128) -> [u8; 32] {
 impl Transfer {
     /// The EIP-712 digest the payer signs.
     pub fn digest(&self, domain: &TokenDomain) -> [u8; 32] {
-        let domain_type =
-            keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
+        let domain_type = keccak(b"EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)");
         let mut d = Vec::with_capacity(32 * 5);
         d.extend_from_slice(&domain_type);
         d.extend_from_slice(&keccak(domain.name.as_bytes()));

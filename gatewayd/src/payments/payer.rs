@@ -161,10 +161,7 @@ pub fn pay<'a>(
     let display = amount::to_decimal(price, cfg.decimals);
     let advertised = offered.map(|o| amount::to_atomic(o, cfg.decimals)).transpose().ok().flatten();
     if advertised.is_none_or(|a| price > a) {
-        return Err(terms(format!(
-            "it asks {display}, more than it advertised ({})",
-            offered.unwrap_or("nothing")
-        )));
+        return Err(terms(format!("it asks {display}, more than it advertised ({})", offered.unwrap_or("nothing"))));
     }
     let pay_to = Address::parse(&req.pay_to).map_err(|_| terms("payTo is not an address".into()))?;
     let Some(wallet) = wallet(gw)? else {

@@ -1,0 +1,272 @@
+//! Paid lending with x402, through real gatewayd processes: B lends a domain for 0.01 USDC
+//! per request, A pays from its wallet within a daily budget, and a facilitator played by
+//! this test's own HTTP server on 127.0.0.1 checks every payment's EIP-712 signature,
+//! amount, payee and single use, as a real one would before submitting it.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use gatewayd::payments::evm::{self, Address, TokenDomain, Transfer};
+use gatewayd::payments::x402::{FacilitatorRequest, PaymentRequired};
+use nkmc_e2e::{canary, contains, fixture, json, unix_now, Nkmc, PeerRequest, Seen, Upstream};
+
+const SECRET_AB: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef";
+const PETS: &str = r#"[{"id":1,"name":"rex"},{"id":2,"name":"tom"}]"#;
+const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+
+fn gateway(id: &str, config: &str) -> Nkmc {
+    let n = Nkmc::new(config);
+    let out = n.cmd(&["gateway", "start", "--daemon"]).env("NKMC_GATEWAY_ID", id).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    n
+}
+
+fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a facilitator checks before it would submit the transfer: the signature is the
+/// payer's over exactly these terms, the terms are the lender's requirements, it is valid
+/// now, and its nonce was never settled.
+fn check(req: &FacilitatorRequest, settled: &HashSet<String>) -> Result<String, String> {
+    let (p, r) = (&req.payment_payload, &req.payment_requirements);
+    let a = &p.payload.authorization;
+    let extra = r.extra.clone().ok_or("no token domain")?;
+    let domain = TokenDomain {
+        name: extra.name,
+        version: extra.version,
+        chain_id: evm::chain_id(&r.network).ok_or("unknown network")?,
+        contract: Address::parse(&r.asset).map_err(|e| e.to_string())?,
+    };
+    let nonce: [u8; 32] = evm::decode_hex(&a.nonce[2..]).ok_or("nonce")?.try_into().map_err(|_| "nonce length")?;
+    let transfer = Transfer {
+        from: Address::parse(&a.from).map_err(|e| e.to_string())?,
+        to: Address::parse(&a.to).map_err(|e| e.to_string())?,
+        value: a.value.parse().map_err(|_| "value")?,
+        valid_after: a.valid_after.parse().map_err(|_| "validAfter")?,
+        valid_before: a.valid_before.parse().map_err(|_| "validBefore")?,
+        nonce,
+    };
+    if evm::signer(&transfer.digest(&domain), &p.payload.signature) != Some(transfer.from) {
+        return Err("invalid_exact_evm_payload_signature".into());
+    }
+    if a.value != r.max_amount_required || Address::parse(&r.pay_to).ok() != Some(transfer.to) {
+        return Err("invalid_exact_evm_payload_authorization_value".into());
+    }
+    let now = unix_now();
+    if transfer.valid_after > now || transfer.valid_before <= now {
+        return Err("invalid_exact_evm_payload_authorization_valid_before".into());
+    }
+    if settled.contains(&a.nonce) {
+        return Err("invalid_exact_evm_payload_authorization_nonce_used".into());
+    }
+    Ok(transfer.from.to_string())
+}
+
+struct Facilitator {
+    server: Upstream,
+    settled: Arc<Mutex<HashSet<String>>>,
+}
+
+impl Facilitator {
+    fn start() -> Self {
+        let settled: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let s = settled.clone();
+        let server = Upstream::start(move |req: &Seen| {
+            let Ok(body) = serde_json::from_slice::<FacilitatorRequest>(&req.body) else {
+                return json(400, r#"{"error":"not a facilitator request"}"#);
+            };
+            let mut settled = s.lock().unwrap();
+            let verdict = check(&body, &settled);
+            match (req.uri.as_str(), verdict) {
+                ("/verify", Ok(payer)) => json(200, &format!(r#"{{"isValid":true,"payer":"{payer}"}}"#)),
+                ("/verify", Err(why)) => json(200, &format!(r#"{{"isValid":false,"invalidReason":"{why}"}}"#)),
+                ("/settle", Ok(payer)) => {
+                    let nonce = body.payment_payload.payload.authorization.nonce.clone();
+                    let tx = format!("0x{}", evm::hex(&evm::keccak(nonce.as_bytes())));
+                    settled.insert(nonce);
+                    json(
+                        200,
+                        &format!(
+                            r#"{{"success":true,"transaction":"{tx}","network":"base-sepolia","payer":"{payer}"}}"#
+                        ),
+                    )
+                }
+                ("/settle", Err(why)) => json(200, &format!(r#"{{"success":false,"errorReason":"{why}"}}"#)),
+                _ => json(404, "{}"),
+            }
+        });
+        Facilitator { server, settled }
+    }
+
+    fn calls(&self, route: &str) -> Vec<FacilitatorRequest> {
+        let seen = self.server.seen();
+        seen.iter().filter(|s| s.uri == route).map(|s| serde_json::from_slice(&s.body).unwrap()).collect()
+    }
+}
+
+fn ledger(n: &Nkmc) -> Vec<serde_json::Value> {
+    n.ok(&["ledger", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
+    let key = canary();
+    let expected = format!("Bearer {key}");
+    let up = Upstream::start(move |req| {
+        if req.headers.get("authorization") != Some(&expected) {
+            return json(401, r#"{"error":"bad key"}"#);
+        }
+        match req.uri.as_str() {
+            "/v1/pets" => json(200, PETS),
+            _ => json(404, r#"{"error":"no such pet"}"#),
+        }
+    });
+    let fac = Facilitator::start();
+    let b_config = format!(
+        "[payments]\nfacilitator_url = \"{}\"\npay_to = \"{PAY_TO}\"\n",
+        fac.server.url("").trim_end_matches('/')
+    );
+    let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
+
+    // A paid rule needs [payments] on the lender, and per-token pricing cannot be paid.
+    let no_payee = a.run(&["rules", "set", "x.test", "--allow", "--pricing", "per-request", "--amount", "0.01"]);
+    assert!(String::from_utf8_lossy(&no_payee.stderr).contains("facilitator_url and pay_to"));
+    let per_token = b.run(&["rules", "set", "pets.test", "--allow", "--pricing", "per-token", "--amount", "0.01"]);
+    assert!(String::from_utf8_lossy(&per_token.stderr).contains("price per request instead"));
+
+    let spec = fixture("openapi/petstore.yaml");
+    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--pricing", "per-request", "--amount", "0.01"]);
+    a.ok(&[
+        "peers",
+        "add",
+        "--id",
+        "gw-b",
+        "--name",
+        "B",
+        "--url",
+        &format!("http://{}", b.tcp_addr()),
+        "--secret",
+        SECRET_AB,
+    ]);
+    b.ok(&[
+        "peers",
+        "add",
+        "--id",
+        "gw-a",
+        "--name",
+        "A",
+        "--url",
+        &format!("http://{}", a.tcp_addr()),
+        "--secret",
+        SECRET_AB,
+    ]);
+    eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
+    let skill = a.ok(&["cat", "/pets.test/skill.md"]);
+    assert!(skill.contains("`gw-b` (B): per-request 0.01"), "{skill}");
+
+    // Unpaid, B answers 402 with its x402 requirements, and nothing reaches the upstream.
+    let b_addr = b.tcp_addr();
+    let body = r#"{"op":"read","path":"/pets.test/pets"}"#;
+    let exec = |nonce: &str, extra: &[(&str, &str)]| {
+        PeerRequest {
+            path: "/federation/exec",
+            body: body.as_bytes(),
+            signed_body: body.as_bytes(),
+            timestamp: unix_now(),
+            nonce,
+            sender: "gw-a",
+            recipient: "gw-b",
+            secret: SECRET_AB.as_bytes(),
+        }
+        .send_with(b_addr, extra)
+    };
+    let unpaid = exec("00000000000000000000000000000d01", &[]);
+    assert_eq!(unpaid.status, 402, "{}", unpaid.text());
+    let required: PaymentRequired = serde_json::from_slice(&unpaid.body).unwrap();
+    let req = &required.accepts[0];
+    assert_eq!((req.scheme.as_str(), req.network.as_str()), ("exact", "base-sepolia"));
+    assert_eq!((req.max_amount_required.as_str(), req.pay_to.as_str()), ("10000", PAY_TO));
+    assert_eq!(req.resource, "nkmc://gw-b/read/pets.test/pets");
+    let garbage = exec("00000000000000000000000000000d02", &[("X-PAYMENT", "bm90IGEgcGF5bWVudA==")]);
+    assert_eq!(garbage.status, 402, "{}", garbage.text());
+    assert!(garbage.text().contains("not an x402 payment"), "{}", garbage.text());
+
+    // A has no wallet yet: the read fails with what to do, and costs nothing.
+    let no_wallet = a.run(&["cat", "/pets.test/pets"]);
+    assert!(!no_wallet.status.success());
+    assert!(String::from_utf8_lossy(&no_wallet.stderr).contains("nkmc wallet create"));
+    // A wallet but no budget: nothing is paid either.
+    let wallet_key = "5c".repeat(32);
+    let imported = a.run_stdin(&["wallet", "import"], wallet_key.as_bytes());
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let address = a.ok(&["wallet", "show"]);
+    let no_budget = a.run(&["cat", "/pets.test/pets"]);
+    assert!(String::from_utf8_lossy(&no_budget.stderr).contains("nkmc budget set --daily"));
+    assert!(up.seen().is_empty() && fac.server.seen().is_empty(), "nothing was paid or called");
+
+    // With a budget of two calls: two reads are paid and served, the third is refused.
+    a.ok(&["budget", "set", "--daily", "0.02"]);
+    assert_eq!(a.ok(&["cat", "/pets.test/pets"]), PETS);
+    assert_eq!(a.ok(&["cat", "/pets.test/pets"]), PETS);
+    let over = a.run(&["cat", "/pets.test/pets"]);
+    assert!(!over.status.success());
+    let why = String::from_utf8_lossy(&over.stderr);
+    assert!(why.contains("budget is 0.02") && why.contains("0.02 is spent"), "{why}");
+    assert_eq!(up.seen().len(), 2, "the unpaid call never reached the upstream");
+    assert!(a.ok(&["budget", "show"]).contains("spent today 0.02 USDC"));
+
+    // One ledger entry per charge on each side, the same payments.
+    let (spent, earned) = (ledger(&a), ledger(&b));
+    assert_eq!((spent.len(), earned.len()), (2, 2), "{spent:?}\n{earned:?}");
+    for (s, e) in spent.iter().zip(&earned) {
+        assert_eq!((s["direction"].as_str(), e["direction"].as_str()), (Some("spent"), Some("earned")));
+        for field in ["nonce", "transaction", "amount", "pay_to", "path", "payer"] {
+            assert_eq!(s[field], e[field], "{field}");
+        }
+        assert_eq!((s["amount"].as_str(), s["amount_display"].as_str()), (Some("10000"), Some("0.01")));
+        assert!(address.contains(s["payer"].as_str().unwrap()), "{address}");
+    }
+    assert_eq!((fac.calls("/verify").len(), fac.calls("/settle").len()), (2, 2));
+    assert!(a.ok(&["ledger"]).contains("spent\tgw-b\tread\t/pets.test/pets 0.01"));
+    // A's audit names the lender of each paid read.
+    assert!(a.ok(&["audit", "tail", "-n", "50"]).contains("peer:gw-b"));
+
+    // A payment already taken is refused when presented again, before any upstream call.
+    let used = fac.calls("/settle")[0].payment_payload.to_header();
+    let replay = exec("00000000000000000000000000000d03", &[("X-PAYMENT", &used)]);
+    assert_eq!(replay.status, 402, "{}", replay.text());
+    assert!(replay.text().contains("already used"), "{}", replay.text());
+    assert_eq!(up.seen().len(), 2);
+
+    // A call the upstream fails is not settled: no charge on either side.
+    a.ok(&["budget", "set", "--daily", "1"]);
+    assert!(!a.run(&["cat", "/pets.test/pets.d/9"]).status.success());
+    assert_eq!(fac.calls("/settle").len(), 2, "a failed call is never settled");
+    assert_eq!((ledger(&a).len(), ledger(&b).len()), (2, 2));
+    assert_eq!(fac.settled.lock().unwrap().len(), 2);
+
+    // The wallet key stays in A's vault: not in any file in clear, nor in what B or the
+    // facilitator saw, nor in the audit.
+    let key_forms = [wallet_key.clone(), format!("0x{wallet_key}")];
+    for f in a.data_files().into_iter().chain(b.data_files()) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        for k in &key_forms {
+            assert!(!contains(&bytes, k.as_bytes()), "the wallet key is in {}", f.display());
+        }
+    }
+    for s in fac.server.seen() {
+        assert!(!contains(&s.body, wallet_key.as_bytes()));
+    }
+    let header_json = base64::engine::general_purpose::STANDARD.decode(&used).unwrap();
+    assert!(!contains(&header_json, wallet_key.as_bytes()));
+}
