@@ -337,6 +337,10 @@ pub struct Status {
     /// Where the agent API listens over TCP (`127.0.0.1:9090`); absent when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,
+    /// Where peers reach this gateway (`[federation] public_url`, the tunnel's address, or
+    /// the TCP address); absent without a TCP listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
 }
 
 /// `GET /v1/audit?after=SEQ&limit=N`: which audit records to return.

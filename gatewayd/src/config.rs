@@ -132,8 +132,13 @@ pub struct FederationConfig {
     pub coordinator: bool,
     /// Register with this coordinator and heartbeat (`gatewayd --coordinator-url`).
     pub coordinator_url: Option<String>,
-    /// The URL peers reach this gateway's TCP API at (default: `http://` + its TCP address).
+    /// The URL peers reach this gateway's TCP API at (default: the tunnel's address when
+    /// there is one, else `http://` + its TCP address).
     pub public_url: Option<String>,
+    /// Publish the TCP listener through a tunnel provider (`gatewayd --tunnel`).
+    pub tunnel: bool,
+    /// The provider's program: `cloudflared` (on PATH) unless set.
+    pub tunnel_command: Option<std::path::PathBuf>,
 }
 
 /// `[vault]`: how keys are sealed.

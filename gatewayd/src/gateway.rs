@@ -83,6 +83,7 @@ pub struct Gateway {
     registry: RwLock<Registry>,
     started: Instant,
     tcp_addr: std::sync::OnceLock<std::net::SocketAddr>,
+    tunnel_url: Mutex<Option<String>>,
     shutdown: Notify,
     _lock: InstanceLock,
 }
@@ -127,6 +128,7 @@ impl Gateway {
             registry: RwLock::new(registry),
             started: Instant::now(),
             tcp_addr: std::sync::OnceLock::new(),
+            tunnel_url: Mutex::new(None),
             shutdown: Notify::new(),
             _lock: lock,
         }))
@@ -150,6 +152,21 @@ impl Gateway {
     /// Time since start.
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// Records the tunnel's public address (`None`: the tunnel is down).
+    pub fn set_tunnel_url(&self, url: Option<String>) {
+        *self.tunnel_url.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = url;
+    }
+
+    /// The URL peers reach this gateway at: `[federation] public_url`, else the tunnel's
+    /// address while it is up, else `http://` + the TCP listener's address.
+    pub fn public_url(&self) -> Option<String> {
+        if let Some(u) = &self.config.federation.public_url {
+            return Some(u.clone());
+        }
+        let tunnel = self.tunnel_url.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        tunnel.or_else(|| self.tcp_addr().map(|a| format!("http://{a}")))
     }
 
     /// Records where the agent API listens over TCP (once, at start).

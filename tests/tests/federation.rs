@@ -265,3 +265,58 @@ fn nkmc_run_on_a_peer_that_lends_the_tool_s_domain() {
     }
     assert!(b.ok(&["audit", "tail", "-n", "50"]).contains("peer:gw-a"));
 }
+
+#[test]
+fn a_tunnel_publishes_the_gateway_to_the_coordinator_and_stops_with_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let k = Nkmc::new("[federation]\ncoordinator = true\n");
+    k.ok(&["gateway", "start", "--daemon"]);
+    // A stand-in for cloudflared: prints a quick tunnel's banner as cloudflared does, records
+    // its arguments and pid, and runs until it is killed.
+    let bin = tempfile::tempdir().unwrap();
+    let (args_file, pid_file) = (bin.path().join("args"), bin.path().join("pid"));
+    let script = bin.path().join("cloudflared");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {args}\necho $$ > {pid}\n\
+             echo '2026-11-23T10:00:00Z INF Requesting new quick Tunnel on trycloudflare.com...' >&2\n\
+             echo '2026-11-23T10:00:01Z INF |  https://quiet-fox-sits-here.trycloudflare.com  |' >&2\n\
+             exec sleep 600\n",
+            args = args_file.display(),
+            pid = pid_file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = format!(
+        "[federation]\ncoordinator_url = \"http://{}\"\ntunnel_command = \"{}\"\n",
+        k.tcp_addr(),
+        script.display()
+    );
+    let b = Nkmc::new(&config);
+    let out = b.cmd(&["gateway", "start", "--daemon", "--tunnel"]).env("NKMC_GATEWAY_ID", "gw-b").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let public = "https://quiet-fox-sits-here.trycloudflare.com";
+    eventually("B's status shows the tunnel", || b.ok(&["gateway", "status"]).contains(public));
+    let args = std::fs::read_to_string(&args_file).unwrap();
+    assert_eq!(args.trim(), format!("tunnel --no-autoupdate --url http://{}", b.tcp_addr()));
+    eventually("the coordinator lists B at its public URL", || b.ok(&["peers", "discover"]).contains(public));
+    let again = b.run(&["gateway", "start", "--daemon", "--tunnel"]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+
+    // Stopping gatewayd stops the tunnel.
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    b.ok(&["gateway", "stop"]);
+    eventually("the tunnel process is gone", || {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+    });
+
+    // Without the provider installed, --tunnel fails with what to do.
+    let c = Nkmc::new("[federation]\ntunnel_command = \"/nonexistent/cloudflared\"\n");
+    let out = c.cmd(&["gateway", "start", "--daemon", "--tunnel"]).output().unwrap();
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("install cloudflared") && why.contains("public_url"), "{why}");
+}

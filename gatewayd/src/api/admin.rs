@@ -36,6 +36,7 @@ pub async fn status(State(gw): State<Arc<Gateway>>) -> Json<Status> {
         gateway_id: gw.identity.id.clone(),
         gateway_name: gw.identity.name.clone(),
         tcp: gw.tcp_addr().map(|a| a.to_string()),
+        public_url: gw.public_url(),
     })
 }
 

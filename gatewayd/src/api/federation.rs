@@ -583,11 +583,7 @@ pub async fn heartbeat_to_coordinator(gw: &Gateway) {
         tracing::warn!("federation: coordinator_url is not a URL");
         return;
     };
-    let public = match (&gw.config.federation.public_url, gw.tcp_addr()) {
-        (Some(u), _) => u.clone(),
-        (None, Some(addr)) => format!("http://{addr}"),
-        (None, None) => return,
-    };
+    let Some(public) = gw.public_url() else { return };
     let rules_now = rules::list(&gw.db()).unwrap_or_default();
     let domains: Vec<String> = gw
         .registry()

@@ -24,6 +24,9 @@ struct Args {
     /// The URL peers reach this gateway at (`[federation] public_url`).
     #[arg(long)]
     public_url: Option<String>,
+    /// Publish the TCP listener through a tunnel (cloudflared; `[federation] tunnel = true`).
+    #[arg(long)]
+    tunnel: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
     if args.public_url.is_some() {
         config.federation.public_url = args.public_url;
     }
+    config.federation.tunnel |= args.tunnel;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,6 +66,11 @@ fn main() -> anyhow::Result<()> {
         let gw = gatewayd::Gateway::open(paths.clone(), config)?;
         let listener = gatewayd::api::socket::bind(&paths.socket)?;
         let tcp = listen_tcp(&gw).await?;
+        if gw.config.federation.tunnel {
+            let command =
+                gw.config.federation.tunnel_command.clone().unwrap_or_else(|| std::path::PathBuf::from("cloudflared"));
+            gatewayd::federation::tunnel::open(&gw, &command, gw.tcp_addr())?;
+        }
         tracing::info!(
             socket = %paths.socket.display(),
             tcp = %gw.tcp_addr().map_or_else(|| "off".to_owned(), |a| a.to_string()),

@@ -17,6 +17,7 @@ pub mod peers;
 pub mod protocol;
 pub mod rules;
 pub mod sign;
+pub mod tunnel;
 
 /// Why a federation step failed.
 #[derive(Debug, thiserror::Error)]

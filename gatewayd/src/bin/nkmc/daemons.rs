@@ -41,6 +41,11 @@ async fn gateway_status(client: &GatewayClient) -> Option<Status> {
 
 /// Starts gatewayd in the background unless one answers; returns its status.
 async fn ensure_gateway(ctx: &Ctx) -> anyhow::Result<Status> {
+    ensure_gateway_with(ctx, &[]).await
+}
+
+/// [`ensure_gateway`] with extra gatewayd flags (used only when it has to start one).
+async fn ensure_gateway_with(ctx: &Ctx, flags: &[&str]) -> anyhow::Result<Status> {
     let client = GatewayClient::new(&ctx.paths.socket, Duration::from_secs(2));
     if let Some(s) = gateway_status(&client).await {
         return Ok(s);
@@ -53,6 +58,7 @@ async fn ensure_gateway(ctx: &Ctx) -> anyhow::Result<Status> {
         .arg(&ctx.paths.data_dir)
         .arg("--socket")
         .arg(&ctx.paths.socket)
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -82,10 +88,18 @@ async fn ensure_gateway(ctx: &Ctx) -> anyhow::Result<Status> {
     }
 }
 
-pub async fn gateway_start(ctx: &Ctx, daemon: bool) -> anyhow::Result<ExitCode> {
+pub async fn gateway_start(ctx: &Ctx, daemon: bool, tunnel: bool) -> anyhow::Result<ExitCode> {
+    let flags: &[&str] = if tunnel { &["--tunnel"] } else { &[] };
+    let client = GatewayClient::new(&ctx.paths.socket, Duration::from_secs(2));
+    if tunnel && gateway_status(&client).await.is_some() {
+        bail!("gatewayd is already running; to publish it through a tunnel, stop it (`nkmc gateway stop`) and start it with --tunnel");
+    }
     if daemon {
-        let s = ensure_gateway(ctx).await?;
+        let s = ensure_gateway_with(ctx, flags).await?;
         println!("gatewayd running (pid {}) on {}", s.pid, s.socket);
+        if tunnel {
+            println!("publishing through the tunnel; `nkmc gateway status` shows the public URL once it is up");
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let err = Command::new(binary("gatewayd"))
@@ -93,6 +107,7 @@ pub async fn gateway_start(ctx: &Ctx, daemon: bool) -> anyhow::Result<ExitCode> 
         .arg(&ctx.paths.data_dir)
         .arg("--socket")
         .arg(&ctx.paths.socket)
+        .args(flags)
         .exec();
     bail!("cannot run gatewayd: {err}")
 }
@@ -128,6 +143,7 @@ pub async fn status(ctx: &Ctx) -> anyhow::Result<ExitCode> {
             println!("  gateway:  {} ({})", s.gateway_id, s.gateway_name);
             println!("  socket:   {}", s.socket);
             println!("  tcp:      {}", s.tcp.as_deref().unwrap_or("off"));
+            println!("  public:   {}", s.public_url.as_deref().unwrap_or("-"));
             println!("  data dir: {}", s.data_dir);
             println!("  services: {}", s.services);
             true

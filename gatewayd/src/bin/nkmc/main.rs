@@ -175,6 +175,10 @@ enum GatewayCommand {
         /// Run in the background and return once it answers.
         #[arg(long)]
         daemon: bool,
+        /// Publish the gateway's TCP API through a tunnel (cloudflared must be installed);
+        /// the public URL shows in `nkmc gateway status` and goes to the coordinator.
+        #[arg(long)]
+        tunnel: bool,
     },
     /// Stop gatewayd.
     Stop,
@@ -317,7 +321,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Up { mount } => daemons::up(&ctx, mount).await,
         Command::Down => daemons::down(&ctx).await,
-        Command::Gateway { command: GatewayCommand::Start { daemon } } => daemons::gateway_start(&ctx, daemon).await,
+        Command::Gateway { command: GatewayCommand::Start { daemon, tunnel } } => {
+            daemons::gateway_start(&ctx, daemon, tunnel).await
+        }
         Command::Gateway { command: GatewayCommand::Stop } => daemons::gateway_stop(&ctx).await,
         Command::Gateway { command: GatewayCommand::Status } => daemons::status(&ctx).await,
         Command::Mount { dir, token } => daemons::mount(&ctx, &dir, token).await,
