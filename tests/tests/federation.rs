@@ -119,7 +119,10 @@ fn a_borrows_from_b_c_is_refused_and_the_lender_cannot_be_fooled() {
     // A correctly signed request from A works once; every forgery of it is refused.
     let good_nonce = "00000000000000000000000000000a01";
     let ok = signed("gw-a", SECRET_AB, &body, good_nonce);
-    assert_eq!((ok.status, ok.text().as_str()), (200, PETS));
+    // The upstream's body comes in signed frames (head, data, end), the data as it was.
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.headers.get("x-nkmc-body").map(String::as_str), Some("frames-v1"));
+    assert!(contains(&ok.body, PETS.as_bytes()), "{}", ok.text());
     let seen_after_ok = up.seen().len();
     let base = PeerRequest {
         path: "/federation/exec",
@@ -319,4 +322,51 @@ fn a_tunnel_publishes_the_gateway_to_the_coordinator_and_stops_with_it() {
     assert!(!out.status.success());
     let why = String::from_utf8_lossy(&out.stderr);
     assert!(why.contains("install cloudflared") && why.contains("public_url"), "{why}");
+}
+
+fn gatewayd_pid(n: &Nkmc) -> i32 {
+    let status = n.ok(&["gateway", "status"]);
+    let pid = status.split("(pid ").nth(1).and_then(|r| r.split(',').next()).unwrap();
+    pid.parse().unwrap()
+}
+
+#[test]
+fn a_large_lent_body_streams_through_both_gateways_in_bounded_memory() {
+    const BIG: usize = 96 * 1024 * 1024;
+    let key = canary();
+    let expected = format!("Bearer {key}");
+    let big: std::sync::Arc<Vec<u8>> = std::sync::Arc::new((0..BIG).map(|i| b"0123456789abcdef"[i % 16]).collect());
+    let body = big.clone();
+    let up = Upstream::start(move |req| {
+        if req.headers.get("authorization") != Some(&expected) {
+            return json(401, "{}");
+        }
+        (200, vec![("content-type".into(), "application/octet-stream".into())], body.to_vec())
+    });
+    let config = "[upstream]\nmax_body_bytes = 209715200\n";
+    let start = |id: &str| {
+        let n = Nkmc::new(config);
+        let out = n.cmd(&["gateway", "start", "--daemon"]).env("NKMC_GATEWAY_ID", id).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        n
+    };
+    let (a, b) = (start("gw-a"), start("gw-b"));
+    let spec = fixture("openapi/petstore.yaml");
+    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a"]);
+    a.ok(&["peers", "add", "--id", "gw-b", "--name", "B", "--url", &url(&b), "--secret", SECRET_AB]);
+    b.ok(&["peers", "add", "--id", "gw-a", "--name", "A", "--url", &url(&a), "--secret", SECRET_AB]);
+    eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
+
+    let out = a.run(&["cat", "/pets.test/pets.d/7"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), BIG);
+    assert!(out.stdout == *big, "the body arrived changed");
+    // Neither gateway held the body whole: each streamed it in frames.
+    for (name, n) in [("A", &a), ("B", &b)] {
+        let hwm_mib = nkmc_e2e::vm_hwm_kib(gatewayd_pid(n)) / 1024;
+        assert!(hwm_mib < 80, "gatewayd {name} peaked at {hwm_mib} MiB for a {} MiB body", BIG >> 20);
+    }
+    assert!(a.ok(&["audit", "tail", "-n", "20"]).contains("peer:gw-b"));
 }

@@ -193,25 +193,25 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         },
     };
     let who = Caller::Peer(grant);
-    let result: Result<(u16, String, Vec<u8>), ApiError> = match req.op {
+    let result: Result<Lent, ApiError> = match req.op {
         ExecOp::Read => match ops::read(&gw, &who, &path, Default::default()).await {
-            Ok(out) => collect(&gw, out).await,
+            Ok(out) => lent(&gw, out),
             Err(e) => Err(e.into()),
         },
         ExecOp::Write => {
             let body = Bytes::from(req.body.unwrap_or_default());
             audit.bytes(body.len() as u64);
             match ops::write(&gw, &who, &path, body).await {
-                Ok(out) => collect(&gw, out).await,
+                Ok(out) => lent(&gw, out),
                 Err(e) => Err(e.into()),
             }
         }
         ExecOp::Delete => match ops::delete(&gw, &who, &path).await {
-            Ok(out) => collect(&gw, out).await,
+            Ok(out) => lent(&gw, out),
             Err(e) => Err(e.into()),
         },
         ExecOp::List => match ops::list(&gw, &who, &path).await {
-            Ok(l) => Ok((200, "application/json".into(), serde_json::to_vec(&l).unwrap_or_default())),
+            Ok(l) => Ok(Lent::Whole(200, "application/json".into(), serde_json::to_vec(&l).unwrap_or_default())),
             Err(e) => Err(e.into()),
         },
         ExecOp::Grep => {
@@ -223,18 +223,19 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
                 max_files: None,
             };
             match crate::grep::grep(&gw, &who, &path, &g).await {
-                Ok(r) => Ok((200, "application/json".into(), serde_json::to_vec(&r).unwrap_or_default())),
+                Ok(r) => Ok(Lent::Whole(200, "application/json".into(), serde_json::to_vec(&r).unwrap_or_default())),
                 Err(e) => Err(e.into()),
             }
         }
     };
-    // A paid call is settled only after a successful answer; a failed one costs nothing.
-    let mut settlement = None;
+    // A paid call is settled once the upstream answered 2xx, before its body is sent (as
+    // x402 servers do); a failed call costs nothing.
+    let mut extra = Vec::new();
     let result = match (result, paid) {
-        (Ok(out), Some((accepted, requirements))) if (200..300).contains(&out.0) => {
+        (Ok(out), Some((accepted, requirements))) if (200..300).contains(&out.upstream_status()) => {
             match accepted.settle(&gw, &v.peer, req.op.as_str(), &req.path).await {
                 Ok(s) => {
-                    settlement = Some(s.to_header());
+                    extra.push((payments::x402::PAYMENT_RESPONSE_HEADER, s.to_header()));
                     Ok(out)
                 }
                 Err(e) => {
@@ -247,19 +248,112 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         }
         (r, _) => r,
     };
-    match audit.finish(result) {
-        Ok((status, content_type, body)) => {
-            let mut extra = vec![(super::UPSTREAM_STATUS_HEADER, status.to_string())];
-            if let Some(s) = settlement {
-                extra.push((payments::x402::PAYMENT_RESPONSE_HEADER, s));
-            }
+    match result {
+        Ok(Lent::Stream(resp)) => framed(&gw, &v, audit, resp, extra),
+        Ok(Lent::Whole(status, content_type, body)) => {
+            audit.sent(body.len());
+            extra.push((super::UPSTREAM_STATUS_HEADER, status.to_string()));
             answer(&gw, &v, 200, &content_type, &extra, body)
         }
         Err(e) => {
+            let e = audit.fail(e);
             let status = e.http_status();
             refusal(&gw, &v, status, e.code(), e.message().to_owned(), e.upstream_status())
         }
     }
+}
+
+/// What a lender sends back: a body it has whole, or the upstream's, streamed in frames.
+enum Lent {
+    Whole(u16, String, Vec<u8>),
+    Stream(crate::upstream::Answer),
+}
+
+impl Lent {
+    fn upstream_status(&self) -> u16 {
+        match self {
+            Lent::Whole(status, ..) => *status,
+            Lent::Stream(resp) => resp.status().as_u16(),
+        }
+    }
+}
+
+/// An operation's output as lent: an upstream body over the size cap is refused up front.
+fn lent(gw: &Gateway, out: ops::Output) -> Result<Lent, ApiError> {
+    match out {
+        ops::Output::Whole { body, content_type } => Ok(Lent::Whole(200, content_type.to_string(), body.to_vec())),
+        ops::Output::Upstream(resp) => {
+            let limit = gw.upstream.config().max_body_bytes;
+            if resp.announced_len().is_some_and(|l| l > limit) {
+                return Err(ApiError::new(
+                    ErrorCode::TooLarge,
+                    format!("upstream body over the limit of {limit} bytes"),
+                ));
+            }
+            Ok(Lent::Stream(resp))
+        }
+    }
+}
+
+/// The upstream's answer streamed to the borrower in signed frames (see
+/// [`crate::federation::frames`]) as it arrives, capped at `upstream.max_body_bytes`; the
+/// audit records the operation when the body ends.
+fn framed(
+    gw: &Gateway,
+    v: &Verified,
+    audit: Pending,
+    resp: crate::upstream::Answer,
+    extra: Vec<(&'static str, String)>,
+) -> Response {
+    use crate::federation::frames::{Binding, Encoder, Head};
+    use futures_util::StreamExt;
+    let status = resp.status().as_u16();
+    let content_type = resp
+        .content_type()
+        .and_then(|v| v.to_str().ok().map(str::to_owned))
+        .unwrap_or_else(|| "application/octet-stream".to_owned());
+    let limit = gw.upstream.config().max_body_bytes;
+    let mut seen: u64 = 0;
+    let data = resp.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
+        seen += chunk.len() as u64;
+        if seen > limit {
+            let message = format!("upstream body over the limit of {limit} bytes");
+            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, message));
+        }
+        Ok(chunk)
+    });
+    let metered = audit.streaming(status, None, data);
+    let mut encoder = Encoder::new(Binding::new(v.secret.expose().as_bytes(), &v.nonce, &gw.identity.id, &v.peer));
+    let head = encoder.head(&Head { upstream_status: status, content_type });
+    let rest = futures_util::stream::unfold(Some((metered, encoder)), move |state| async move {
+        let (mut metered, mut encoder) = state?;
+        let frame = match metered.next().await {
+            Some(Ok(chunk)) => return Some((Ok::<_, std::io::Error>(encoder.data(&chunk)), Some((metered, encoder)))),
+            Some(Err(e)) => {
+                let code =
+                    if e.kind() == std::io::ErrorKind::FileTooLarge { ErrorCode::TooLarge } else { ErrorCode::UpstreamFailed };
+                let refusal = ExecRefusal { code, message: e.to_string(), upstream_status: Some(status) };
+                encoder.error(&serde_json::to_vec(&refusal).unwrap_or_default())
+            }
+            None => encoder.end(),
+        };
+        Some((Ok(frame), None))
+    });
+    let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(rest);
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header(crate::federation::frames::HEADER.0, crate::federation::frames::HEADER.1)
+        .header(super::UPSTREAM_STATUS_HEADER, status);
+    let marker = crate::federation::frames::MARKER;
+    for (k, val) in answer_headers(&gw.identity, &v.peer, v.secret.expose().as_bytes(), &v.nonce, 200, marker) {
+        builder = builder.header(k, val);
+    }
+    for (k, val) in extra {
+        builder = builder.header(k, val);
+    }
+    builder.body(axum::body::Body::from_stream(body)).unwrap_or_else(|_| terse())
 }
 
 /// For a call priced at `price`: the payment in `X-PAYMENT`, verified and held, with the
@@ -311,38 +405,6 @@ fn refused(gw: &Gateway, v: &Verified, mut audit: Pending, r: Refusal) -> Respon
     };
     let _ = audit.check::<(), _>(Err(ApiError::new(code, message.clone())));
     refusal(gw, v, status, code, message, None)
-}
-
-/// The whole body of an operation's output, capped: (upstream status, content type, body).
-async fn collect(gw: &Gateway, out: ops::Output) -> Result<(u16, String, Vec<u8>), ApiError> {
-    match out {
-        ops::Output::Whole { body, content_type } => Ok((200, content_type.to_string(), body.to_vec())),
-        ops::Output::Upstream(resp) => {
-            let status = resp.status().as_u16();
-            let ct = resp
-                .content_type()
-                .and_then(|v| v.to_str().ok().map(str::to_owned))
-                .unwrap_or_else(|| "application/octet-stream".to_owned());
-            let limit = gw.upstream.config().max_body_bytes;
-            if resp.announced_len().is_some_and(|l| l > limit) {
-                return Err(ApiError::new(
-                    ErrorCode::TooLarge,
-                    format!("upstream body over the limit of {limit} bytes"),
-                ));
-            }
-            let body = resp
-                .bytes()
-                .await
-                .map_err(|e| ApiError::new(ErrorCode::UpstreamFailed, format!("upstream body: {}", e.without_url())))?;
-            if body.len() as u64 > limit {
-                return Err(ApiError::new(
-                    ErrorCode::TooLarge,
-                    format!("upstream body over the limit of {limit} bytes"),
-                ));
-            }
-            Ok((status, ct, body.to_vec()))
-        }
-    }
 }
 
 /// `POST /v1/peers`. Its `Debug` never shows the secret.

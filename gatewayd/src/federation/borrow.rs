@@ -234,7 +234,7 @@ pub async fn exec(
         };
         let mut paid = None;
         if answer.status == 402 {
-            match pay_and_retry(gw, peer, op, path, &payload, &answer).await {
+            match pay_and_retry(gw, peer, op, path, &payload, &answer.body).await {
                 Ok((again, signed)) => {
                     answer = again;
                     paid = Some(signed);
@@ -294,10 +294,10 @@ async fn pay_and_retry<'a>(
     op: ExecOp,
     path: &VPath,
     payload: &[u8],
-    answer: &PeerAnswer,
+    answer: &[u8],
 ) -> Result<(PeerAnswer, payments::payer::Signed<'a>), OpError> {
     let refused = |code: ErrorCode, message: String| OpError::Peer { code, message, upstream_status: None };
-    let required: payments::x402::PaymentRequired = serde_json::from_slice(&answer.body).map_err(|_| {
+    let required: payments::x402::PaymentRequired = serde_json::from_slice(answer).map_err(|_| {
         refused(ErrorCode::UpstreamFailed, format!("federation: peer {peer} answered 402 without x402 requirements"))
     })?;
     let domain = path.service().map(|d| d.to_string()).unwrap_or_default();
@@ -329,6 +329,16 @@ async fn advertised_price(gw: &Gateway, peer: &str, domain: &str) -> Option<Stri
 /// and body (already masked by the lender; no credential was sent from here), marked as
 /// served by `peer`.
 fn as_upstream(answer: PeerAnswer, peer: &str) -> crate::upstream::Answer {
+    if let Some(framed) = answer.framed {
+        // The head frame's status and content type are the signed ones.
+        let content_type = reqwest::header::HeaderValue::from_str(&framed.head.content_type)
+            .unwrap_or(reqwest::header::HeaderValue::from_static("application/octet-stream"));
+        let mut resp = axum::http::Response::new(reqwest::Body::wrap_stream(framed.body));
+        *resp.status_mut() =
+            reqwest::StatusCode::from_u16(framed.head.upstream_status).unwrap_or(reqwest::StatusCode::BAD_GATEWAY);
+        resp.headers_mut().insert(reqwest::header::CONTENT_TYPE, content_type);
+        return crate::upstream::Answer::new(reqwest::Response::from(resp), None).served_by(peer);
+    }
     let status = answer
         .headers
         .get(crate::api::UPSTREAM_STATUS_HEADER)

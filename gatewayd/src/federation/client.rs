@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, CONTENT_TYPE};
 
+use super::frames;
 use super::identity::Identity;
 use super::sign::{self, header, Envelope};
 
@@ -59,8 +60,26 @@ pub struct PeerAnswer {
     pub status: u16,
     /// The headers.
     pub headers: HeaderMap,
-    /// The body.
+    /// The body (empty when it is [`PeerAnswer::framed`]).
     pub body: Bytes,
+    /// A body streamed in signed frames (see [`frames`]): its head, and its data verified
+    /// frame by frame as it arrives.
+    pub framed: Option<Framed>,
+}
+
+/// A framed body: the head frame, read before the answer is returned, and the data.
+pub struct Framed {
+    /// The upstream's status and content type, as the lender signed them.
+    pub head: frames::Head,
+    /// The data; an error when a frame fails verification, the lender reports the body
+    /// broke off, or the stream ends before its end frame.
+    pub body: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
+}
+
+impl std::fmt::Debug for Framed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Framed").field("head", &self.head).finish_non_exhaustive()
+    }
 }
 
 /// A client for peer calls.
@@ -131,6 +150,12 @@ impl PeerClient {
         let resp = req.body(body).send().await.map_err(unreachable)?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
+        if headers.get(frames::HEADER.0).is_some_and(|v| v.as_bytes() == frames::HEADER.1.as_bytes()) {
+            verify_answer(me, peer, &nonce, status, &headers, frames::MARKER)?;
+            let binding = frames::Binding::new(peer.secret, &nonce, peer.id, &me.id);
+            let framed = read_framed(peer.id, binding, resp, self.max_body).await?;
+            return Ok(PeerAnswer { status, headers, body: Bytes::new(), framed: Some(framed) });
+        }
         if resp.content_length().is_some_and(|l| l > self.max_body) {
             return Err(PeerCallError::BadAnswer {
                 peer: peer.id.to_owned(),
@@ -145,8 +170,87 @@ impl PeerClient {
             });
         }
         verify_answer(me, peer, &nonce, status, &headers, &body)?;
-        Ok(PeerAnswer { status, headers, body })
+        Ok(PeerAnswer { status, headers, body, framed: None })
     }
+}
+
+/// Reads a framed answer's head, and returns it with the rest of the body as a verified
+/// stream of data (at most `max_body` bytes).
+async fn read_framed(
+    peer: &str,
+    binding: frames::Binding,
+    resp: reqwest::Response,
+    max_body: u64,
+) -> Result<Framed, PeerCallError> {
+    use futures_util::StreamExt;
+    let bad = |reason: String| PeerCallError::BadAnswer { peer: peer.to_owned(), reason };
+    let mut decoder = frames::Decoder::new(binding);
+    let mut chunks = resp.bytes_stream();
+    let head = loop {
+        match decoder.next_frame().map_err(|e| bad(e.to_string()))? {
+            Some(frames::Frame::Head(h)) => break h,
+            Some(_) => return Err(bad("the first frame is not the head".into())),
+            None => match chunks.next().await {
+                Some(Ok(b)) => decoder.push(&b),
+                Some(Err(e)) => {
+                    return Err(PeerCallError::Unreachable {
+                        peer: peer.to_owned(),
+                        message: e.without_url().to_string(),
+                    })
+                }
+                None => return Err(bad(frames::FrameError::Truncated.to_string())),
+            },
+        }
+    };
+    let peer = peer.to_owned();
+    let state = (chunks, decoder, 0u64, false);
+    let body = futures_util::stream::unfold(state, move |(mut chunks, mut decoder, mut seen, done)| {
+        let peer = peer.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let fail = |m: String| std::io::Error::other(format!("federation: peer {peer}: {m}"));
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frames::Frame::Data(d))) => {
+                        seen += d.len() as u64;
+                        if seen > max_body {
+                            let e = std::io::Error::new(
+                                std::io::ErrorKind::FileTooLarge,
+                                format!("federation: peer {peer}'s answer is over the size cap"),
+                            );
+                            return Some((Err(e), (chunks, decoder, seen, true)));
+                        }
+                        return Some((Ok(d), (chunks, decoder, seen, false)));
+                    }
+                    Ok(Some(frames::Frame::End(_))) => return None,
+                    Ok(Some(frames::Frame::Error(json))) => {
+                        let why = serde_json::from_slice::<super::protocol::ExecRefusal>(&json)
+                            .map(|r| r.message)
+                            .unwrap_or_else(|_| "the body broke off".into());
+                        return Some((Err(fail(why)), (chunks, decoder, seen, true)));
+                    }
+                    Ok(Some(frames::Frame::Head(_))) => {
+                        return Some((Err(fail("a second head".into())), (chunks, decoder, seen, true)))
+                    }
+                    Err(e) => return Some((Err(fail(e.to_string())), (chunks, decoder, seen, true))),
+                    Ok(None) => match chunks.next().await {
+                        Some(Ok(b)) => decoder.push(&b),
+                        Some(Err(e)) => {
+                            let e = fail(format!("unreachable: {}", e.without_url()));
+                            return Some((Err(e), (chunks, decoder, seen, true)));
+                        }
+                        None => {
+                            let e = fail(frames::FrameError::Truncated.to_string());
+                            return Some((Err(e), (chunks, decoder, seen, true)));
+                        }
+                    },
+                }
+            }
+        }
+    });
+    Ok(Framed { head, body: Box::pin(body) })
 }
 
 fn verify_answer(

@@ -10,6 +10,7 @@
 pub mod borrow;
 pub mod client;
 pub mod coordinator;
+pub mod frames;
 pub mod identity;
 pub mod latency;
 pub mod lend;

@@ -172,8 +172,9 @@ impl Envelope<'_> {
     }
 }
 
+/// HMAC-SHA256 keyed with `secret`.
 #[allow(clippy::expect_used)] // HMAC takes keys of any length
-fn mac(secret: &[u8]) -> Hmac<Sha256> {
+pub(crate) fn mac(secret: &[u8]) -> Hmac<Sha256> {
     <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts any key length")
 }
 
