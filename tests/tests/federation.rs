@@ -370,3 +370,54 @@ fn a_large_lent_body_streams_through_both_gateways_in_bounded_memory() {
     }
     assert!(a.ok(&["audit", "tail", "-n", "20"]).contains("peer:gw-b"));
 }
+
+#[test]
+fn when_a_lender_is_down_a_fails_over_to_the_next_then_fails_with_a_clear_error() {
+    let (key_b, key_c) = (canary(), canary());
+    let (kb, kc) = (format!("Bearer {key_b}"), format!("Bearer {key_c}"));
+    let up = Upstream::start(move |req| match req.headers.get("authorization") {
+        Some(k) if *k == kb || *k == kc => json(200, PETS),
+        _ => json(401, "{}"),
+    });
+    let (a, b, c) = (gateway("gw-a"), gateway("gw-b"), gateway("gw-c"));
+    let spec = fixture("openapi/petstore.yaml");
+    for (lender, key, secret) in [(&b, &key_b, SECRET_AB), (&c, &key_c, SECRET_BC)] {
+        lender.ok(&[
+            "register",
+            "--spec",
+            spec.to_str().unwrap(),
+            "--domain",
+            "pets.test",
+            "--base-url",
+            &up.url("/v1"),
+        ]);
+        assert!(lender.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+        lender.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a"]);
+        let id = if std::ptr::eq(lender, &b) { "gw-b" } else { "gw-c" };
+        a.ok(&["peers", "add", "--id", id, "--name", id, "--url", &url(lender), "--secret", secret]);
+        lender.ok(&["peers", "add", "--id", "gw-a", "--name", "A", "--url", &url(&a), "--secret", secret]);
+    }
+    eventually("A knows both lenders", || {
+        let skill = a.run(&["cat", "/pets.test/skill.md"]);
+        let skill = String::from_utf8_lossy(&skill.stdout);
+        skill.contains("`gw-b`") && skill.contains("`gw-c`")
+    });
+    assert_eq!(a.ok(&["cat", "/pets.test/pets"]), PETS);
+
+    // One lender down: the read goes to the other.
+    b.ok(&["gateway", "stop"]);
+    let before = up.seen().len();
+    assert_eq!(a.ok(&["cat", "/pets.test/pets"]), PETS);
+    let last = up.seen().last().cloned().unwrap();
+    assert_eq!(up.seen().len(), before + 1);
+    assert_eq!(last.headers.get("authorization"), Some(&format!("Bearer {key_c}")), "C's key served it");
+    assert!(a.ok(&["audit", "tail", "-n", "5"]).contains("peer:gw-c"));
+
+    // Both down: a clear error naming the lender, and nothing upstream.
+    c.ok(&["gateway", "stop"]);
+    let out = a.run(&["cat", "/pets.test/pets"]);
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("unreachable") && why.contains("peer gw-"), "{why}");
+    assert_eq!(up.seen().len(), before + 1);
+}

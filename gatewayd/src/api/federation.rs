@@ -331,8 +331,11 @@ fn framed(
         let frame = match metered.next().await {
             Some(Ok(chunk)) => return Some((Ok::<_, std::io::Error>(encoder.data(&chunk)), Some((metered, encoder)))),
             Some(Err(e)) => {
-                let code =
-                    if e.kind() == std::io::ErrorKind::FileTooLarge { ErrorCode::TooLarge } else { ErrorCode::UpstreamFailed };
+                let code = if e.kind() == std::io::ErrorKind::FileTooLarge {
+                    ErrorCode::TooLarge
+                } else {
+                    ErrorCode::UpstreamFailed
+                };
                 let refusal = ExecRefusal { code, message: e.to_string(), upstream_status: Some(status) };
                 encoder.error(&serde_json::to_vec(&refusal).unwrap_or_default())
             }
