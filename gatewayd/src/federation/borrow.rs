@@ -121,8 +121,9 @@ pub async fn apply_domains(gw: &Gateway, peer_id: &str, domains: &[String]) -> R
             }
         };
         let Some(spec) = offer.spec.clone().and_then(|v| serde_json::from_value(v).ok()) else { continue };
-        let mut offers: Vec<Offer> = gw
-            .registry()
+        // Read and replace the offers under one lock: peers are refreshed concurrently.
+        let mut registry = gw.registry_mut();
+        let mut offers: Vec<Offer> = registry
             .get(domain)
             .and_then(|s| s.borrowed.clone())
             .unwrap_or_default()
@@ -137,7 +138,7 @@ pub async fn apply_domains(gw: &Gateway, peer_id: &str, domains: &[String]) -> R
             ops: offer.ops.clone(),
         });
         offers.sort_by_key(|o| (o.pricing != PricingMode::Free, o.peer.clone()));
-        gw.registry_mut().insert_borrowed(crate::registry::Service::borrowed(domain.clone(), spec, offers));
+        registry.insert_borrowed(crate::registry::Service::borrowed(domain.clone(), spec, offers));
     }
     forget_unoffered(gw)?;
     Ok(())
@@ -151,7 +152,8 @@ fn forget_unoffered(gw: &Gateway) -> Result<(), FederationError> {
     Ok(())
 }
 
-/// Refreshes every peer (at start, and when asked); failures are logged and left for later.
+/// Refreshes every peer at once (at start, then every 30 s); failures are logged and left for
+/// later.
 pub async fn refresh_all(gw: &Gateway) {
     let ids: Vec<String> = match peers::list(&gw.db()) {
         Ok(p) => p.into_iter().map(|p| p.id).collect(),
@@ -160,11 +162,13 @@ pub async fn refresh_all(gw: &Gateway) {
             return;
         }
     };
-    for id in ids {
-        if let Err(e) = refresh(gw, &id).await {
+    // Asked in parallel: one slow or dead peer does not hold the others' offers back.
+    let refreshes = ids.iter().map(|id| async move {
+        if let Err(e) = refresh(gw, id).await {
             tracing::info!(peer = %id, error = %e, "federation: peer not refreshed");
         }
-    }
+    });
+    futures_util::future::join_all(refreshes).await;
 }
 
 /// The peers to ask for `domain`, cheapest first, then fastest (a peer that just failed
