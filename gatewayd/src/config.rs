@@ -290,6 +290,9 @@ mod tests {
         std::fs::write(&f, "[payments]\nnetwork = \"moon\"\n").unwrap();
         let err = Config::load(&f).unwrap_err().to_string();
         assert!(err.contains("[payments] network `moon`"), "{err}");
+        std::fs::write(&f, "[payments]\nnetwork = \"base\"\n").unwrap();
+        let err = Config::load(&f).unwrap_err().to_string();
+        assert!(err.contains("needs its own asset"), "{err}");
         std::fs::write(&f, "[payments]\npay_to = \"0x12\"\n").unwrap();
         let err = Config::load(&f).unwrap_err().to_string();
         assert!(err.contains("pay_to"), "{err}");

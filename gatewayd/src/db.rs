@@ -98,6 +98,8 @@ pub const LEDGER_TABLE: &str = "CREATE TABLE ledger (
         pay_to         TEXT NOT NULL,
         nonce          TEXT NOT NULL,
         tx             TEXT NOT NULL,
+        state          TEXT NOT NULL CHECK (state IN ('pending', 'settled', 'void')),
+        valid_until_ms INTEGER NOT NULL,
         UNIQUE (direction, nonce)
     );
     CREATE INDEX ledger_at ON ledger (at_ms);";

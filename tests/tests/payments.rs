@@ -145,7 +145,21 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
     let spec = fixture("openapi/petstore.yaml");
     b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
     assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
-    b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--pricing", "per-request", "--amount", "0.01"]);
+    // Four calls a minute: the unpaid 402 probe before each paid call does not count.
+    b.ok(&[
+        "rules",
+        "set",
+        "pets.test",
+        "--allow",
+        "--peers",
+        "gw-a",
+        "--pricing",
+        "per-request",
+        "--amount",
+        "0.01",
+        "--rate",
+        "4/min",
+    ]);
     a.ok(&[
         "peers",
         "add",
@@ -176,8 +190,17 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
 
     // Unpaid, B answers 402 with its x402 requirements, and nothing reaches the upstream.
     let b_addr = b.tcp_addr();
-    let body = r#"{"op":"read","path":"/pets.test/pets"}"#;
-    let exec = |nonce: &str, extra: &[(&str, &str)]| {
+    // A read of /pets.test/pets, signed by A; with a payment, bound to it (its digest in the
+    // signed body) unless `bind` is false.
+    let exec = |nonce: &str, payment: Option<&str>, bind: bool| {
+        let body = match payment {
+            Some(p) if bind => format!(
+                r#"{{"op":"read","path":"/pets.test/pets","payment_sha256":"{}"}}"#,
+                gatewayd::payments::lender::payment_digest(p)
+            ),
+            _ => r#"{"op":"read","path":"/pets.test/pets"}"#.to_owned(),
+        };
+        let extra: Vec<(&str, &str)> = payment.map(|p| ("X-PAYMENT", p)).into_iter().collect();
         PeerRequest {
             path: "/federation/exec",
             body: body.as_bytes(),
@@ -188,16 +211,16 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
             recipient: "gw-b",
             secret: SECRET_AB.as_bytes(),
         }
-        .send_with(b_addr, extra)
+        .send_with(b_addr, &extra)
     };
-    let unpaid = exec("00000000000000000000000000000d01", &[]);
+    let unpaid = exec("00000000000000000000000000000d01", None, false);
     assert_eq!(unpaid.status, 402, "{}", unpaid.text());
     let required: PaymentRequired = serde_json::from_slice(&unpaid.body).unwrap();
     let req = &required.accepts[0];
     assert_eq!((req.scheme.as_str(), req.network.as_str()), ("exact", "base-sepolia"));
     assert_eq!((req.max_amount_required.as_str(), req.pay_to.as_str()), ("10000", PAY_TO));
     assert_eq!(req.resource, "nkmc://gw-b/read/pets.test/pets");
-    let garbage = exec("00000000000000000000000000000d02", &[("X-PAYMENT", "bm90IGEgcGF5bWVudA==")]);
+    let garbage = exec("00000000000000000000000000000d02", Some("bm90IGEgcGF5bWVudA=="), true);
     assert_eq!(garbage.status, 402, "{}", garbage.text());
     assert!(garbage.text().contains("not an x402 payment"), "{}", garbage.text());
 
@@ -226,7 +249,9 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
     assert!(a.ok(&["budget", "show"]).contains("spent today 0.02 USDC"));
 
     // One ledger entry per charge on each side, the same payments.
-    let (spent, earned) = (ledger(&a), ledger(&b));
+    let settled =
+        |n: &Nkmc| -> Vec<serde_json::Value> { ledger(n).into_iter().filter(|e| e["state"] == "settled").collect() };
+    let (spent, earned) = (settled(&a), settled(&b));
     assert_eq!((spent.len(), earned.len()), (2, 2), "{spent:?}\n{earned:?}");
     for (s, e) in spent.iter().zip(&earned) {
         assert_eq!((s["direction"].as_str(), e["direction"].as_str()), (Some("spent"), Some("earned")));
@@ -241,19 +266,41 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
     // A's audit names the lender of each paid read.
     assert!(a.ok(&["audit", "tail", "-n", "50"]).contains("peer:gw-b"));
 
-    // A payment already taken is refused when presented again, before any upstream call.
+    // A payment already taken is refused when presented again, before any upstream call;
+    // one not bound to the signed request (its digest in the body) is refused too.
     let used = fac.calls("/settle")[0].payment_payload.to_header();
-    let replay = exec("00000000000000000000000000000d03", &[("X-PAYMENT", &used)]);
+    let unbound = exec("00000000000000000000000000000d03", Some(&used), false);
+    assert_eq!(unbound.status, 402, "{}", unbound.text());
+    assert!(unbound.text().contains("not bound to this request"), "{}", unbound.text());
+    let replay = exec("00000000000000000000000000000d04", Some(&used), true);
     assert_eq!(replay.status, 402, "{}", replay.text());
     assert!(replay.text().contains("already used"), "{}", replay.text());
     assert_eq!(up.seen().len(), 2);
 
-    // A call the upstream fails is not settled: no charge on either side.
-    a.ok(&["budget", "set", "--daily", "1"]);
+    // A read the upstream fails is not settled: the payment is void on both sides.
+    a.ok(&["budget", "set", "--daily", "0.03"]);
     assert!(!a.run(&["cat", "/pets.test/pets.d/9"]).status.success());
     assert_eq!(fac.calls("/settle").len(), 2, "a failed call is never settled");
-    assert_eq!((ledger(&a).len(), ledger(&b).len()), (2, 2));
+    assert_eq!((settled(&a).len(), settled(&b).len()), (2, 2));
+    let void = |n: &Nkmc| ledger(n).iter().filter(|e| e["state"] == "void").count();
+    assert_eq!((void(&a), void(&b)), (1, 1));
     assert_eq!(fac.settled.lock().unwrap().len(), 2);
+    assert!(a.ok(&["budget", "show"]).contains("spent today 0.02 USDC"), "a void payment is not counted");
+
+    // Two reads at once with room for one: exactly one is paid and served.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let cmd = a.cmd(&["cat", "/pets.test/pets"]);
+            std::thread::spawn(move || {
+                let mut cmd = cmd;
+                cmd.output().unwrap().status.success()
+            })
+        })
+        .collect();
+    let served = racers.into_iter().map(|t| t.join().unwrap()).filter(|ok| *ok).count();
+    assert_eq!(served, 1, "the budget allowed one more read");
+    assert_eq!(settled(&a).len(), 3);
+    assert!(a.ok(&["budget", "show"]).contains("spent today 0.03 USDC"));
 
     // The wallet key stays in A's vault: not in any file in clear, nor in what B or the
     // facilitator saw, nor in the audit.

@@ -184,13 +184,36 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
     };
     let paid = match &grant.price {
         None => None,
-        Some(price) => match take_payment(&gw, &v, &headers, req.op, &req.path, price).await {
+        Some(price) => match take_payment(&gw, &v, &headers, &req, price).await {
             Ok(accepted) => Some(accepted),
             Err(answer) => {
                 let _ = audit.check::<(), _>(Err(ApiError::new(ErrorCode::PaymentRequired, "payment not taken")));
                 return answer;
             }
         },
+    };
+    // A paid call counts against the rate once its payment is accepted (the unpaid 402
+    // probe does not); refused here, the payment is void and not settled.
+    if paid.is_some() {
+        if let Err(r) = lend::count_rate(&gw, &grant, Instant::now()) {
+            return refused(&gw, &v, audit, r);
+        }
+    }
+    let mut extra = Vec::new();
+    let mut settlement = None;
+    // A paid write or delete is settled before it is carried out: a change is never made
+    // without payment, nor paid twice when a failure makes the borrower try again.
+    let paid = match paid {
+        Some((accepted, requirements)) if matches!(req.op, ExecOp::Write | ExecOp::Delete) => {
+            match accepted.settle().await {
+                Ok(s) => {
+                    settlement = Some(s.to_header());
+                    None
+                }
+                Err(e) => return unsettled(&gw, &v, audit, requirements, &e),
+            }
+        }
+        other => other,
     };
     let who = Caller::Peer(grant);
     let result: Result<Lent, ApiError> = match req.op {
@@ -228,28 +251,25 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
             }
         }
     };
-    // A paid call is settled once the upstream answered 2xx, before its body is sent (as
-    // x402 servers do); a failed call costs nothing.
-    let mut extra = Vec::new();
+    // A paid read is settled once the upstream answered 2xx, before its body is sent (as
+    // x402 servers do); a failed read costs nothing (dropping the payment voids it).
     let result = match (result, paid) {
         (Ok(out), Some((accepted, requirements))) if (200..300).contains(&out.upstream_status()) => {
-            match accepted.settle(&gw, &v.peer, req.op.as_str(), &req.path).await {
+            match accepted.settle().await {
                 Ok(s) => {
-                    extra.push((payments::x402::PAYMENT_RESPONSE_HEADER, s.to_header()));
+                    settlement = Some(s.to_header());
                     Ok(out)
                 }
-                Err(e) => {
-                    tracing::warn!(peer = %v.peer, error = %e, "federation: a paid call was not settled; its answer is withheld");
-                    let _ = audit.check::<(), _>(Err(ApiError::new(ErrorCode::PaymentRequired, e.to_string())));
-                    let body = payments::lender::required(requirements, &e.to_string());
-                    return json_answer(&gw, &v, 402, &body);
-                }
+                Err(e) => return unsettled(&gw, &v, audit, requirements, &e),
             }
         }
         (r, _) => r,
     };
+    if let Some(s) = &settlement {
+        extra.push((payments::x402::PAYMENT_RESPONSE_HEADER, s.clone()));
+    }
     match result {
-        Ok(Lent::Stream(resp)) => framed(&gw, &v, audit, resp, extra),
+        Ok(Lent::Stream(resp)) => framed(&gw, &v, audit, resp, extra, settlement),
         Ok(Lent::Whole(status, content_type, body)) => {
             audit.sent(body.len());
             extra.push((super::UPSTREAM_STATUS_HEADER, status.to_string()));
@@ -261,6 +281,23 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
             refusal(&gw, &v, status, e.code(), e.message().to_owned(), e.upstream_status())
         }
     }
+}
+
+/// A paid call whose settlement failed: nothing is served (402 with the reason).
+fn unsettled(
+    gw: &Gateway,
+    v: &Verified,
+    mut audit: Pending,
+    requirements: payments::x402::Requirements,
+    e: &payments::PaymentError,
+) -> Response {
+    tracing::warn!(peer = %v.peer, error = %e, "federation: a paid call was not settled; nothing is served");
+    let _ = audit.check::<(), _>(Err(ApiError::new(ErrorCode::PaymentRequired, "payment not settled")));
+    let reason = match e {
+        payments::PaymentError::Refused(_) | payments::PaymentError::Facilitator(_) => e.to_string(),
+        _ => "payments: the payment could not be settled here".to_owned(),
+    };
+    json_answer(gw, v, 402, &payments::lender::required(requirements, &reason))
 }
 
 /// What a lender sends back: a body it has whole, or the upstream's, streamed in frames.
@@ -304,6 +341,7 @@ fn framed(
     audit: Pending,
     resp: crate::upstream::Answer,
     extra: Vec<(&'static str, String)>,
+    payment_response: Option<String>,
 ) -> Response {
     use crate::federation::frames::{Binding, Encoder, Head};
     use futures_util::StreamExt;
@@ -325,7 +363,7 @@ fn framed(
     });
     let metered = audit.streaming(status, None, data);
     let mut encoder = Encoder::new(Binding::new(v.secret.expose().as_bytes(), &v.nonce, &gw.identity.id, &v.peer));
-    let head = encoder.head(&Head { upstream_status: status, content_type });
+    let head = encoder.head(&Head { upstream_status: status, content_type, payment_response });
     let rest = futures_util::stream::unfold(Some((metered, encoder)), move |state| async move {
         let (mut metered, mut encoder) = state?;
         let frame = match metered.next().await {
@@ -359,18 +397,18 @@ fn framed(
     builder.body(axum::body::Body::from_stream(body)).unwrap_or_else(|_| terse())
 }
 
-/// For a call priced at `price`: the payment in `X-PAYMENT`, verified and held, with the
-/// requirements it meets; otherwise the answer to send (402 with the requirements, or why
-/// payments cannot be taken now).
+/// For a call priced at `price`: the payment in `X-PAYMENT`, bound to `req` (its digest in
+/// the signed body), verified and claimed, with the requirements it meets; otherwise the
+/// answer to send (402 with the requirements, or why payments cannot be taken now).
 async fn take_payment<'a>(
     gw: &'a Gateway,
     v: &Verified,
     headers: &HeaderMap,
-    op: ExecOp,
-    path: &str,
+    req: &ExecRequest,
     price: &str,
 ) -> Result<(payments::lender::Accepted<'a>, payments::x402::Requirements), Response> {
-    let requirements = payments::lender::requirements(gw, op.as_str(), path, price).map_err(|e| {
+    let op = req.op.as_str();
+    let requirements = payments::lender::requirements(gw, op, &req.path, price).map_err(|e| {
         tracing::warn!(error = %e, "federation: a paid rule cannot be served");
         let message = "federation: this gateway lends for a price but cannot take payments now".to_owned();
         refusal(gw, v, 503, ErrorCode::Unreachable, message, None)
@@ -379,8 +417,13 @@ async fn take_payment<'a>(
         let body = payments::lender::required(requirements, "X-PAYMENT header is required");
         return Err(json_answer(gw, v, 402, &body));
     };
+    if req.payment_sha256.as_deref() != Some(payments::lender::payment_digest(header).as_str()) {
+        let body =
+            payments::lender::required(requirements, "the payment is not bound to this request (payment_sha256)");
+        return Err(json_answer(gw, v, 402, &body));
+    }
     let now_s = u64::try_from(gw.audit.now_ms() / 1000).unwrap_or(0);
-    match payments::lender::accept(gw, header, &requirements, now_s).await {
+    match payments::lender::accept(gw, header, &requirements, &v.peer, op, &req.path, now_s).await {
         Ok(accepted) => Ok((accepted, requirements)),
         Err(e @ (payments::PaymentError::Refused(_) | payments::PaymentError::Invalid(_))) => {
             tracing::info!(peer = %v.peer, error = %e, "federation: a payment was refused");

@@ -199,8 +199,10 @@ pub fn lenders(gw: &Gateway, service: &crate::registry::Service) -> Vec<String> 
 }
 
 /// Sends `op` on `path` to the first lender that serves it; the answer as if the upstream
-/// had given it (its status, content type and body). A lender that is unreachable, answers
-/// badly or refuses is skipped; when all fail, the last refusal is the error.
+/// had given it (its status, content type and body). A lender that refuses with a signed
+/// answer is skipped, and so is one that is unreachable — except after a write or delete,
+/// or a payment, may have reached it: then the error is final, so nothing is done or paid
+/// twice. When all fail, the last refusal is the error.
 pub async fn exec(
     gw: &Gateway,
     lenders: &[String],
@@ -216,54 +218,55 @@ pub async fn exec(
         ),
         _ => None,
     };
-    let req = ExecRequest { op, path: path.to_string(), body: text, pattern: None };
-    let payload = serde_json::to_vec(&req).map_err(|e| OpError::Peer {
-        code: ErrorCode::Internal,
-        message: format!("federation: {e}"),
-        upstream_status: None,
-    })?;
+    let req = ExecRequest { op, path: path.to_string(), body: text, pattern: None, payment_sha256: None };
+    let payload = encode(&req)?;
     let mut last = OpError::Peer {
         code: ErrorCode::PermissionDenied,
         message: format!("federation: no peer lends {domain} to this gateway"),
         upstream_status: None,
     };
+    let side_effects = matches!(op, ExecOp::Write | ExecOp::Delete);
     for peer in lenders {
         let mut answer = match call(gw, peer, route::EXEC, payload.clone()).await {
             Ok(a) => a,
             Err(e) => {
-                tracing::info!(peer = %peer, error = %e, "federation: lender failed; trying the next");
                 last = OpError::Peer { code: ErrorCode::Unreachable, message: e.to_string(), upstream_status: None };
+                if side_effects && reached(&e) {
+                    return Err(last);
+                }
+                tracing::info!(peer = %peer, error = %e, "federation: lender failed; trying the next");
                 continue;
             }
         };
         let mut paid = None;
         if answer.status == 402 {
-            match pay_and_retry(gw, peer, op, path, &payload, &answer.body).await {
+            match pay_and_retry(gw, peer, &req, &answer.body).await {
                 Ok((again, signed)) => {
                     answer = again;
                     paid = Some(signed);
                 }
-                Err(e) => {
+                Err(Retry::Next(e)) => {
                     tracing::info!(peer = %peer, error = %e, "federation: a lender's price was not paid");
                     last = e;
                     continue;
                 }
+                Err(Retry::Final(e)) => return Err(e),
             }
         }
         if answer.status == 200 {
             if let Some(signed) = &paid {
-                let tx = answer
-                    .headers
-                    .get(payments::x402::PAYMENT_RESPONSE_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(payments::x402::Settlement::from_header)
-                    .map(|s| s.transaction)
-                    .unwrap_or_default();
-                if let Err(e) = payments::payer::record_spent(gw, peer, op.as_str(), &path.to_string(), signed, &tx) {
-                    tracing::error!(peer = %peer, error = %e, "federation: a payment was made but not recorded in the ledger");
+                let tx = settlement_of(&answer).and_then(|s| s.transaction).unwrap_or_default();
+                if let Err(e) = signed.settled(gw, &tx) {
+                    tracing::error!(peer = %peer, error = %e, "federation: a settled payment was not marked in the ledger");
                 }
             }
             return Ok(as_upstream(answer, peer));
+        }
+        // A signed refusal: the lender did not take the payment (it settles only on success).
+        if let Some(signed) = &paid {
+            if let Err(e) = signed.not_taken(gw) {
+                tracing::error!(peer = %peer, error = %e, "federation: a refused payment was not marked void");
+            }
         }
         if answer.status == 402 {
             let why = serde_json::from_slice::<payments::x402::PaymentRequired>(&answer.body)
@@ -290,30 +293,70 @@ pub async fn exec(
     Err(last)
 }
 
-/// Pays `peer`'s 402 `answer` to `op` on `path` (if the owner's wallet, budget and the
-/// peer's advertised price allow) and sends the operation again with the payment.
-async fn pay_and_retry<'a>(
-    gw: &'a Gateway,
+fn encode(req: &ExecRequest) -> Result<Vec<u8>, OpError> {
+    serde_json::to_vec(req).map_err(|e| OpError::Peer {
+        code: ErrorCode::Internal,
+        message: format!("federation: {e}"),
+        upstream_status: None,
+    })
+}
+
+/// Whether a failed call may have reached the lender (it was sent, then the answer failed).
+fn reached(e: &FederationError) -> bool {
+    match e {
+        FederationError::Call(super::client::PeerCallError::Unreachable { sent, .. }) => *sent,
+        FederationError::Call(super::client::PeerCallError::BadAnswer { .. }) => true,
+        _ => false,
+    }
+}
+
+/// The settlement a paid answer carries: in its signed head frame, else its header.
+fn settlement_of(answer: &PeerAnswer) -> Option<payments::x402::Settlement> {
+    if let Some(s) = answer.framed.as_ref().and_then(|f| f.head.payment_response.as_deref()) {
+        return payments::x402::Settlement::from_header(s);
+    }
+    let header = answer.headers.get(payments::x402::PAYMENT_RESPONSE_HEADER)?.to_str().ok()?;
+    payments::x402::Settlement::from_header(header)
+}
+
+/// How paying failed: try the next lender, or stop (the payment may have been taken).
+enum Retry {
+    Next(OpError),
+    Final(OpError),
+}
+
+/// Pays `peer`'s 402 (`answer`) to `req` (if the owner's wallet, budget and the peer's
+/// advertised price allow) and sends the operation again with the payment, bound to it by
+/// its digest in the signed body.
+async fn pay_and_retry(
+    gw: &Gateway,
     peer: &str,
-    op: ExecOp,
-    path: &VPath,
-    payload: &[u8],
+    req: &ExecRequest,
     answer: &[u8],
-) -> Result<(PeerAnswer, payments::payer::Signed<'a>), OpError> {
+) -> Result<(PeerAnswer, payments::payer::Signed), Retry> {
     let refused = |code: ErrorCode, message: String| OpError::Peer { code, message, upstream_status: None };
     let required: payments::x402::PaymentRequired = serde_json::from_slice(answer).map_err(|_| {
-        refused(ErrorCode::UpstreamFailed, format!("federation: peer {peer} answered 402 without x402 requirements"))
+        Retry::Next(refused(
+            ErrorCode::UpstreamFailed,
+            format!("federation: peer {peer} answered 402 without x402 requirements"),
+        ))
     })?;
-    let domain = path.service().map(|d| d.to_string()).unwrap_or_default();
-    let offered = advertised_price(gw, peer, &domain).await;
-    let resource = payments::lender::resource(peer, op.as_str(), &path.to_string());
-    let signed = payments::payer::pay(gw, peer, offered.as_deref(), &required, &resource)
-        .map_err(|e| refused(ErrorCode::PaymentRequired, e.to_string()))?;
+    let domain = req.path.split('/').nth(1).unwrap_or_default();
+    let offered = advertised_price(gw, peer, domain).await;
+    let signed = payments::payer::pay(gw, peer, offered.as_deref(), &required, req.op.as_str(), &req.path)
+        .map_err(|e| Retry::Next(refused(ErrorCode::PaymentRequired, e.to_string())))?;
+    let bound = ExecRequest { payment_sha256: Some(payments::lender::payment_digest(&signed.header)), ..req.clone() };
+    let payload = encode(&bound).map_err(Retry::Next)?;
     let extra = [(payments::x402::PAYMENT_HEADER, signed.header.clone())];
-    let again = call_with(gw, peer, route::EXEC, payload.to_vec(), &extra)
-        .await
-        .map_err(|e| refused(ErrorCode::Unreachable, e.to_string()))?;
-    Ok((again, signed))
+    match call_with(gw, peer, route::EXEC, payload, &extra).await {
+        Ok(again) => Ok((again, signed)),
+        // The payment may have reached the lender: it stays pending (counted against the
+        // budget until it expires) and no other lender is paid for this call.
+        Err(e) => Err(Retry::Final(refused(
+            ErrorCode::Unreachable,
+            format!("{e}; a payment was sent and is counted until it expires"),
+        ))),
+    }
 }
 
 /// The price `peer` advertises for `domain` (its offer, or its answer to a query now).

@@ -21,6 +21,8 @@ pub enum PeerCallError {
         peer: String,
         /// Why.
         message: String,
+        /// Whether the request may have reached it (it was not a failure to connect).
+        sent: bool,
     },
     /// The answer was not signed by the peer, or not for this request.
     #[error("federation: peer {peer}'s answer failed verification ({reason}); it was discarded")]
@@ -133,6 +135,7 @@ impl PeerClient {
         let url = format!("{}{route}", peer.url.trim_end_matches('/'));
         let unreachable = |e: reqwest::Error| PeerCallError::Unreachable {
             peer: peer.id.to_owned(),
+            sent: !e.is_connect(),
             message: e.without_url().to_string(),
         };
         let mut req = self
@@ -196,6 +199,7 @@ async fn read_framed(
                     return Err(PeerCallError::Unreachable {
                         peer: peer.to_owned(),
                         message: e.without_url().to_string(),
+                        sent: true,
                     })
                 }
                 None => return Err(bad(frames::FrameError::Truncated.to_string())),

@@ -39,6 +39,9 @@ pub struct Head {
     pub upstream_status: u16,
     /// The upstream's content type.
     pub content_type: String,
+    /// A paid call's settlement (the `X-PAYMENT-RESPONSE` value), signed with the head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_response: Option<String>,
 }
 
 /// One verified frame.
@@ -238,7 +241,9 @@ mod tests {
     }
 
     fn frames(enc: &mut Encoder, body: &[u8]) -> Vec<u8> {
-        let mut wire = enc.head(&Head { upstream_status: 200, content_type: "application/json".into() }).to_vec();
+        let mut wire = enc
+            .head(&Head { upstream_status: 200, content_type: "application/json".into(), payment_response: None })
+            .to_vec();
         wire.extend_from_slice(&enc.data(body));
         wire.extend_from_slice(&enc.end());
         wire
@@ -299,7 +304,8 @@ mod tests {
         assert!(decode_all(&mut dec, &frames(&mut other, b"x"), 1 << 20).is_err());
         // The end must count what was received.
         let (mut enc, mut dec) = pair();
-        let mut lying = enc.head(&Head { upstream_status: 200, content_type: "x".into() }).to_vec();
+        let mut lying =
+            enc.head(&Head { upstream_status: 200, content_type: "x".into(), payment_response: None }).to_vec();
         enc.sent = 99;
         lying.extend_from_slice(&enc.end());
         assert!(decode_all(&mut dec, &lying, 1 << 20).is_err());

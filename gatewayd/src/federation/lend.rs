@@ -20,6 +20,9 @@ pub struct Grant {
     /// The price of this call, when the rule lends it per request (a decimal of the asset's
     /// unit): it is served only once paid (x402).
     pub price: Option<String>,
+    /// The rule's rate limit: counted at admission for free calls, once the payment is
+    /// accepted for paid ones ([`count_rate`]).
+    pub rate_per_min: Option<u32>,
 }
 
 impl Grant {
@@ -78,15 +81,28 @@ pub fn admit(gw: &Gateway, peer: &str, path: &VPath, op: Op, now: std::time::Ins
         Decision::Lend(rule) => rule,
         Decision::Refuse => return Err(Refusal::NotLent),
     };
-    if let Some(per_min) = rule.rate_per_min {
-        gw.federation.rates.admit(peer, &domain, per_min, now).map_err(|wait| Refusal::Rate(wait.as_secs().max(1)))?;
-    }
     let price = match rule.pricing {
         rules::PricingMode::Free => None,
         rules::PricingMode::PerRequest => rule.amount.clone(),
         rules::PricingMode::PerToken => return Err(Refusal::Unpayable(rules::PER_TOKEN_UNPAYABLE.into())),
     };
-    Ok(Grant { peer: peer.to_owned(), domain, ops: rule.ops, price })
+    let grant = Grant { peer: peer.to_owned(), domain, ops: rule.ops, price, rate_per_min: rule.rate_per_min };
+    if grant.price.is_none() {
+        count_rate(gw, &grant, now)?;
+    }
+    Ok(grant)
+}
+
+/// Counts one call under `grant` against its rule's rate limit.
+pub fn count_rate(gw: &Gateway, grant: &Grant, now: std::time::Instant) -> Result<(), Refusal> {
+    match grant.rate_per_min {
+        Some(per_min) => gw
+            .federation
+            .rates
+            .admit(&grant.peer, &grant.domain, per_min, now)
+            .map_err(|wait| Refusal::Rate(wait.as_secs().max(1))),
+        None => Ok(()),
+    }
 }
 
 /// Checks that the rules lend `run` of `domain`'s tools to `peer`, and counts the run
@@ -136,7 +152,8 @@ mod tests {
 
     #[test]
     fn a_grant_reaches_one_domain_and_the_lent_operations_only() {
-        let g = Grant { peer: "a".into(), domain: "x.test".into(), ops: vec![Op::Read], price: None };
+        let g =
+            Grant { peer: "a".into(), domain: "x.test".into(), ops: vec![Op::Read], price: None, rate_per_min: None };
         let p = |s: &str| VPath::parse(s).unwrap();
         assert!(g.allows(&p("/x.test/items"), Op::Read));
         assert!(g.allows(&p("/x.test"), Op::List));

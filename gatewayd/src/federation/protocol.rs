@@ -116,6 +116,10 @@ pub struct ExecRequest {
     /// The pattern of a grep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<String>,
+    /// With a paid call's `X-PAYMENT` header: the header's hex SHA-256, which binds the
+    /// payment to this signed request (a payment lifted onto another request is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_sha256: Option<String>,
 }
 
 /// Why a lender refused or failed, as the borrower sees it.

@@ -52,6 +52,9 @@ pub fn public_url_in(line: &str) -> Option<&str> {
 /// heartbeats to its coordinator with it.
 pub fn open(gw: &Arc<Gateway>, command: &Path, local: Option<SocketAddr>) -> Result<(), TunnelError> {
     let local = local.ok_or(TunnelError::NoListener)?;
+    tracing::warn!(
+        "tunnel: publishing the whole TCP listener: the agent API (every request needs a token) and the peer protocol (signed)"
+    );
     let mut child: Child = Command::new(command)
         .args(["tunnel", "--no-autoupdate", "--url", &format!("http://{local}")])
         .stdin(Stdio::null())

@@ -57,7 +57,13 @@ impl PaymentsConfig {
                 self.network
             )));
         }
-        Address::parse(&self.asset).map_err(|e| PaymentError::Invalid(format!("[payments] asset: {e}")))?;
+        let asset = Address::parse(&self.asset).map_err(|e| PaymentError::Invalid(format!("[payments] asset: {e}")))?;
+        if self.network != "base-sepolia" && Address::parse(BASE_SEPOLIA_USDC).is_ok_and(|d| d == asset) {
+            return Err(PaymentError::Invalid(format!(
+                "[payments] network `{}` needs its own asset, asset_name and asset_version (the defaults are USDC on base-sepolia)",
+                self.network
+            )));
+        }
         if let Some(p) = &self.pay_to {
             Address::parse(p).map_err(|e| PaymentError::Invalid(format!("[payments] pay_to: {e}")))?;
         }

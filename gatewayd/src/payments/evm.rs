@@ -215,6 +215,9 @@ pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         return None;
     }
+    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
@@ -260,7 +263,9 @@ mod tests {
     fn addresses_parse_strictly_and_print_with_their_checksum() {
         let a = Address::parse("0x036cbd53842c5426634e7929541ec2318f3dcf7e").unwrap();
         assert_eq!(a.to_string(), "0x036CbD53842c5426634e7929541eC2318f3dCF7e");
-        for bad in ["0x12", "0xZZ6cbd53842c5426634e7929541ec2318f3dcf7e", ""] {
+        for bad in
+            ["0x12", "0xZZ6cbd53842c5426634e7929541ec2318f3dcf7e", "", "0x+36cbd53842c5426634e7929541ec2318f3dcf7e"]
+        {
             assert!(Address::parse(bad).is_err(), "{bad}");
         }
         assert!(Wallet::from_hex("00").is_err());

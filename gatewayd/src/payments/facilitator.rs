@@ -30,9 +30,13 @@ async fn post<T: serde::de::DeserializeOwned>(
         .await
         .map_err(failed)?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(failed)?;
-    if bytes.len() > MAX_ANSWER {
-        return Err(PaymentError::Facilitator(format!("{route}: the answer is over {MAX_ANSWER} bytes")));
+    let mut bytes = Vec::new();
+    let mut resp = resp;
+    while let Some(chunk) = resp.chunk().await.map_err(failed)? {
+        if bytes.len() + chunk.len() > MAX_ANSWER {
+            return Err(PaymentError::Facilitator(format!("{route}: the answer is over {MAX_ANSWER} bytes")));
+        }
+        bytes.extend_from_slice(&chunk);
     }
     if !status.is_success() {
         return Err(PaymentError::Facilitator(format!("{route}: HTTP {}", status.as_u16())));

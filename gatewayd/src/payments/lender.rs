@@ -1,17 +1,27 @@
 //! The lender's side of a paid call: the requirements it states, the checks a payment must
-//! pass before anything is served (its own, then the facilitator's), and the settlement
-//! after a successful answer, recorded in the ledger.
+//! pass before anything is served (its own, then the facilitator's), and the settlement —
+//! before a write or delete is carried out, after a read answered 2xx — recorded in the
+//! ledger. Accepting a payment claims its nonce in the ledger (`pending`), so a payment is
+//! served at most once, whatever runs concurrently and across restarts.
+
+use sha2::{Digest, Sha256};
 
 use super::amount;
 use super::evm::Address;
-use super::ledger::{self, Direction, Entry};
+use super::ledger::{self, Direction, Entry, State};
 use super::x402::{PaymentRequired, Requirements, Settlement, TokenExtra, SCHEME_EXACT, VERSION};
-use super::{facilitator, x402::Payment, PaymentError, Payments};
+use super::{facilitator, x402::Payment, PaymentError};
 use crate::Gateway;
 
 /// What a paid call is: `nkmc://LENDER/OP/PATH`, the same string on both sides.
 pub fn resource(lender: &str, op: &str, path: &str) -> String {
     format!("nkmc://{lender}/{op}{path}")
+}
+
+/// The hex SHA-256 of an `X-PAYMENT` value: the borrower puts it in the signed request body
+/// (`payment_sha256`), which binds the payment to that request.
+pub fn payment_digest(header: &str) -> String {
+    crate::vault::hex(&Sha256::digest(header.trim().as_bytes()))
 }
 
 /// The requirements for one call priced at `price` (a decimal of the asset's unit).
@@ -38,19 +48,24 @@ pub fn required(requirements: Requirements, error: &str) -> PaymentRequired {
     PaymentRequired { x402_version: VERSION, error: error.to_owned(), accepts: vec![requirements] }
 }
 
-/// A payment verified for one call; its nonce is held (no second call can use it) until it
-/// is settled or dropped.
+/// A payment verified for one call. Its nonce is claimed in the ledger; dropped without
+/// being settled, the claim turns `void` (the nonce stays used).
 #[derive(Debug)]
 pub struct Accepted<'a> {
+    gw: &'a Gateway,
     payment: Payment,
     requirements: Requirements,
-    payer: String,
-    held: &'a Payments,
+    settled: bool,
 }
 
 impl Drop for Accepted<'_> {
     fn drop(&mut self) {
-        self.held.lock_serving().remove(&self.payment.payload.authorization.nonce);
+        if !self.settled {
+            let nonce = &self.payment.payload.authorization.nonce;
+            if let Err(e) = ledger::void(&self.gw.db(), Direction::Earned, nonce) {
+                tracing::error!(error = %e, "payments: an unsettled payment could not be marked void");
+            }
+        }
     }
 }
 
@@ -59,14 +74,18 @@ fn refused(reason: impl Into<String>) -> PaymentError {
 }
 
 /// Checks `header` (the `X-PAYMENT` value) against `requirements` at `now_s` (Unix
-/// seconds), holds its nonce, then has the facilitator verify it.
+/// seconds), claims its nonce for `peer`'s call `op` on `path`, then has the facilitator
+/// verify it.
 pub async fn accept<'a>(
     gw: &'a Gateway,
     header: &str,
     requirements: &Requirements,
+    peer: &str,
+    op: &str,
+    path: &str,
     now_s: u64,
 ) -> Result<Accepted<'a>, PaymentError> {
-    let payment = Payment::from_header(header).map_err(|e| refused(e.to_string()))?;
+    let mut payment = Payment::from_header(header).map_err(|e| refused(e.to_string()))?;
     let auth = &payment.payload.authorization;
     if payment.network != requirements.network {
         return Err(refused(format!("network `{}`, not `{}`", payment.network, requirements.network)));
@@ -75,6 +94,7 @@ pub async fn accept<'a>(
     if to.to_string() != requirements.pay_to {
         return Err(refused("it does not pay this gateway's payee"));
     }
+    let from = Address::parse(&auth.from).map_err(|_| refused("`from` is not an address"))?;
     if auth.value != requirements.max_amount_required {
         return Err(refused(format!("it pays {}, the price is {}", auth.value, requirements.max_amount_required)));
     }
@@ -90,54 +110,55 @@ pub async fn accept<'a>(
         return Err(refused("the nonce is not 32 bytes of hex"));
     }
     let nonce = auth.nonce.to_ascii_lowercase();
-    if ledger::nonce_taken(&gw.db(), &nonce)? {
+    let cfg = &gw.config.payments;
+    let atomic: u128 = requirements.max_amount_required.parse().unwrap_or(0);
+    let claim = Entry {
+        at_ms: gw.audit.now_ms(),
+        direction: Direction::Earned,
+        state: State::Pending,
+        peer: peer.to_owned(),
+        domain: path.split('/').nth(1).unwrap_or_default().to_owned(),
+        op: op.to_owned(),
+        path: path.to_owned(),
+        amount: requirements.max_amount_required.clone(),
+        amount_display: amount::to_decimal(atomic, cfg.decimals),
+        network: requirements.network.clone(),
+        asset: requirements.asset.clone(),
+        payer: from.to_string(),
+        pay_to: requirements.pay_to.clone(),
+        nonce: nonce.clone(),
+        transaction: String::new(),
+        valid_until_ms: i64::try_from(before.saturating_mul(1000)).unwrap_or(i64::MAX),
+    };
+    if !ledger::claim(&gw.db(), &claim)? {
         return Err(refused("this payment was already used"));
     }
-    let payments = &gw.federation.payments;
-    if !payments.lock_serving().insert(nonce.clone()) {
-        return Err(refused("this payment is already being used"));
-    }
-    let mut payment = payment;
     payment.payload.authorization.nonce = nonce;
-    let mut accepted = Accepted { payment, requirements: requirements.clone(), payer: String::new(), held: payments };
-    let (base, _) = gw.config.payments.lending()?;
+    // From here on, dropping `accepted` voids the claim.
+    let accepted = Accepted { gw, payment, requirements: requirements.clone(), settled: false };
+    let (base, _) = cfg.lending()?;
     let verdict = facilitator::verify(gw.federation.client.http(), base, &accepted.payment, requirements).await?;
     if !verdict.is_valid {
         let reason = verdict.invalid_reason.unwrap_or_else(|| "no reason given".into());
         return Err(refused(format!("the facilitator found it invalid: {reason}")));
     }
-    accepted.payer = verdict.payer.unwrap_or_else(|| accepted.payment.payload.authorization.from.clone());
     Ok(accepted)
 }
 
 impl Accepted<'_> {
-    /// After a successful answer: has the facilitator settle the payment and records it.
-    pub async fn settle(self, gw: &Gateway, peer: &str, op: &str, path: &str) -> Result<Settlement, PaymentError> {
+    /// Has the facilitator settle the payment and records it as settled.
+    pub async fn settle(mut self) -> Result<Settlement, PaymentError> {
+        let gw = self.gw;
         let (base, _) = gw.config.payments.lending()?;
         let settled = facilitator::settle(gw.federation.client.http(), base, &self.payment, &self.requirements).await?;
         if !settled.success {
             let reason = settled.error_reason.clone().unwrap_or_else(|| "no reason given".into());
-            return Err(PaymentError::Facilitator(format!("settlement failed: {reason}")));
+            return Err(refused(format!("settlement failed: {reason}")));
         }
-        let cfg = &gw.config.payments;
-        let atomic: u128 = self.requirements.max_amount_required.parse().unwrap_or(0);
-        let entry = Entry {
-            at_ms: gw.audit.now_ms(),
-            direction: Direction::Earned,
-            peer: peer.to_owned(),
-            domain: path.split('/').nth(1).unwrap_or_default().to_owned(),
-            op: op.to_owned(),
-            path: path.to_owned(),
-            amount: self.requirements.max_amount_required.clone(),
-            amount_display: amount::to_decimal(atomic, cfg.decimals),
-            network: self.requirements.network.clone(),
-            asset: self.requirements.asset.clone(),
-            payer: settled.payer.clone().unwrap_or_else(|| self.payer.clone()),
-            pay_to: self.requirements.pay_to.clone(),
-            nonce: self.payment.payload.authorization.nonce.clone(),
-            transaction: settled.transaction.clone(),
-        };
-        ledger::record(&gw.db(), &entry)?;
+        let nonce = &self.payment.payload.authorization.nonce;
+        let tx = settled.transaction.clone().unwrap_or_default();
+        ledger::settle(&gw.db(), Direction::Earned, nonce, &tx, settled.payer.as_deref())?;
+        self.settled = true;
         Ok(settled)
     }
 }

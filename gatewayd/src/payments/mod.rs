@@ -22,7 +22,6 @@ pub mod lender;
 pub mod payer;
 pub mod x402;
 
-use std::collections::HashSet;
 use std::sync::Mutex;
 
 /// Why a payment step failed. Messages never hold the wallet key.
@@ -78,20 +77,15 @@ pub enum PaymentError {
     Vault(#[from] crate::vault::VaultError),
 }
 
-/// What payments keep in memory: payments being served (lender) and money being paid
-/// (borrower), so that concurrent requests neither take one payment twice nor overspend.
+/// What payments keep in memory: one payment is decided at a time, so the budget check and
+/// the pending ledger row that reserves the money are one step.
 #[derive(Debug, Default)]
 pub struct Payments {
-    serving: Mutex<HashSet<String>>,
-    reserved: Mutex<u128>,
+    paying: Mutex<()>,
 }
 
 impl Payments {
-    fn lock_serving(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.serving.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn lock_reserved(&self) -> std::sync::MutexGuard<'_, u128> {
-        self.reserved.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock_paying(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.paying.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -8,9 +8,9 @@ use zeroize::Zeroizing;
 
 use super::amount;
 use super::evm::{self, Address, Transfer, Wallet};
-use super::ledger::{self, Direction, Entry};
+use super::ledger::{self, Direction, Entry, State};
 use super::x402::{Authorization, ExactPayload, Payment, PaymentRequired, Requirements, SCHEME_EXACT, VERSION};
-use super::{PaymentError, Payments};
+use super::PaymentError;
 use crate::vault::{KeyOwner, Secret, WALLET_DOMAIN};
 use crate::Gateway;
 
@@ -23,7 +23,8 @@ pub struct Budget {
     /// Per UTC day, in the asset's unit; absent: none set (nothing is paid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily: Option<String>,
-    /// Spent since 00:00 UTC, in the asset's unit.
+    /// Committed since 00:00 UTC, in the asset's unit: settled payments and pending ones
+    /// whose authorization has not expired.
     #[serde(default)]
     pub spent_today: String,
     /// The asset's name (`USDC`).
@@ -63,7 +64,8 @@ pub fn budget(gw: &Gateway) -> Result<Budget, PaymentError> {
     let cfg = &gw.config.payments;
     let conn = gw.db();
     let daily = daily_budget(&conn)?;
-    let spent = ledger::spent_since(&conn, ledger::day_start_ms(gw.audit.now_ms()))?;
+    let now_ms = gw.audit.now_ms();
+    let spent = ledger::spent_since(&conn, ledger::day_start_ms(now_ms), now_ms)?;
     Ok(Budget {
         daily: daily.map(|d| amount::to_decimal(d, cfg.decimals)),
         spent_today: amount::to_decimal(spent, cfg.decimals),
@@ -102,44 +104,47 @@ pub fn store_wallet(gw: &Gateway, key_hex: Option<Zeroizing<String>>) -> Result<
     Ok(wallet.address())
 }
 
-/// Money set aside for a payment under way; given back when dropped (by then the ledger
-/// counts it, or it was not spent).
+/// A signed payment for one call; the money is committed in the ledger (`pending`) until
+/// it is settled, shown not taken, or its authorization expires.
 #[derive(Debug)]
-pub struct Reservation<'a> {
-    payments: &'a Payments,
-    amount: u128,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        let mut r = self.payments.lock_reserved();
-        *r = r.saturating_sub(self.amount);
-    }
-}
-
-/// A signed payment for one call, with the money set aside for it.
-#[derive(Debug)]
-pub struct Signed<'a> {
+pub struct Signed {
     /// The `X-PAYMENT` value.
     pub header: String,
     /// What is paid.
     pub payment: Payment,
     /// The requirements paid.
     pub requirements: Requirements,
-    /// The money set aside.
-    pub reservation: Reservation<'a>,
 }
 
-/// Pays `peer`'s 402 `required` for the call `resource`, advertised at `offered` (a decimal
-/// of the asset's unit, from the peer's query), if the terms and the budget allow.
-pub fn pay<'a>(
-    gw: &'a Gateway,
+impl Signed {
+    fn nonce(&self) -> &str {
+        &self.payment.payload.authorization.nonce
+    }
+
+    /// The lender settled it (`transaction` from its answer, empty when it gave none).
+    pub fn settled(&self, gw: &Gateway, transaction: &str) -> Result<(), PaymentError> {
+        Ok(ledger::settle(&gw.db(), Direction::Spent, self.nonce(), transaction, None)?)
+    }
+
+    /// The lender's signed answer shows it did not take it.
+    pub fn not_taken(&self, gw: &Gateway) -> Result<(), PaymentError> {
+        Ok(ledger::void(&gw.db(), Direction::Spent, self.nonce())?)
+    }
+}
+
+/// Pays `peer`'s 402 `required` for the call `op` on `path`, advertised at `offered` (a
+/// decimal of the asset's unit, from the peer's query), if the terms and the budget allow.
+/// The payment is in the ledger (`pending`) before this returns.
+pub fn pay(
+    gw: &Gateway,
     peer: &str,
     offered: Option<&str>,
     required: &PaymentRequired,
-    resource: &str,
-) -> Result<Signed<'a>, PaymentError> {
+    op: &str,
+    path: &str,
+) -> Result<Signed, PaymentError> {
     let cfg = &gw.config.payments;
+    let resource = super::lender::resource(peer, op, path);
     let terms = |reason: String| PaymentError::Terms { peer: peer.to_owned(), reason };
     let own_asset = Address::parse(&cfg.asset)?;
     let req = required
@@ -168,23 +173,6 @@ pub fn pay<'a>(
         return Err(PaymentError::NoWallet { peer: peer.to_owned(), amount: display });
     };
     let now_ms = gw.audit.now_ms();
-    let reservation = {
-        let conn = gw.db();
-        let daily = daily_budget(&conn)?;
-        let spent = ledger::spent_since(&conn, ledger::day_start_ms(now_ms))?;
-        let mut reserved = gw.federation.payments.lock_reserved();
-        let committed = spent.saturating_add(*reserved);
-        if daily.is_none_or(|d| committed.saturating_add(price) > d) {
-            return Err(PaymentError::OverBudget {
-                peer: peer.to_owned(),
-                amount: display,
-                budget: daily.map_or_else(|| "none set".to_owned(), |d| amount::to_decimal(d, cfg.decimals)),
-                spent: amount::to_decimal(committed, cfg.decimals),
-            });
-        }
-        *reserved += price;
-        Reservation { payments: &gw.federation.payments, amount: price }
-    };
     let now_s = u64::try_from(now_ms / 1000).unwrap_or(0);
     let mut nonce = [0u8; 32];
     aes_gcm::aead::rand_core::RngCore::fill_bytes(&mut aes_gcm::aead::OsRng, &mut nonce);
@@ -220,40 +208,39 @@ pub fn pay<'a>(
             },
         },
     };
-    Ok(Signed { header: payment.to_header(), payment, requirements: req.clone(), reservation })
-}
-
-/// Records a payment the lender settled (`transaction` from its `X-PAYMENT-RESPONSE`; empty
-/// when it gave none — the charge is counted all the same).
-pub fn record_spent(
-    gw: &Gateway,
-    peer: &str,
-    op: &str,
-    path: &str,
-    signed: &Signed<'_>,
-    transaction: &str,
-) -> Result<(), PaymentError> {
-    let cfg = &gw.config.payments;
-    let price: u128 = signed.requirements.max_amount_required.parse().unwrap_or(0);
-    let auth = &signed.payment.payload.authorization;
-    ledger::record(
-        &gw.db(),
-        &Entry {
-            at_ms: gw.audit.now_ms(),
-            direction: Direction::Spent,
-            peer: peer.to_owned(),
-            domain: path.split('/').nth(1).unwrap_or_default().to_owned(),
-            op: op.to_owned(),
-            path: path.to_owned(),
-            amount: price.to_string(),
-            amount_display: amount::to_decimal(price, cfg.decimals),
-            network: signed.requirements.network.clone(),
-            asset: signed.requirements.asset.clone(),
-            payer: auth.from.clone(),
-            pay_to: auth.to.clone(),
-            nonce: auth.nonce.clone(),
-            transaction: transaction.to_owned(),
-        },
-    )?;
-    Ok(())
+    let entry = Entry {
+        at_ms: now_ms,
+        direction: Direction::Spent,
+        state: State::Pending,
+        peer: peer.to_owned(),
+        domain: path.split('/').nth(1).unwrap_or_default().to_owned(),
+        op: op.to_owned(),
+        path: path.to_owned(),
+        amount: price.to_string(),
+        amount_display: display.clone(),
+        network: req.network.clone(),
+        asset: req.asset.clone(),
+        payer: transfer.from.to_string(),
+        pay_to: transfer.to.to_string(),
+        nonce: payment.payload.authorization.nonce.clone(),
+        transaction: String::new(),
+        valid_until_ms: i64::try_from(transfer.valid_before.saturating_mul(1000)).unwrap_or(i64::MAX),
+    };
+    // The budget check and the pending row are one step: concurrent payments queue here.
+    {
+        let _one_at_a_time = gw.federation.payments.lock_paying();
+        let conn = gw.db();
+        let daily = daily_budget(&conn)?;
+        let committed = ledger::spent_since(&conn, ledger::day_start_ms(now_ms), now_ms)?;
+        if daily.is_none_or(|d| committed.saturating_add(price) > d) {
+            return Err(PaymentError::OverBudget {
+                peer: peer.to_owned(),
+                amount: display,
+                budget: daily.map_or_else(|| "none set".to_owned(), |d| amount::to_decimal(d, cfg.decimals)),
+                spent: amount::to_decimal(committed, cfg.decimals),
+            });
+        }
+        ledger::claim(&conn, &entry)?;
+    }
+    Ok(Signed { header: payment.to_header(), payment, requirements: req.clone() })
 }

@@ -164,12 +164,12 @@ pub struct Settlement {
     /// Why not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_reason: Option<String>,
-    /// The transaction hash.
-    #[serde(default)]
-    pub transaction: String,
+    /// The transaction hash (facilitators send `null` or leave it out on failure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
     /// The network.
-    #[serde(default)]
-    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
     /// The payer's address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer: Option<String>,

@@ -475,7 +475,7 @@ impl Vault {
 
     /// Removes every key of `domain` (the pool key and every agent's); returns how many.
     pub fn remove(&self, conn: &Connection, domain: &str) -> Result<usize, VaultError> {
-        let removed = conn.execute("DELETE FROM keys WHERE domain = ?1 AND scope != 'peer'", params![domain]);
+        let removed = conn.execute("DELETE FROM keys WHERE domain = ?1 AND scope IN ('pool', 'byok')", params![domain]);
         self.held.forget_all();
         Ok(removed?)
     }
