@@ -262,7 +262,7 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
         assert!(address.contains(s["payer"].as_str().unwrap()), "{address}");
     }
     assert_eq!((fac.calls("/verify").len(), fac.calls("/settle").len()), (2, 2));
-    assert!(a.ok(&["ledger"]).contains("spent\tgw-b\tread\t/pets.test/pets 0.01"));
+    assert!(a.ok(&["ledger"]).contains("spent\tsettled\tgw-b\tread\t/pets.test/pets 0.01"));
     // A's audit names the lender of each paid read.
     assert!(a.ok(&["audit", "tail", "-n", "50"]).contains("peer:gw-b"));
 
@@ -316,4 +316,78 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
     }
     let header_json = base64::engine::general_purpose::STANDARD.decode(&used).unwrap();
     assert!(!contains(&header_json, wallet_key.as_bytes()));
+}
+
+#[test]
+fn a_paid_write_is_settled_before_it_is_carried_out_and_charged_once() {
+    let key = canary();
+    let expected = format!("Bearer {key}");
+    let fac = Facilitator::start();
+    // The upstream notes, for each write, whether it was already settled when it arrived.
+    let settled = fac.settled.clone();
+    let paid_first: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let seen = paid_first.clone();
+    let up = Upstream::start(move |req| {
+        if req.headers.get("authorization") != Some(&expected) {
+            return json(401, "{}");
+        }
+        seen.lock().unwrap().push(!settled.lock().unwrap().is_empty());
+        json(500, r#"{"error":"the pet store is down"}"#)
+    });
+    let b_config = format!(
+        "[payments]\nfacilitator_url = \"{}\"\npay_to = \"{PAY_TO}\"\n",
+        fac.server.url("").trim_end_matches('/')
+    );
+    let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
+    let spec = fixture("openapi/petstore.yaml");
+    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    b.ok(&[
+        "rules",
+        "set",
+        "pets.test",
+        "--allow",
+        "--peers",
+        "gw-a",
+        "--ops",
+        "read,write",
+        "--pricing",
+        "per-request",
+        "--amount",
+        "0.05",
+    ]);
+    a.ok(&[
+        "peers",
+        "add",
+        "--id",
+        "gw-b",
+        "--name",
+        "B",
+        "--url",
+        &format!("http://{}", b.tcp_addr()),
+        "--secret",
+        SECRET_AB,
+    ]);
+    b.ok(&[
+        "peers",
+        "add",
+        "--id",
+        "gw-a",
+        "--name",
+        "A",
+        "--url",
+        &format!("http://{}", a.tcp_addr()),
+        "--secret",
+        SECRET_AB,
+    ]);
+    eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
+    assert!(a.run_stdin(&["wallet", "import"], "7a".repeat(32).as_bytes()).status.success());
+    a.ok(&["budget", "set", "--daily", "1"]);
+
+    let w = a.run(&["write", "/pets.test/pets", r#"{"name":"rex"}"#]);
+    assert!(!w.status.success(), "the upstream failed the write");
+    assert_eq!(*paid_first.lock().unwrap(), vec![true], "one write, arriving already paid");
+    let charged = |n: &Nkmc| ledger(n).into_iter().filter(|e| e["state"] == "settled").count();
+    assert_eq!((charged(&a), charged(&b)), (1, 1), "a paid write is charged once, whatever its outcome");
+    assert!(a.ok(&["budget", "show"]).contains("spent today 0.05 USDC"));
 }

@@ -103,7 +103,7 @@ fn refusal(
     message: String,
     upstream: Option<u16>,
 ) -> Response {
-    json_answer(gw, v, status, &ExecRefusal { code, message, upstream_status: upstream })
+    json_answer(gw, v, status, &ExecRefusal { code, message, upstream_status: upstream, payment_response: None })
 }
 
 /// `POST /federation/query`.
@@ -277,8 +277,13 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         }
         Err(e) => {
             let e = audit.fail(e);
-            let status = e.http_status();
-            refusal(&gw, &v, status, e.code(), e.message().to_owned(), e.upstream_status())
+            let body = ExecRefusal {
+                code: e.code(),
+                message: e.message().to_owned(),
+                upstream_status: e.upstream_status(),
+                payment_response: settlement,
+            };
+            json_answer(&gw, &v, e.http_status(), &body)
         }
     }
 }
@@ -374,7 +379,8 @@ fn framed(
                 } else {
                     ErrorCode::UpstreamFailed
                 };
-                let refusal = ExecRefusal { code, message: e.to_string(), upstream_status: Some(status) };
+                let refusal =
+                    ExecRefusal { code, message: e.to_string(), upstream_status: Some(status), payment_response: None };
                 encoder.error(&serde_json::to_vec(&refusal).unwrap_or_default())
             }
             None => encoder.end(),

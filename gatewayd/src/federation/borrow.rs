@@ -262,10 +262,21 @@ pub async fn exec(
             }
             return Ok(as_upstream(answer, peer));
         }
-        // A signed refusal: the lender did not take the payment (it settles only on success).
+        let refusal: Option<ExecRefusal> = serde_json::from_slice(&answer.body).ok();
+        // A signed refusal: the payment was not taken, unless the refusal carries its
+        // settlement (a paid write or delete is settled before it runs).
         if let Some(signed) = &paid {
-            if let Err(e) = signed.not_taken(gw) {
-                tracing::error!(peer = %peer, error = %e, "federation: a refused payment was not marked void");
+            let settled = refusal
+                .as_ref()
+                .and_then(|r| r.payment_response.as_deref())
+                .and_then(payments::x402::Settlement::from_header)
+                .filter(|s| s.success);
+            let marked = match settled {
+                Some(s) => signed.settled(gw, s.transaction.as_deref().unwrap_or_default()),
+                None => signed.not_taken(gw),
+            };
+            if let Err(e) = marked {
+                tracing::error!(peer = %peer, error = %e, "federation: a payment's outcome was not recorded in the ledger");
             }
         }
         if answer.status == 402 {
@@ -279,7 +290,6 @@ pub async fn exec(
             };
             continue;
         }
-        let refusal: Option<ExecRefusal> = serde_json::from_slice(&answer.body).ok();
         let (code, message, upstream_status) = match refusal {
             Some(r) => (r.code, format!("peer {peer}: {}", r.message), r.upstream_status),
             None => (ErrorCode::UpstreamFailed, format!("peer {peer}: HTTP {}", answer.status), None),

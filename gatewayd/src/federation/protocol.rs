@@ -133,6 +133,10 @@ pub struct ExecRefusal {
     /// The upstream's status, when it answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u16>,
+    /// A paid write or delete is settled before it runs: when it then failed, the
+    /// settlement (`X-PAYMENT-RESPONSE` value), so the borrower records the charge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_response: Option<String>,
 }
 
 /// `POST /federation/announce`.

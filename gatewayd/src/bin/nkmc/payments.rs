@@ -110,9 +110,10 @@ pub async fn ledger(ctx: &Ctx, json_out: bool) -> anyhow::Result<ExitCode> {
     for e in list {
         let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
         println!(
-            "{}\t{}\t{}\t{}\t{} {}\t{}\ttx {}",
+            "{}\t{}\t{}\t{}\t{}\t{} {}\t{}\ttx {}",
             e["at_ms"].as_i64().map(crate::audit::utc).unwrap_or_default(),
             s("direction"),
+            s("state"),
             s("peer"),
             s("op"),
             s("path"),
