@@ -74,7 +74,7 @@ const MIGRATIONS: &[&str] = &[
     // are vault rows of scope `peer` (owner: the peer's id), so the keys table is rebuilt
     // with the wider CHECK.
     FEDERATION_TABLES,
-    // 6: x402 payments: the ledger of charges on both sides.
+    // 6: x402 payments: the ledger of charges on both sides, and per-token credit.
     LEDGER_TABLE,
     // 7: the wallet that pays peers is a vault row of scope `wallet`, so the keys table is
     // rebuilt with the wider CHECK.
@@ -102,7 +102,13 @@ pub const LEDGER_TABLE: &str = "CREATE TABLE ledger (
         valid_until_ms INTEGER NOT NULL,
         UNIQUE (direction, nonce)
     );
-    CREATE INDEX ledger_at ON ledger (at_ms);";
+    CREATE INDEX ledger_at ON ledger (at_ms);
+    CREATE TABLE credit (
+        peer   TEXT NOT NULL,
+        domain TEXT NOT NULL,
+        tokens INTEGER NOT NULL,
+        PRIMARY KEY (peer, domain)
+    );";
 
 /// Migration 7: the keys table with the `wallet` scope.
 const WALLET_SCOPE: &str = "CREATE TABLE keys_v7 (

@@ -136,11 +136,9 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
     );
     let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
 
-    // A paid rule needs [payments] on the lender, and per-token pricing cannot be paid.
+    // A paid rule needs [payments] on the lender.
     let no_payee = a.run(&["rules", "set", "x.test", "--allow", "--pricing", "per-request", "--amount", "0.01"]);
     assert!(String::from_utf8_lossy(&no_payee.stderr).contains("facilitator_url and pay_to"));
-    let per_token = b.run(&["rules", "set", "pets.test", "--allow", "--pricing", "per-token", "--amount", "0.01"]);
-    assert!(String::from_utf8_lossy(&per_token.stderr).contains("price per request instead"));
 
     let spec = fixture("openapi/petstore.yaml");
     b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
@@ -390,4 +388,72 @@ fn a_paid_write_is_settled_before_it_is_carried_out_and_charged_once() {
     let charged = |n: &Nkmc| ledger(n).into_iter().filter(|e| e["state"] == "settled").count();
     assert_eq!((charged(&a), charged(&b)), (1, 1), "a paid write is charged once, whatever its outcome");
     assert!(a.ok(&["budget", "show"]).contains("spent today 0.05 USDC"));
+}
+
+#[test]
+fn per_token_lending_is_prepaid_and_metered_on_the_tokens_the_upstream_reports() {
+    let key = canary();
+    let expected = format!("Bearer {key}");
+    let up = Upstream::start(move |req| {
+        if req.headers.get("authorization") != Some(&expected) {
+            return json(401, "{}");
+        }
+        json(200, r#"{"data":[{"id":1}],"usage":{"prompt_tokens":100,"completion_tokens":500,"total_tokens":600}}"#)
+    });
+    let fac = Facilitator::start();
+    let b_config = format!(
+        "[payments]\nfacilitator_url = \"{}\"\npay_to = \"{PAY_TO}\"\nprepaid_tokens = 1000\n",
+        fac.server.url("").trim_end_matches('/')
+    );
+    let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
+    let spec = fixture("openapi/petstore.yaml");
+    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--pricing", "per-token", "--amount", "0.002"]);
+    a.ok(&[
+        "peers",
+        "add",
+        "--id",
+        "gw-b",
+        "--name",
+        "B",
+        "--url",
+        &format!("http://{}", b.tcp_addr()),
+        "--secret",
+        SECRET_AB,
+    ]);
+    b.ok(&[
+        "peers",
+        "add",
+        "--id",
+        "gw-a",
+        "--name",
+        "A",
+        "--url",
+        &format!("http://{}", a.tcp_addr()),
+        "--secret",
+        SECRET_AB,
+    ]);
+    eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
+    let skill = a.ok(&["cat", "/pets.test/skill.md"]);
+    assert!(skill.contains("per-token 0.002 per 1000 tokens, paid in advance for 1000 tokens"), "{skill}");
+    assert!(a.run_stdin(&["wallet", "import"], "3c".repeat(32).as_bytes()).status.success());
+    a.ok(&["budget", "set", "--daily", "0.004"]);
+
+    // 1000 tokens cost 0.002; each answer reports 600. First read: a top-up, 400 left.
+    // Second: on credit (-200 left). Third: another top-up (800 left). Fourth: on credit.
+    let charges = |n: &Nkmc| ledger(n).into_iter().filter(|e| e["state"] == "settled").count();
+    for (i, paid_so_far) in [1, 1, 2, 2].into_iter().enumerate() {
+        let out = a.run(&["cat", "/pets.test/pets"]);
+        assert!(out.status.success(), "read {i}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!((charges(&a), charges(&b)), (paid_so_far, paid_so_far), "after read {i}");
+    }
+    assert_eq!(up.seen().len(), 4);
+    assert!(ledger(&b).iter().all(|e| e["amount_display"] == "0.002"));
+    // -400 tokens left: the next read needs a top-up the budget does not allow.
+    let over = a.run(&["cat", "/pets.test/pets"]);
+    assert!(!over.status.success());
+    assert!(String::from_utf8_lossy(&over.stderr).contains("budget is 0.004"));
+    assert_eq!(up.seen().len(), 4, "no read without credit");
+    assert_eq!(fac.calls("/settle").len(), 2);
 }

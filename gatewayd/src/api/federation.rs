@@ -27,6 +27,7 @@ use crate::federation::sign::{self, Envelope, SignedHeaders};
 use crate::federation::{borrow, peers};
 use crate::ops::{self, Caller};
 use crate::payments;
+use crate::payments::credit;
 use crate::vault::{KeyOwner, Secret, PEER_DOMAIN};
 use crate::Gateway;
 
@@ -127,6 +128,7 @@ pub async fn query(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byt
         ops: rule.ops.clone(),
         pricing: Some(rule.pricing),
         amount: rule.amount.clone(),
+        prepaid_tokens: (rule.pricing == PricingMode::PerToken).then_some(gw.config.payments.prepaid_tokens),
         rate_per_min: rule.rate_per_min,
         spec: serde_json::to_value(&service.spec).ok(),
     };
@@ -140,6 +142,7 @@ fn unavailable() -> QueryResponse {
         ops: Vec::new(),
         pricing: None,
         amount: None,
+        prepaid_tokens: None,
         rate_per_min: None,
         spec: None,
     }
@@ -182,7 +185,32 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         Ok(g) => g,
         Err(r) => return refused(&gw, &v, audit, r),
     };
-    let paid = match &grant.price {
+    // Per-token lending: a call starts on the peer's prepaid credit; without credit left,
+    // the payment asked for is a top-up, settled at once.
+    let topping_up = match (&grant.price, grant.metered) {
+        (Some(_), true) => match credit::tokens(&gw.db(), &grant.peer, &grant.domain) {
+            Ok(left) => left <= 0,
+            Err(e) => return refused(&gw, &v, audit, Refusal::Invalid(format!("credit: {e}"))),
+        },
+        _ => false,
+    };
+    let charge = match (&grant.price, grant.metered) {
+        (Some(per_thousand), true) if topping_up => {
+            let cfg = &gw.config.payments;
+            match credit::top_up_price(per_thousand, cfg.prepaid_tokens, cfg.decimals) {
+                Ok(atomic) => Some(payments::amount::to_decimal(atomic, cfg.decimals)),
+                Err(e) => return refused(&gw, &v, audit, Refusal::Invalid(e.to_string())),
+            }
+        }
+        (_, true) => None,
+        (price, false) => price.clone(),
+    };
+    if grant.metered && !topping_up {
+        if let Err(r) = lend::count_rate(&gw, &grant, Instant::now()) {
+            return refused(&gw, &v, audit, r);
+        }
+    }
+    let paid = match &charge {
         None => None,
         Some(price) => match take_payment(&gw, &v, &headers, &req, price).await {
             Ok(accepted) => Some(accepted),
@@ -204,10 +232,16 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
     // A paid write or delete is settled before it is carried out: a change is never made
     // without payment, nor paid twice when a failure makes the borrower try again.
     let paid = match paid {
-        Some((accepted, requirements)) if matches!(req.op, ExecOp::Write | ExecOp::Delete) => {
+        Some((accepted, requirements)) if grant.metered || matches!(req.op, ExecOp::Write | ExecOp::Delete) => {
             match accepted.settle().await {
                 Ok(s) => {
                     settlement = Some(s.to_header());
+                    if grant.metered {
+                        let tokens = i64::try_from(gw.config.payments.prepaid_tokens).unwrap_or(i64::MAX);
+                        if let Err(e) = credit::add(&gw.db(), &grant.peer, &grant.domain, tokens) {
+                            tracing::error!(peer = %grant.peer, error = %e, "federation: a paid top-up was not credited");
+                        }
+                    }
                     None
                 }
                 Err(e) => return unsettled(&gw, &v, audit, requirements, &e),
@@ -215,6 +249,7 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         }
         other => other,
     };
+    let meter = grant.metered.then(|| Meter { gw: gw.clone(), peer: grant.peer.clone(), domain: grant.domain.clone() });
     let who = Caller::Peer(grant);
     let result: Result<Lent, ApiError> = match req.op {
         ExecOp::Read => match ops::read(&gw, &who, &path, Default::default()).await {
@@ -269,8 +304,13 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
         extra.push((payments::x402::PAYMENT_RESPONSE_HEADER, s.clone()));
     }
     match result {
-        Ok(Lent::Stream(resp)) => framed(&gw, &v, audit, resp, extra, settlement),
+        Ok(Lent::Stream(resp)) => framed(&gw, &v, audit, resp, extra, settlement, meter),
         Ok(Lent::Whole(status, content_type, body)) => {
+            if let Some(m) = meter {
+                let mut tokens = credit::TokenMeter::default();
+                tokens.push(&body);
+                m.used(tokens.finish());
+            }
             audit.sent(body.len());
             extra.push((super::UPSTREAM_STATUS_HEADER, status.to_string()));
             answer(&gw, &v, 200, &content_type, &extra, body)
@@ -285,6 +325,36 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
             };
             json_answer(&gw, &v, e.http_status(), &body)
         }
+    }
+}
+
+/// Where the tokens a per-token call used are taken from.
+struct Meter {
+    gw: Arc<Gateway>,
+    peer: String,
+    domain: String,
+}
+
+impl Meter {
+    fn used(&self, tokens: u64) {
+        let delta = i64::try_from(tokens).map_or(i64::MIN, |t| -t);
+        match credit::add(&self.gw.db(), &self.peer, &self.domain, delta) {
+            Ok(()) => tracing::debug!(peer = %self.peer, domain = %self.domain, tokens, "federation: tokens used"),
+            Err(e) => tracing::error!(peer = %self.peer, error = %e, "federation: used tokens not counted"),
+        }
+    }
+}
+
+/// A streamed per-token answer's tokens, counted when the stream ends, breaks off or is
+/// dropped (the borrower went away): they were used either way.
+struct Metering {
+    meter: Meter,
+    tokens: credit::TokenMeter,
+}
+
+impl Drop for Metering {
+    fn drop(&mut self) {
+        self.meter.used(std::mem::take(&mut self.tokens).finish());
     }
 }
 
@@ -347,6 +417,7 @@ fn framed(
     resp: crate::upstream::Answer,
     extra: Vec<(&'static str, String)>,
     payment_response: Option<String>,
+    meter: Option<Meter>,
 ) -> Response {
     use crate::federation::frames::{Binding, Encoder, Head};
     use futures_util::StreamExt;
@@ -369,10 +440,16 @@ fn framed(
     let metered = audit.streaming(status, None, data);
     let mut encoder = Encoder::new(Binding::new(v.secret.expose().as_bytes(), &v.nonce, &gw.identity.id, &v.peer));
     let head = encoder.head(&Head { upstream_status: status, content_type, payment_response });
-    let rest = futures_util::stream::unfold(Some((metered, encoder)), move |state| async move {
-        let (mut metered, mut encoder) = state?;
+    let tokens = meter.map(|meter| Metering { meter, tokens: credit::TokenMeter::default() });
+    let rest = futures_util::stream::unfold(Some((metered, encoder, tokens)), move |state| async move {
+        let (mut metered, mut encoder, mut tokens) = state?;
         let frame = match metered.next().await {
-            Some(Ok(chunk)) => return Some((Ok::<_, std::io::Error>(encoder.data(&chunk)), Some((metered, encoder)))),
+            Some(Ok(chunk)) => {
+                if let Some(m) = tokens.as_mut() {
+                    m.tokens.push(&chunk);
+                }
+                return Some((Ok::<_, std::io::Error>(encoder.data(&chunk)), Some((metered, encoder, tokens))));
+            }
             Some(Err(e)) => {
                 let code = if e.kind() == std::io::ErrorKind::FileTooLarge {
                     ErrorCode::TooLarge
@@ -385,6 +462,7 @@ fn framed(
             }
             None => encoder.end(),
         };
+        drop(tokens);
         Some((Ok(frame), None))
     });
     let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(head) }).chain(rest);

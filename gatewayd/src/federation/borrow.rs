@@ -24,8 +24,11 @@ pub struct Offer {
     pub name: String,
     /// The price.
     pub pricing: PricingMode,
-    /// The amount, when paid.
+    /// The amount, when paid (per request, or per thousand tokens).
     pub amount: Option<String>,
+    /// Per-token pricing: the tokens one payment buys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepaid_tokens: Option<u64>,
     /// The operations lent.
     pub ops: Vec<crate::auth::Op>,
 }
@@ -34,10 +37,13 @@ pub struct Offer {
 pub fn skill_section(offers: &[Offer]) -> String {
     let mut s = String::from("\n## Access\n\nThis service is not registered on this gateway: it is borrowed from a peer, which\nmakes each call with its own key (the key never comes here).\n\n");
     for o in offers {
-        let price = match (&o.pricing, &o.amount) {
-            (PricingMode::Free, _) => "free".to_owned(),
-            (p, Some(a)) => format!("{} {a}", p.as_str()),
-            (p, None) => p.as_str().to_owned(),
+        let price = match (&o.pricing, &o.amount, o.prepaid_tokens) {
+            (PricingMode::Free, ..) => "free".to_owned(),
+            (PricingMode::PerToken, Some(a), Some(n)) => {
+                format!("per-token {a} per 1000 tokens, paid in advance for {n} tokens at a time")
+            }
+            (p, Some(a), _) => format!("{} {a}", p.as_str()),
+            (p, None, _) => p.as_str().to_owned(),
         };
         let ops: Vec<&str> = o.ops.iter().map(|op| op.as_str()).collect();
         s.push_str(&format!("- peer `{}` ({}): {}; lends {}\n", o.peer, o.name, price, ops.join(", ")));
@@ -135,6 +141,7 @@ pub async fn apply_domains(gw: &Gateway, peer_id: &str, domains: &[String]) -> R
             name: name.clone(),
             pricing: offer.pricing.unwrap_or(PricingMode::Free),
             amount: offer.amount.clone(),
+            prepaid_tokens: offer.prepaid_tokens,
             ops: offer.ops.clone(),
         });
         offers.sort_by_key(|o| (o.pricing != PricingMode::Free, o.peer.clone()));
@@ -369,16 +376,29 @@ async fn pay_and_retry(
     }
 }
 
-/// The price `peer` advertises for `domain` (its offer, or its answer to a query now).
+/// The most `peer` may ask for one payment for `domain`, as it advertises it (its offer, or
+/// its answer to a query now): the amount per request, or the price of a per-token top-up.
 async fn advertised_price(gw: &Gateway, peer: &str, domain: &str) -> Option<String> {
     let known = gw
         .registry()
         .get(domain)
         .and_then(|s| s.borrowed.clone())
         .and_then(|offers| offers.into_iter().find(|o| o.peer == peer));
-    match known {
-        Some(o) => o.amount,
-        None => query(gw, peer, Some(domain)).await.ok().filter(|q| q.available).and_then(|q| q.amount),
+    let (pricing, amount, prepaid) = match known {
+        Some(o) => (o.pricing, o.amount, o.prepaid_tokens),
+        None => {
+            let q = query(gw, peer, Some(domain)).await.ok().filter(|q| q.available)?;
+            (q.pricing.unwrap_or(PricingMode::Free), q.amount, q.prepaid_tokens)
+        }
+    };
+    let amount = amount?;
+    match (pricing, prepaid) {
+        (PricingMode::PerToken, Some(tokens)) => {
+            let decimals = gw.config.payments.decimals;
+            let atomic = payments::credit::top_up_price(&amount, tokens, decimals).ok()?;
+            Some(payments::amount::to_decimal(atomic, decimals))
+        }
+        _ => Some(amount),
     }
 }
 

@@ -20,6 +20,9 @@ pub struct Grant {
     /// The price of this call, when the rule lends it per request (a decimal of the asset's
     /// unit): it is served only once paid (x402).
     pub price: Option<String>,
+    /// Per-token pricing: `price` is per thousand tokens, paid in advance by top-ups and
+    /// used up by the tokens each answer reports.
+    pub metered: bool,
     /// The rule's rate limit: counted at admission for free calls, once the payment is
     /// accepted for paid ones ([`count_rate`]).
     pub rate_per_min: Option<u32>,
@@ -83,10 +86,10 @@ pub fn admit(gw: &Gateway, peer: &str, path: &VPath, op: Op, now: std::time::Ins
     };
     let price = match rule.pricing {
         rules::PricingMode::Free => None,
-        rules::PricingMode::PerRequest => rule.amount.clone(),
-        rules::PricingMode::PerToken => return Err(Refusal::Unpayable(rules::PER_TOKEN_UNPAYABLE.into())),
+        rules::PricingMode::PerRequest | rules::PricingMode::PerToken => rule.amount.clone(),
     };
-    let grant = Grant { peer: peer.to_owned(), domain, ops: rule.ops, price, rate_per_min: rule.rate_per_min };
+    let metered = rule.pricing == rules::PricingMode::PerToken;
+    let grant = Grant { peer: peer.to_owned(), domain, ops: rule.ops, price, metered, rate_per_min: rule.rate_per_min };
     if grant.price.is_none() {
         count_rate(gw, &grant, now)?;
     }
@@ -152,8 +155,14 @@ mod tests {
 
     #[test]
     fn a_grant_reaches_one_domain_and_the_lent_operations_only() {
-        let g =
-            Grant { peer: "a".into(), domain: "x.test".into(), ops: vec![Op::Read], price: None, rate_per_min: None };
+        let g = Grant {
+            peer: "a".into(),
+            domain: "x.test".into(),
+            ops: vec![Op::Read],
+            price: None,
+            metered: false,
+            rate_per_min: None,
+        };
         let p = |s: &str| VPath::parse(s).unwrap();
         assert!(g.allows(&p("/x.test/items"), Op::Read));
         assert!(g.allows(&p("/x.test"), Op::List));

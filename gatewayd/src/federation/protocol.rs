@@ -55,6 +55,9 @@ pub struct QueryResponse {
     /// The amount, as a decimal string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub amount: Option<String>,
+    /// Per-token pricing: how many tokens one payment buys (the amount is per thousand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prepaid_tokens: Option<u64>,
     /// Requests per minute allowed to the asker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_min: Option<u32>,

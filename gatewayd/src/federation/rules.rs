@@ -22,10 +22,6 @@ pub enum RuleError {
     Invalid(String),
 }
 
-/// Why per-token pricing is refused: x402's `exact` scheme settles the amount it authorizes,
-/// so a price known only after the answer cannot be paid with it.
-pub const PER_TOKEN_UNPAYABLE: &str = "per-token pricing cannot be paid: x402 `exact` payments settle the amount signed before the call, and the tokens are known only after it; price per request instead";
-
 /// What lending costs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -34,7 +30,8 @@ pub enum PricingMode {
     Free,
     /// A fixed amount per request.
     PerRequest,
-    /// An amount per thousand tokens of the upstream's reported usage.
+    /// An amount per thousand tokens of the upstream's reported usage (`usage.total_tokens`),
+    /// bought in advance in top-ups of `[payments] prepaid_tokens` (see `payments::credit`).
     PerToken,
 }
 
@@ -101,9 +98,6 @@ impl Rule {
                 return Err(RuleError::Invalid(format!("--amount `{a}` is not a positive decimal number")));
             }
             _ => {}
-        }
-        if self.allow && self.pricing == PricingMode::PerToken {
-            return Err(RuleError::Invalid(PER_TOKEN_UNPAYABLE.into()));
         }
         if self.allow && self.pricing != PricingMode::Free && self.ops.contains(&Op::Run) {
             return Err(RuleError::Invalid(

@@ -31,6 +31,8 @@ pub struct PaymentsConfig {
     /// How long a payment may take to settle; also how long a payment this gateway signs is
     /// valid for.
     pub max_timeout_seconds: u64,
+    /// How many tokens one payment buys under a per-token rule.
+    pub prepaid_tokens: u64,
 }
 
 impl Default for PaymentsConfig {
@@ -44,6 +46,7 @@ impl Default for PaymentsConfig {
             asset_version: "2".into(),
             decimals: 6,
             max_timeout_seconds: 60,
+            prepaid_tokens: 10_000,
         }
     }
 }
@@ -76,6 +79,9 @@ impl PaymentsConfig {
         }
         if self.decimals > 18 {
             return Err(PaymentError::Invalid("[payments] decimals above 18".into()));
+        }
+        if !(1..=1_000_000_000).contains(&self.prepaid_tokens) {
+            return Err(PaymentError::Invalid("[payments] prepaid_tokens must be 1 to 1000000000".into()));
         }
         if !(1..=3600).contains(&self.max_timeout_seconds) {
             return Err(PaymentError::Invalid("[payments] max_timeout_seconds must be 1 to 3600".into()));

@@ -12,9 +12,11 @@
 //!   [`amount`]: decimals and atomic units; [`config`]: `[payments]`.
 //! - [`lender`]: requirements, checking and settling a payment; [`facilitator`]: its HTTP API.
 //! - [`payer`]: the wallet, the budget, paying a lender; [`ledger`]: charges on both sides.
+//! - [`credit`]: per-token lending, prepaid in top-ups and metered on the tokens reported.
 
 pub mod amount;
 pub mod config;
+pub mod credit;
 pub mod evm;
 pub mod facilitator;
 pub mod ledger;
