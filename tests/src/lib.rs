@@ -377,6 +377,24 @@ impl PeerRequest<'_> {
     }
 }
 
+/// A gatewayd of its own, started in the background, calling itself `id` among peers.
+pub fn federated_gateway(id: &str, config: &str) -> Nkmc {
+    let n = Nkmc::new(config);
+    let out = n.cmd(&["gateway", "start", "--daemon"]).env("NKMC_GATEWAY_ID", id).output().expect("nkmc");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    n
+}
+
+/// Polls `cond` every 50 ms until it holds (peers announce in the background); panics with
+/// `what` after 20 s.
+pub fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Unix seconds now.
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

@@ -3,32 +3,18 @@
 //! lender refuses replayed, re-timed, tampered, cross-directed and bypassing requests.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use std::time::{Duration, Instant};
-
-use nkmc_e2e::{canary, contains, fixture, fuse_available, json, unix_now, Nkmc, PeerRequest, Upstream};
+use nkmc_e2e::{canary, contains, eventually, fixture, fuse_available, json, unix_now, Nkmc, PeerRequest, Upstream};
 
 const SECRET_AB: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef";
 const SECRET_BC: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90f1e2d3c4b5a6978812345678deadbeef";
 const PETS: &str = r#"[{"id":1,"name":"rex"},{"id":2,"name":"tom"}]"#;
 
 fn gateway(id: &str) -> Nkmc {
-    let n = Nkmc::new("");
-    let out = n.cmd(&["gateway", "start", "--daemon"]).env("NKMC_GATEWAY_ID", id).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    n
+    nkmc_e2e::federated_gateway(id, "")
 }
 
 fn url(n: &Nkmc) -> String {
     format!("http://{}", n.tcp_addr())
-}
-
-/// Polls `what` until it holds (peers announce in the background).
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]

@@ -6,7 +6,6 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use base64::Engine;
 use gatewayd::payments::evm::{self, Address, TokenDomain, Transfer};
@@ -17,20 +16,7 @@ const SECRET_AB: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456
 const PETS: &str = r#"[{"id":1,"name":"rex"},{"id":2,"name":"tom"}]"#;
 const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
 
-fn gateway(id: &str, config: &str) -> Nkmc {
-    let n = Nkmc::new(config);
-    let out = n.cmd(&["gateway", "start", "--daemon"]).env("NKMC_GATEWAY_ID", id).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    n
-}
-
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use nkmc_e2e::{eventually, federated_gateway as gateway};
 
 /// What a facilitator checks before it would submit the transfer: the signature is the
 /// payer's over exactly these terms, the terms are the lender's requirements, it is valid
@@ -112,6 +98,29 @@ impl Facilitator {
     }
 }
 
+/// A (no payments configured) and B (paid through `fac`, `[payments]` plus `b_extra`), peers;
+/// B lends pets.test from `up` with `key` to A under `rule` (what follows `rules set
+/// pets.test --allow --peers gw-a`). Returns once A sees the domain.
+fn paid_pair(up: &Upstream, key: &str, fac: &Facilitator, b_extra: &str, rule: &[&str]) -> (Nkmc, Nkmc) {
+    let b_config = format!(
+        "[payments]\nfacilitator_url = \"{}\"\npay_to = \"{PAY_TO}\"\n{b_extra}",
+        fac.server.url("").trim_end_matches('/')
+    );
+    let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
+    let spec = fixture("openapi/petstore.yaml");
+    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    let mut args = vec!["rules", "set", "pets.test", "--allow", "--peers", "gw-a"];
+    args.extend_from_slice(rule);
+    b.ok(&args);
+    for (n, id, other) in [(&a, "gw-b", &b), (&b, "gw-a", &a)] {
+        let url = format!("http://{}", other.tcp_addr());
+        n.ok(&["peers", "add", "--id", id, "--name", id, "--url", &url, "--secret", SECRET_AB]);
+    }
+    eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
+    (a, b)
+}
+
 fn ledger(n: &Nkmc) -> Vec<serde_json::Value> {
     n.ok(&["ledger", "--json"]).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
@@ -130,61 +139,13 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
         }
     });
     let fac = Facilitator::start();
-    let b_config = format!(
-        "[payments]\nfacilitator_url = \"{}\"\npay_to = \"{PAY_TO}\"\n",
-        fac.server.url("").trim_end_matches('/')
-    );
-    let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
-
+    // Four calls a minute: the unpaid 402 probe before each paid call does not count.
+    let (a, b) = paid_pair(&up, &key, &fac, "", &["--pricing", "per-request", "--amount", "0.01", "--rate", "4/min"]);
     // A paid rule needs [payments] on the lender.
     let no_payee = a.run(&["rules", "set", "x.test", "--allow", "--pricing", "per-request", "--amount", "0.01"]);
     assert!(String::from_utf8_lossy(&no_payee.stderr).contains("facilitator_url and pay_to"));
-
-    let spec = fixture("openapi/petstore.yaml");
-    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
-    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
-    // Four calls a minute: the unpaid 402 probe before each paid call does not count.
-    b.ok(&[
-        "rules",
-        "set",
-        "pets.test",
-        "--allow",
-        "--peers",
-        "gw-a",
-        "--pricing",
-        "per-request",
-        "--amount",
-        "0.01",
-        "--rate",
-        "4/min",
-    ]);
-    a.ok(&[
-        "peers",
-        "add",
-        "--id",
-        "gw-b",
-        "--name",
-        "B",
-        "--url",
-        &format!("http://{}", b.tcp_addr()),
-        "--secret",
-        SECRET_AB,
-    ]);
-    b.ok(&[
-        "peers",
-        "add",
-        "--id",
-        "gw-a",
-        "--name",
-        "A",
-        "--url",
-        &format!("http://{}", a.tcp_addr()),
-        "--secret",
-        SECRET_AB,
-    ]);
-    eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
     let skill = a.ok(&["cat", "/pets.test/skill.md"]);
-    assert!(skill.contains("`gw-b` (B): per-request 0.01"), "{skill}");
+    assert!(skill.contains("`gw-b` (gw-b): per-request 0.01"), "{skill}");
 
     // Unpaid, B answers 402 with its x402 requirements, and nothing reaches the upstream.
     let b_addr = b.tcp_addr();
@@ -332,53 +293,8 @@ fn a_paid_write_is_settled_before_it_is_carried_out_and_charged_once() {
         seen.lock().unwrap().push(!settled.lock().unwrap().is_empty());
         json(500, r#"{"error":"the pet store is down"}"#)
     });
-    let b_config = format!(
-        "[payments]\nfacilitator_url = \"{}\"\npay_to = \"{PAY_TO}\"\n",
-        fac.server.url("").trim_end_matches('/')
-    );
-    let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
-    let spec = fixture("openapi/petstore.yaml");
-    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
-    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
-    b.ok(&[
-        "rules",
-        "set",
-        "pets.test",
-        "--allow",
-        "--peers",
-        "gw-a",
-        "--ops",
-        "read,write",
-        "--pricing",
-        "per-request",
-        "--amount",
-        "0.05",
-    ]);
-    a.ok(&[
-        "peers",
-        "add",
-        "--id",
-        "gw-b",
-        "--name",
-        "B",
-        "--url",
-        &format!("http://{}", b.tcp_addr()),
-        "--secret",
-        SECRET_AB,
-    ]);
-    b.ok(&[
-        "peers",
-        "add",
-        "--id",
-        "gw-a",
-        "--name",
-        "A",
-        "--url",
-        &format!("http://{}", a.tcp_addr()),
-        "--secret",
-        SECRET_AB,
-    ]);
-    eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
+    let rule = ["--ops", "read,write", "--pricing", "per-request", "--amount", "0.05"];
+    let (a, b) = paid_pair(&up, &key, &fac, "", &rule);
     assert!(a.run_stdin(&["wallet", "import"], "7a".repeat(32).as_bytes()).status.success());
     a.ok(&["budget", "set", "--daily", "1"]);
 
@@ -401,40 +317,8 @@ fn per_token_lending_is_prepaid_and_metered_on_the_tokens_the_upstream_reports()
         json(200, r#"{"data":[{"id":1}],"usage":{"prompt_tokens":100,"completion_tokens":500,"total_tokens":600}}"#)
     });
     let fac = Facilitator::start();
-    let b_config = format!(
-        "[payments]\nfacilitator_url = \"{}\"\npay_to = \"{PAY_TO}\"\nprepaid_tokens = 1000\n",
-        fac.server.url("").trim_end_matches('/')
-    );
-    let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
-    let spec = fixture("openapi/petstore.yaml");
-    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
-    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
-    b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--pricing", "per-token", "--amount", "0.002"]);
-    a.ok(&[
-        "peers",
-        "add",
-        "--id",
-        "gw-b",
-        "--name",
-        "B",
-        "--url",
-        &format!("http://{}", b.tcp_addr()),
-        "--secret",
-        SECRET_AB,
-    ]);
-    b.ok(&[
-        "peers",
-        "add",
-        "--id",
-        "gw-a",
-        "--name",
-        "A",
-        "--url",
-        &format!("http://{}", a.tcp_addr()),
-        "--secret",
-        SECRET_AB,
-    ]);
-    eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
+    let rule = ["--pricing", "per-token", "--amount", "0.002"];
+    let (a, b) = paid_pair(&up, &key, &fac, "prepaid_tokens = 1000\n", &rule);
     let skill = a.ok(&["cat", "/pets.test/skill.md"]);
     assert!(skill.contains("per-token 0.002 per 1000 tokens, paid in advance for 1000 tokens"), "{skill}");
     assert!(a.run_stdin(&["wallet", "import"], "3c".repeat(32).as_bytes()).status.success());

@@ -67,7 +67,8 @@ pub enum RulesCommand {
         /// free, per-request or per-token.
         #[arg(long, default_value = "free")]
         pricing: String,
-        /// The amount, for paid lending (a decimal).
+        /// The amount, for paid lending (a decimal of `[payments]`'s asset, USDC by default;
+        /// per-token: per thousand tokens).
         #[arg(long)]
         amount: Option<String>,
         /// A rate limit per peer, as `N/min`.
