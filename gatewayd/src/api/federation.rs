@@ -771,6 +771,7 @@ pub async fn discover(
 /// domains it offers (those a rule lends to someone).
 pub async fn heartbeat_to_coordinator(gw: &Gateway) {
     let Some(base) = gw.config.federation.coordinator_url.as_deref() else { return };
+    let _in_order = gw.federation.heartbeat.lock().await;
     let Ok(url) = url::Url::parse(base).and_then(|u| u.join(crate::federation::coordinator::route::HEARTBEAT)) else {
         tracing::warn!("federation: coordinator_url is not a URL");
         return;

@@ -63,6 +63,9 @@ pub struct Federation {
     pub nonces: sign::NonceCache,
     /// Request rates per peer and domain.
     pub rates: rules::RateLimiter,
+    /// One heartbeat to the coordinator at a time, so a later one (with a newer public URL)
+    /// is never overtaken by an earlier one.
+    pub heartbeat: tokio::sync::Mutex<()>,
     /// How fast each peer answers.
     pub latency: latency::Latency,
     /// Payments being served and money being paid (x402).
@@ -80,6 +83,7 @@ impl Federation {
             )?,
             nonces: sign::NonceCache::default(),
             rates: rules::RateLimiter::default(),
+            heartbeat: tokio::sync::Mutex::new(()),
             latency: latency::Latency::default(),
             payments: crate::payments::Payments::default(),
         })
