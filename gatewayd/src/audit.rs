@@ -610,8 +610,10 @@ impl Writer {
         let shared = self.shared.clone();
         let mut q = shared.lock();
         let mut anchored_seq = q.head.seq;
-        let mut last_commit = Instant::now() - COMMIT_INTERVAL;
-        let mut last_anchor = Instant::now() - ANCHOR_INTERVAL;
+        // The first commit and anchor need not wait out an interval.
+        let start = Instant::now();
+        let mut last_commit = start.checked_sub(COMMIT_INTERVAL).unwrap_or(start);
+        let mut last_anchor = start.checked_sub(ANCHOR_INTERVAL).unwrap_or(start);
         loop {
             let dirty = q.head.seq != anchored_seq;
             let commit_at = last_commit + COMMIT_INTERVAL;

@@ -132,7 +132,7 @@ pub const WHOLE_BODY_MAX: u64 = 64 * 1024;
 async fn answer(gw: &Gateway, resp: crate::upstream::Answer, mut audit: Pending) -> Response {
     let status = resp.status().as_u16();
     let limit = gw.upstream.config().max_body_bytes;
-    if status == 304 || !resp.announced_len().is_some_and(|n| n <= WHOLE_BODY_MAX) {
+    if status == 304 || resp.announced_len().is_none_or(|n| n > WHOLE_BODY_MAX) {
         return stream_response(gw, resp, audit);
     }
     let mut builder = Response::builder().status(200).header(UPSTREAM_STATUS, status);
