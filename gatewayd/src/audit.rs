@@ -36,15 +36,36 @@
 //! record the table does not have (truncated), a record whose hash differs (rewritten), or
 //! when the anchor is missing while records exist.
 //!
-//! An append is one INSERT, committed without an fsync of its own (`synchronous=NORMAL` for
-//! that commit: the record is in the WAL, safe from a crash of gatewayd, not yet from a power
-//! loss); the anchor is written after the commit by a thread of its own, which first fsyncs
-//! the WAL (making every record up to the head durable) and then writes the newest head it
-//! was given, at most every 50 ms (so no request waits for an fsync, and a steady stream of
-//! appends costs a few a second, not one each). `verify` and gatewayd's exit wait for it. So
-//! the anchor can only lag behind the durable table (by the records of the last 50 ms before
-//! a power loss), never run ahead of it; hence the directory is not fsynced either: a lost rename leaves the previous,
-//! still valid anchor. When gatewayd starts and finds the anchor ahead of the table, it goes
+//! # The writer thread
+//!
+//! An append only queues its event: nothing on the request path waits for the database.
+//! A thread of its own (`audit-writer`), with a database connection of its own, numbers and
+//! chains the queued events in the order they were appended and commits them together, one
+//! transaction per batch (it takes what has queued, at most every [`COMMIT_INTERVAL`], so a
+//! steady stream costs a few hundred commits a second, not one per operation). Its commits
+//! do not wait for an fsync (`synchronous=NORMAL` on its connection: a record is in the WAL,
+//! safe from a crash of gatewayd, not yet from a power loss). At most every
+//! [`ANCHOR_INTERVAL`], or at once when someone waits, the same thread fsyncs the WAL
+//! (making every record committed so far durable) and then writes the last committed head
+//! to the anchor. SQLite's automatic WAL checkpoints run on its connection too (gatewayd's
+//! main connection has them turned off), so no checkpoint runs under the mutex requests
+//! take. So the anchor can only lag behind the durable table (by the records of the last
+//! 50 ms before a power loss), never run ahead of it; hence the directory is not fsynced
+//! either: a lost rename leaves the previous, still valid anchor. `verify`, `GET /v1/audit`
+//! and gatewayd's exit wait for the writer (`verify` and exit for the anchor too), so a
+//! reader sees every operation that finished before it asked.
+//!
+//! A batch that cannot be committed is tried again one record per transaction: a record that
+//! can be written is, one that cannot is logged and left out (the chain goes on from the last
+//! record committed, as if it had never been appended). The writer's last result is the
+//! refusing state ([`AuditLog::is_failing`]): gatewayd refuses operations and `/readyz` says
+//! 503 while the last record could not be written. No operation waits for its own record:
+//! none of them answers with something that only the record would make true (a minted token,
+//! a stored key, a revocation are committed by their own handlers, with `synchronous=FULL`,
+//! before they answer), and the record of an operation whose answer is already on its way
+//! could not change that answer anyway.
+//!
+//! When gatewayd starts and finds the anchor ahead of the table, it goes
 //! on numbering after the anchor, so a truncation made while it was stopped stays visible as
 //! a gap. A running gatewayd also checks against the head it holds in memory.
 //!
@@ -57,6 +78,7 @@ use std::io::Write;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use agentfs::wire::{AuditProblem, AuditProblemKind, AuditRecord, AuditVerification};
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -82,6 +104,10 @@ const HASH_TAG: &[u8] = b"nkmc-audit-v1\0";
 /// steady stream of appends costs a few fsyncs a second, not one each.
 const ANCHOR_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Records appended within this interval are committed together (one transaction), so a
+/// steady stream of appends costs a few hundred commits a second at most, not one each.
+const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Records read from the database at a time while verifying.
 const VERIFY_BATCH: i64 = 1000;
 
@@ -99,6 +125,9 @@ pub enum AuditError {
         /// The error.
         source: std::io::Error,
     },
+    /// The log's database is not a file (the writer thread opens it again).
+    #[error("audit: the database is not a file, so the audit writer cannot open it")]
+    NotAFile,
     /// A stored record does not decode (a field of the wrong type).
     #[error("audit: record {seq} cannot be read ({message}); `nkmc audit verify` says more")]
     Record {
@@ -331,24 +360,6 @@ fn read_anchor(path: &Path) -> Result<Option<Head>, String> {
     }
 }
 
-/// `synchronous=NORMAL` on a connection until dropped, then `FULL` again (db.rs's setting).
-struct Synchronous<'c>(&'c Connection);
-
-impl<'c> Synchronous<'c> {
-    fn normal(conn: &'c Connection) -> Result<Self, AuditError> {
-        conn.prepare_cached("PRAGMA synchronous = NORMAL")?.execute([])?;
-        Ok(Synchronous(conn))
-    }
-}
-
-impl Drop for Synchronous<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.0.prepare_cached("PRAGMA synchronous = FULL").and_then(|mut s| s.execute([])) {
-            tracing::error!(error = %e, "audit: cannot set synchronous=FULL again");
-        }
-    }
-}
-
 /// Makes the records committed so far durable: fsync of the database's WAL (appends commit
 /// with `synchronous=NORMAL`, see [`AuditLog::append`]). Only the WAL is opened (and closed):
 /// SQLite keeps its POSIX locks on the database and `-shm` files, which closing another
@@ -438,127 +449,247 @@ pub fn list(conn: &Connection, after: Option<u64>, limit: u32) -> Result<Vec<Aud
         .collect()
 }
 
-/// Writes the anchor file off the request path: each append hands over the new head, and a
-/// thread writes the newest one it has (temp file, fsync, rename), at most once per
-/// [`ANCHOR_INTERVAL`] unless someone waits for it. No append waits for an fsync of its own.
+/// The writer thread's state, shared with the appenders under one mutex.
 #[derive(Debug)]
-struct AnchorWriter {
-    shared: Arc<AnchorShared>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-#[derive(Debug, Default)]
-struct AnchorShared {
-    state: Mutex<AnchorState>,
-    changed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct AnchorState {
-    /// The newest head, not written yet.
-    pending: Option<Head>,
-    /// The last head written (or whose write failed and was logged).
-    written: u64,
-    /// Someone waits for the anchor: write now, do not wait out the interval.
+struct Queue {
+    /// Events appended and not taken by the writer yet, in order.
+    events: Vec<Event>,
+    /// Events ever appended (a ticket: the n-th append waits for `processed >= n`).
+    appended: u64,
+    /// Events the writer has finished with (committed, or failed and logged).
+    processed: u64,
+    /// `processed` when the anchor last named the durable head (or when nothing was left
+    /// to anchor): `flush` waits for this.
+    anchored: u64,
+    /// The last record committed: the next one chains from it.
+    head: Head,
+    /// Someone waits: commit and anchor now, do not wait out an interval.
     urgent: bool,
-    /// The writer waits for a head (not out an interval): a new head must wake it. During an
-    /// interval a new head waits for its end, so an append need not wake the writer.
+    /// The writer waits with no event queued (for one, or for the anchor's interval): an
+    /// append must wake it. While it waits out the commit interval, appends need not.
     idle: bool,
     stop: bool,
 }
 
-impl AnchorShared {
-    fn lock(&self) -> MutexGuard<'_, AnchorState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    changed: Condvar,
+    /// Whether the writer's last record failed to be written (see [`AuditLog::is_failing`]).
+    failing: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn wait<'a>(&self, guard: MutexGuard<'a, AnchorState>) -> MutexGuard<'a, AnchorState> {
+    fn wait<'a>(&self, guard: MutexGuard<'a, Queue>) -> MutexGuard<'a, Queue> {
         self.changed.wait(guard).unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run(&self, path: &Path, wal: Option<&Path>) {
-        let mut state = self.lock();
+    fn wait_until<'a>(&self, guard: MutexGuard<'a, Queue>, until: Instant) -> MutexGuard<'a, Queue> {
+        let left = until.saturating_duration_since(Instant::now());
+        self.changed.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Waits until the writer has finished with every event appended so far, and, with
+    /// `anchored`, until the anchor names the last of them that was committed.
+    fn wait_for_appended(&self, anchored: bool) {
+        let mut q = self.lock();
+        let ticket = q.appended;
+        while (if anchored { q.anchored } else { q.processed }) < ticket {
+            q.urgent = true;
+            self.changed.notify_all();
+            q = self.wait(q);
+        }
+    }
+}
+
+/// The record that follows `head` for `event`.
+fn chain(head: &Head, event: &Event) -> AuditRecord {
+    let mut record = AuditRecord {
+        seq: head.seq + 1,
+        time_ms: event.time_ms,
+        agent: capped(&event.agent),
+        operation: event.operation.as_str().to_owned(),
+        target: capped(&event.target),
+        outcome: capped(&event.outcome),
+        upstream_status: event.upstream_status,
+        bytes: event.bytes.min(i64::MAX as u64),
+        duration_ms: event.duration_ms.min(i64::MAX as u64),
+        peer: event.peer.as_deref().map(capped),
+        key_id: event.key_id.as_deref().map(capped),
+        prev_hash: head.hash.clone(),
+        hash: String::new(),
+    };
+    record.hash = record_hash(&record);
+    record
+}
+
+/// Inserts `records` in one transaction.
+fn insert_all(conn: &mut Connection, records: &[AuditRecord]) -> Result<(), AuditError> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(&format!(
+            "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ))?;
+        for r in records {
+            stmt.execute(params![
+                r.seq as i64,
+                r.time_ms,
+                r.agent,
+                r.operation,
+                r.target,
+                r.outcome,
+                r.upstream_status,
+                r.bytes as i64,
+                r.duration_ms as i64,
+                r.peer,
+                r.key_id,
+                r.prev_hash,
+                r.hash,
+            ])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// The writer thread's own side: its connection, the files it syncs and writes.
+struct Writer {
+    conn: Connection,
+    anchor: PathBuf,
+    wal: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Writes `events` after `head` (one transaction for all of them; if that fails, one
+    /// transaction each, so a record that can be written is, and each one that cannot is
+    /// logged and left out of the chain, which goes on from the last record committed).
+    /// Returns whether the last one was written.
+    fn write(&mut self, head: &mut Head, events: &[Event]) -> bool {
+        let mut next = head.clone();
+        let records: Vec<AuditRecord> = events
+            .iter()
+            .map(|e| {
+                let r = chain(&next, e);
+                next = Head { seq: r.seq, hash: r.hash.clone() };
+                r
+            })
+            .collect();
+        match insert_all(&mut self.conn, &records) {
+            Ok(()) => {
+                *head = next;
+                return true;
+            }
+            Err(e) if events.len() == 1 => {
+                tracing::error!(error = %e, operation = events[0].operation.as_str(), "the audit record was not written");
+                return false;
+            }
+            Err(_) => {}
+        }
+        let mut last = false;
+        for event in events {
+            let record = chain(head, event);
+            match insert_all(&mut self.conn, std::slice::from_ref(&record)) {
+                Ok(()) => {
+                    *head = Head { seq: record.seq, hash: record.hash };
+                    last = true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, operation = event.operation.as_str(), "the audit record was not written");
+                    last = false;
+                }
+            }
+        }
+        last
+    }
+
+    /// Makes the records committed so far durable (fsync of the WAL) and names the last one
+    /// in the anchor file.
+    fn anchor(&self, head: &Head) {
+        if let Err(e) = sync_wal(&self.wal).and_then(|()| write_anchor(&self.anchor, head)) {
+            tracing::error!(error = %e, "audit: the anchor was not written");
+        }
+    }
+
+    fn run(mut self) {
+        let shared = self.shared.clone();
+        let mut q = shared.lock();
+        let mut anchored_seq = q.head.seq;
+        // The first commit and anchor need not wait out an interval.
+        let start = Instant::now();
+        let mut last_commit = start.checked_sub(COMMIT_INTERVAL).unwrap_or(start);
+        let mut last_anchor = start.checked_sub(ANCHOR_INTERVAL).unwrap_or(start);
         loop {
-            if let Some(head) = state.pending.take() {
-                state.urgent = false;
-                drop(state);
-                if let Err(e) = wal.map_or(Ok(()), sync_wal).and_then(|()| write_anchor(path, &head)) {
-                    tracing::error!(error = %e, "audit: the anchor was not written");
+            let dirty = q.head.seq != anchored_seq;
+            let commit_at = last_commit + COMMIT_INTERVAL;
+            let anchor_at = last_anchor + ANCHOR_INTERVAL;
+            let now = Instant::now();
+            let commit_due = !q.events.is_empty() && (q.urgent || q.stop || now >= commit_at);
+            let anchor_due = dirty && (q.urgent || q.stop || now >= anchor_at);
+            if commit_due {
+                let events = std::mem::take(&mut q.events);
+                let mut head = q.head.clone();
+                drop(q);
+                let ok = self.write(&mut head, &events);
+                shared.failing.store(!ok, std::sync::atomic::Ordering::Relaxed);
+                last_commit = Instant::now();
+                q = shared.lock();
+                q.head = head;
+                q.processed += events.len() as u64;
+                if q.head.seq == anchored_seq {
+                    // Nothing new to anchor (every record failed).
+                    q.anchored = q.processed;
                 }
-                state = self.lock();
-                state.written = head.seq;
-                self.changed.notify_all();
-                // Let appends accumulate for a while before the next write.
-                let until = std::time::Instant::now() + ANCHOR_INTERVAL;
-                while !state.stop && !state.urgent {
-                    let Some(left) = until.checked_duration_since(std::time::Instant::now()) else { break };
-                    state = self.changed.wait_timeout(state, left).unwrap_or_else(|p| p.into_inner()).0;
+                shared.changed.notify_all();
+            } else if anchor_due {
+                let (head, processed) = (q.head.clone(), q.processed);
+                drop(q);
+                self.anchor(&head);
+                last_anchor = Instant::now();
+                anchored_seq = head.seq;
+                q = shared.lock();
+                q.anchored = processed;
+                if q.events.is_empty() {
+                    q.urgent = false;
                 }
-            } else if state.stop {
+                shared.changed.notify_all();
+            } else if q.stop && q.events.is_empty() && !dirty {
                 return;
+            } else if !q.events.is_empty() {
+                q = shared.wait_until(q, commit_at);
+            } else if dirty {
+                q.idle = true;
+                q = shared.wait_until(q, anchor_at);
+                q.idle = false;
             } else {
-                state.idle = true;
-                state = self.wait(state);
-                state.idle = false;
+                q.urgent = false;
+                q.anchored = q.processed;
+                shared.changed.notify_all();
+                q.idle = true;
+                q = shared.wait(q);
+                q.idle = false;
             }
         }
     }
 }
 
-impl AnchorWriter {
-    fn start(path: &Path, wal: Option<PathBuf>, written: u64) -> Result<Self, AuditError> {
-        let shared = Arc::new(AnchorShared::default());
-        shared.lock().written = written;
-        let (worker, file) = (shared.clone(), path.to_path_buf());
-        let thread = std::thread::Builder::new()
-            .name("audit-anchor".into())
-            .spawn(move || worker.run(&file, wal.as_deref()))
-            .map_err(|source| AuditError::Anchor { path: path.to_path_buf(), source })?;
-        Ok(AnchorWriter { shared, thread: Some(thread) })
-    }
-
-    fn post(&self, head: Head) {
-        let mut state = self.shared.lock();
-        state.pending = Some(head);
-        if state.idle {
-            self.shared.changed.notify_all();
-        }
-    }
-
-    /// Waits until the head numbered `seq` (or a later one) has been written.
-    fn flush_to(&self, seq: u64) {
-        let mut state = self.shared.lock();
-        while state.written < seq {
-            state.urgent = true;
-            self.shared.changed.notify_all();
-            state = self.shared.wait(state);
-        }
-    }
-}
-
-impl Drop for AnchorWriter {
-    fn drop(&mut self) {
-        self.shared.lock().stop = true;
-        self.shared.changed.notify_all();
-        if let Some(thread) = self.thread.take() {
-            // It writes what is pending before it stops.
-            let _ = thread.join();
-        }
-    }
-}
-
-/// The audit log of one data dir: the head it chains from, the anchor file and the clock.
+/// The audit log of one data dir: the clock, the anchor file, and the writer thread that
+/// commits the records and writes the anchor.
 #[derive(Debug)]
 pub struct AuditLog {
     clock: Box<dyn Clock>,
     anchor: PathBuf,
-    head: Mutex<Head>,
-    writer: AnchorWriter,
-    failing: std::sync::atomic::AtomicBool,
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl AuditLog {
-    /// Opens the log whose records are in `conn` and whose anchor file is `anchor`.
+    /// Opens the log whose records are in `conn`'s database (a file: the writer thread opens
+    /// a connection of its own to it) and whose anchor file is `anchor`.
     ///
     /// The next record chains from the last one in the table, or from the anchor when the
     /// anchor is further along (the table was truncated: the gap stays visible).
@@ -583,10 +714,37 @@ impl AuditLog {
             Ok(_) => {}
             Err(e) => tracing::warn!(file = %anchor.display(), error = %e, "audit: the anchor file is unreadable"),
         }
-        // The database's write-ahead log, which the anchor writer syncs (none in memory).
-        let wal = conn.path().filter(|p| !p.is_empty()).map(|p| PathBuf::from(format!("{p}-wal")));
-        let writer = AnchorWriter::start(&anchor, wal, head.seq)?;
-        Ok(AuditLog { clock, anchor, head: Mutex::new(head), writer, failing: Default::default() })
+        let Some(db) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
+            return Err(AuditError::NotAFile);
+        };
+        // The writer's connection: its commits do not wait for an fsync (it syncs the WAL
+        // before it writes the anchor), and SQLite's automatic checkpoints run on it, so on
+        // the writer thread.
+        let writer_conn = Connection::open(&db)?;
+        writer_conn.pragma_update(None, "synchronous", "NORMAL")?;
+        writer_conn.pragma_update(None, "secure_delete", "ON")?;
+        writer_conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let wal = PathBuf::from(format!("{}-wal", db.display()));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue {
+                events: Vec::new(),
+                appended: 0,
+                processed: 0,
+                anchored: 0,
+                head,
+                urgent: false,
+                idle: false,
+                stop: false,
+            }),
+            changed: Condvar::new(),
+            failing: Default::default(),
+        });
+        let writer = Writer { conn: writer_conn, anchor: anchor.clone(), wal, shared: shared.clone() };
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| AuditError::Anchor { path: anchor.clone(), source })?;
+        Ok(AuditLog { clock, anchor, shared, thread: Some(thread) })
     }
 
     /// The current time from the log's clock.
@@ -599,86 +757,48 @@ impl AuditLog {
         &self.anchor
     }
 
-    fn head(&self) -> std::sync::MutexGuard<'_, Head> {
-        self.head.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits until the anchor file names the last record appended (gatewayd calls it before
-    /// it exits; dropping the log does it too).
+    /// Waits until every record appended so far is committed (or failed) and the anchor
+    /// names the last one committed (gatewayd calls it before it exits; dropping the log
+    /// does it too).
     pub fn flush(&self) {
-        let seq = self.head().seq;
-        self.writer.flush_to(seq);
+        self.shared.wait_for_appended(true);
     }
 
-    /// Whether the last append failed: gatewayd then refuses operations (fail closed) until
-    /// an append succeeds again.
+    /// Waits until every record appended so far is committed (or failed): readers of the
+    /// table see them all.
+    pub fn sync(&self) {
+        self.shared.wait_for_appended(false);
+    }
+
+    /// Whether the writer's last record failed to be written: gatewayd then refuses
+    /// operations (fail closed) until a record is written again.
     pub fn is_failing(&self) -> bool {
-        self.failing.load(std::sync::atomic::Ordering::Relaxed)
+        self.shared.failing.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Appends `event` as the next record: one INSERT on the connection `db` returns (held
-    /// only for that); the anchor follows off this path. Never call it while holding that
-    /// connection.
-    pub fn append<C: Deref<Target = Connection>>(
-        &self,
-        db: impl FnOnce() -> C,
-        event: &Event,
-    ) -> Result<AuditRecord, AuditError> {
-        let mut head = self.head();
-        let mut record = AuditRecord {
-            seq: head.seq + 1,
-            time_ms: event.time_ms,
-            agent: capped(&event.agent),
-            operation: event.operation.as_str().to_owned(),
-            target: capped(&event.target),
-            outcome: capped(&event.outcome),
-            upstream_status: event.upstream_status,
-            bytes: event.bytes.min(i64::MAX as u64),
-            duration_ms: event.duration_ms.min(i64::MAX as u64),
-            peer: event.peer.as_deref().map(capped),
-            key_id: event.key_id.as_deref().map(capped),
-            prev_hash: head.hash.clone(),
-            hash: String::new(),
-        };
-        record.hash = record_hash(&record);
-        let inserted = (|| -> Result<(), AuditError> {
-            let conn = db();
-            // This commit does not wait for an fsync: the anchor writer syncs the WAL before
-            // it anchors the head, at most every ANCHOR_INTERVAL. Every other write on the
-            // connection keeps `synchronous=FULL`.
-            let _normal = Synchronous::normal(&conn)?;
-            let mut stmt = conn.prepare_cached(&format!(
-                "INSERT INTO audit ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
-            ))?;
-            stmt.execute(params![
-                record.seq as i64,
-                record.time_ms,
-                record.agent,
-                record.operation,
-                record.target,
-                record.outcome,
-                record.upstream_status,
-                record.bytes as i64,
-                record.duration_ms as i64,
-                record.peer,
-                record.key_id,
-                record.prev_hash,
-                record.hash,
-            ])?;
-            Ok(())
-        })();
-        self.failing.store(inserted.is_err(), std::sync::atomic::Ordering::Relaxed);
-        inserted?;
-        *head = Head { seq: record.seq, hash: record.hash.clone() };
-        self.writer.post(head.clone());
-        Ok(record)
+    /// Hands `event` to the writer thread, which numbers it, chains it and commits it with
+    /// the others queued (one transaction), within [`COMMIT_INTERVAL`]; nothing here waits
+    /// for the database. Records keep the order of their appends.
+    pub fn append(&self, event: Event) {
+        let mut q = self.shared.lock();
+        q.events.push(event);
+        q.appended += 1;
+        if q.idle {
+            self.shared.changed.notify_all();
+        }
+    }
+
+    /// The last record committed (after [`AuditLog::sync`]: the last appended that could
+    /// be written).
+    fn head(&self) -> Head {
+        self.shared.lock().head.clone()
     }
 
     /// Walks the whole chain and reports the first problem. `db` is called once per batch
     /// of records, so appends go on while a long log is verified.
     pub fn verify<C: Deref<Target = Connection>>(&self, db: impl Fn() -> C) -> Result<AuditVerification, AuditError> {
-        let held = self.head().clone();
-        self.writer.flush_to(held.seq);
+        self.flush();
+        let held = self.head();
         let anchor = read_anchor(&self.anchor);
         let anchored = anchor.as_ref().ok().and_then(Option::as_ref);
         let mut walk = Walk { expected: 1, prev: GENESIS.to_owned(), checked: 0, last: None };
@@ -738,6 +858,17 @@ impl AuditLog {
             anchor_seq: anchored.map(|a| a.seq),
             problem,
         })
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        if let Some(thread) = self.thread.take() {
+            // It commits what is queued and anchors it before it stops.
+            let _ = thread.join();
+        }
     }
 }
 
@@ -885,9 +1016,14 @@ mod tests {
                 peer: (i == 2).then(|| "peer-1".to_owned()),
                 key_id: (i % 2 == 1).then(|| format!("k{i}")),
             };
-            let record = self.log.append(|| &self.conn, &event).unwrap();
+            self.log.append(event);
             self.log.flush();
-            record
+            self.last()
+        }
+
+        /// The last record in the table.
+        fn last(&self) -> AuditRecord {
+            list(&self.conn, None, 1).unwrap().remove(0)
         }
 
         fn fill(&self, n: u64) {
@@ -912,32 +1048,75 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_append_commits_without_fsync_and_leaves_the_connection_at_synchronous_full() {
-        let f = Fixture::new();
-        let level = |c: &Connection| c.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0)).unwrap();
-        assert_eq!(level(&f.conn), 2, "db.rs opens with FULL");
-        f.append(1);
-        assert_eq!(level(&f.conn), 2, "FULL again after the append");
-        // The WAL the anchor writer syncs is the database's.
-        assert!(f.dir.path().join("t.db-wal").exists());
-        // A failed insert restores it too.
-        f.sql("DROP TABLE audit");
-        let event = Event {
+    fn event(target: &str) -> Event {
+        Event {
             time_ms: T0,
             agent: OWNER.into(),
             operation: Operation::Read,
-            target: "/x".into(),
+            target: target.into(),
             outcome: "ok".into(),
             upstream_status: None,
             bytes: 0,
             duration_ms: 0,
             peer: None,
             key_id: None,
-        };
-        assert!(f.log.append(|| &f.conn, &event).is_err());
+        }
+    }
+
+    #[test]
+    fn the_writer_commits_in_order_and_its_last_result_is_the_refusing_state() {
+        let f = Fixture::new();
+        let level = |c: &Connection| c.pragma_query_value(None, "synchronous", |r| r.get::<_, i64>(0)).unwrap();
+        // Many appends at once: committed in batches, numbered and chained in append order.
+        for i in 0..300 {
+            f.log.append(event(&format!("/a/{i}")));
+        }
+        f.log.sync();
+        let records = list(&f.conn, None, 1000).unwrap();
+        assert_eq!(records.len(), 300);
+        for (i, r) in records.iter().enumerate() {
+            assert_eq!((r.seq, r.target.as_str()), (i as u64 + 1, format!("/a/{i}").as_str()));
+        }
+        assert_eq!(level(&f.conn), 2, "the caller's connection keeps synchronous=FULL");
+        assert!(f.dir.path().join("t.db-wal").exists(), "the WAL the writer syncs is the database's");
+        assert!(!f.log.is_failing());
+        f.log.flush();
+        assert!(f.verify().ok);
+
+        // Inserts fail: the refusing state is on once the writer has tried.
+        f.sql("CREATE TRIGGER full BEFORE INSERT ON audit BEGIN SELECT RAISE(FAIL, 'disk full'); END;");
+        f.log.append(event("/lost"));
+        f.log.sync();
         assert!(f.log.is_failing());
-        assert_eq!(level(&f.conn), 2);
+        // A batch with a record the trigger refuses and others it accepts: the others are
+        // written, chained without the refused one, and the state follows the last.
+        f.sql(
+            "DROP TRIGGER full; CREATE TRIGGER full BEFORE INSERT ON audit WHEN NEW.target = '/bad' \
+             BEGIN SELECT RAISE(FAIL, 'no'); END;",
+        );
+        {
+            // Queue all three before the writer can take any (it waits on this lock).
+            let mut q = f.log.shared.lock();
+            for target in ["/b1", "/bad", "/b2"] {
+                q.events.push(event(target));
+                q.appended += 1;
+            }
+            f.log.shared.changed.notify_all();
+        }
+        f.log.sync();
+        assert!(!f.log.is_failing());
+        let tail: Vec<_> = list(&f.conn, Some(300), 10).unwrap().into_iter().map(|r| (r.seq, r.target)).collect();
+        assert_eq!(tail, vec![(301, "/b1".to_owned()), (302, "/b2".to_owned())]);
+        f.log.append(event("/bad"));
+        f.log.sync();
+        assert!(f.log.is_failing());
+        f.sql("DROP TRIGGER full");
+        f.log.append(event("/ok"));
+        f.log.sync();
+        assert!(!f.log.is_failing());
+        f.log.flush();
+        assert!(f.verify().ok, "{:?}", f.verify());
+        assert_eq!(f.verify().records, 303);
     }
 
     #[test]
@@ -1125,31 +1304,19 @@ mod tests {
     #[test]
     fn the_anchor_follows_the_head_off_the_append_path() {
         let f = Fixture::new();
-        let event = Event {
-            time_ms: 0,
-            agent: OWNER.into(),
-            operation: Operation::Stat,
-            target: "/a".into(),
-            outcome: "ok".into(),
-            upstream_status: None,
-            bytes: 0,
-            duration_ms: 0,
-            peer: None,
-            key_id: None,
-        };
-        let mut last = None;
-        for _ in 0..50 {
-            last = Some(f.log.append(|| &f.conn, &event).unwrap());
+        for i in 0..50 {
+            f.log.append(event(&format!("/a/{i}")));
         }
         f.log.flush();
-        let last = last.unwrap();
+        let last = f.last();
         let anchor = read_anchor(f.log.anchor_path()).unwrap().unwrap();
         assert_eq!(anchor, Head { seq: 50, hash: last.hash });
-        // Dropping the log writes what is pending too.
-        f.log.append(|| &f.conn, &event).unwrap();
-        let Fixture { dir, conn: _conn, log } = f;
+        // Dropping the log commits and anchors what is queued too.
+        f.log.append(event("/a/50"));
+        let Fixture { dir, conn, log } = f;
         drop(log);
         assert_eq!(read_anchor(&dir.path().join(ANCHOR_FILE)).unwrap().unwrap().seq, 51);
+        assert_eq!(list(&conn, None, 1).unwrap()[0].seq, 51);
     }
 
     #[test]
@@ -1184,9 +1351,10 @@ mod tests {
             peer: None,
             key_id: None,
         };
-        f.log.append(|| &f.conn, &event).unwrap();
-        let long = Event { target: "é".repeat(MAX_TEXT), ..event };
-        f.log.append(|| &f.conn, &long).unwrap();
+        let long = Event { target: "é".repeat(MAX_TEXT), ..event.clone() };
+        f.log.append(event);
+        f.log.append(long);
+        f.log.sync();
         let records = list(&f.conn, None, 10).unwrap();
         assert_eq!(records[0].target, nasty);
         assert!(records[1].target.len() <= MAX_TEXT && records[1].target.chars().all(|c| c == 'é'));

@@ -98,6 +98,9 @@ impl Gateway {
         let private_hosts = crate::ssrf::PrivateHosts::default();
         let registry = Registry::load(&conn, private_hosts.clone())?;
         let audit = AuditLog::open(&conn, paths.data_dir.join(crate::audit::ANCHOR_FILE), Box::new(SystemClock))?;
+        // The WAL is checkpointed by the audit's writer thread (its connection commits nearly
+        // every write), never inside a commit on this connection, whose mutex requests take.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(crate::db::DbError::from)?;
         let upstream = Upstream::new(config.upstream.clone(), private_hosts)?;
         let auth = Authority::open(&paths.data_dir, &conn)?;
         let identity = crate::federation::identity::settle(

@@ -111,6 +111,11 @@ fn an_upstream_echoing_the_credential_never_gets_it_out() {
     for path in ["/pets.test/pets", "/pets.test/pets.d/1"] {
         let answer = http(n.tcp_addr(), "GET", &format!("/v1/fs/read?path={path}"), &[("authorization", &auth)], b"");
         assert!(answer.text().contains(MARKER), "{path}: {}", answer.text());
+        if answer.status == 200 {
+            // A small body is answered whole, with the masked body's own length.
+            let length = answer.headers.get("content-length");
+            assert_eq!(length, Some(&answer.body.len().to_string()), "{path}: {:?}", answer.headers);
+        }
         outputs.push((format!("tcp read {path} (HTTP {})", answer.status), answer.body));
     }
     let answer = http(n.tcp_addr(), "POST", "/v1/fs/write?path=/pets.test/pets", &[("authorization", &auth)], b"{}");

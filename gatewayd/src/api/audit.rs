@@ -35,7 +35,15 @@ pub async fn list(
 ) -> Result<Json<AuditRecords>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("gatewayd: {e}")))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
-    let records = crate::audit::list(&gw.db(), q.after, limit).map_err(internal)?;
+    // Records are committed by the audit's writer thread: wait for those appended so far, so
+    // a reader sees every operation that finished before it asked.
+    let records = tokio::task::spawn_blocking(move || {
+        gw.audit.sync();
+        crate::audit::list(&gw.db(), q.after, limit)
+    })
+    .await
+    .map_err(internal)?
+    .map_err(internal)?;
     Ok(Json(AuditRecords { records }))
 }
 
@@ -87,8 +95,14 @@ impl Pending {
 
     /// Refuses the operation while the audit log cannot be written (fail closed): nothing
     /// reaches an upstream unless its record can be kept. The refusal's own record, once it
-    /// can be written again, lifts the state.
+    /// can be written again, lifts the state. The state follows the audit writer's last
+    /// result; while it says failing, the records queued so far are waited for first (a
+    /// short, synchronous wait, only in that state), so a record that was written again
+    /// lifts the state for the operations that follow it.
     pub fn admit(&mut self) -> Result<(), ApiError> {
+        if self.gw.audit.is_failing() {
+            self.gw.audit.sync();
+        }
         if self.gw.audit.is_failing() {
             return self.check(Err(ApiError::new(
                 ErrorCode::Internal,
@@ -180,6 +194,11 @@ impl Pending {
         self.outcome = Some(Ok(()));
     }
 
+    /// The upstream answered with `status` (for an answer sent back whole).
+    pub fn upstream_status(&mut self, status: u16) {
+        self.upstream_status = Some(status);
+    }
+
     /// Records a success whose whole body (`len` bytes) is being sent back.
     pub fn sent(mut self, len: usize) {
         self.sent = len as u64;
@@ -223,9 +242,9 @@ impl Drop for Pending {
             peer: self.peer.take(),
             key_id: self.key_id.take(),
         };
-        if let Err(e) = self.gw.audit.append(|| self.gw.db(), &event) {
-            tracing::error!(error = %e, operation = event.operation.as_str(), "the audit record was not written");
-        }
+        // Committed by the audit's writer thread; a record that cannot be written is logged
+        // there and turns on the refusing state (see `admit`).
+        self.gw.audit.append(event);
     }
 }
 

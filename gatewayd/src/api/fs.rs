@@ -99,25 +99,83 @@ pub async fn read(
     };
     let resp = match ops::read(&gw, &who, &path, validators).await {
         Ok(ops::Output::Upstream(resp)) => resp,
-        Ok(whole @ ops::Output::Whole { .. }) => return Ok(respond(&gw, whole, audit)),
+        Ok(whole @ ops::Output::Whole { .. }) => return Ok(respond(&gw, whole, audit).await),
         Err(e) => {
             tracing::info!(path = %path, error = %e, "read failed");
             return Err(audit.fail(e));
         }
     };
     tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
-    Ok(stream_response(&gw, resp, audit))
+    Ok(answer(&gw, resp, audit).await)
 }
 
 /// The response to a completed operation; `audit` records it once its body is sent.
-fn respond(gw: &Gateway, out: ops::Output, audit: Pending) -> Response {
+async fn respond(gw: &Gateway, out: ops::Output, audit: Pending) -> Response {
     match out {
-        ops::Output::Upstream(resp) => stream_response(gw, resp, audit),
+        ops::Output::Upstream(resp) => answer(gw, resp, audit).await,
         ops::Output::Whole { body, content_type } => {
             audit.sent(body.len());
             ([(CONTENT_TYPE, content_type)], body).into_response()
         }
     }
+}
+
+/// Upstream bodies announced (`Content-Length`) at most this long are read whole and
+/// answered in one piece with their length, instead of streamed: one buffer instead of a
+/// chunked stream through the masker and the audit meter, and a length even when a
+/// credential was sent (masking may change it, but the masked body is known before the
+/// answer starts). A body that fails part way then fails the whole read (`upstream_failed`).
+pub const WHOLE_BODY_MAX: u64 = 64 * 1024;
+
+/// Passes an upstream response on (see [`stream_response`]): small bodies whole
+/// ([`WHOLE_BODY_MAX`]), others streamed.
+async fn answer(gw: &Gateway, resp: crate::upstream::Answer, mut audit: Pending) -> Response {
+    if let Some(peer) = resp.peer() {
+        audit.peer(peer);
+    }
+    let status = resp.status().as_u16();
+    let limit = gw.upstream.config().max_body_bytes;
+    if status == 304 || resp.announced_len().is_none_or(|n| n > WHOLE_BODY_MAX) {
+        return stream_response(gw, resp, audit);
+    }
+    let mut builder = Response::builder().status(200).header(UPSTREAM_STATUS, status);
+    for name in [ETAG, LAST_MODIFIED] {
+        if let Some(v) = resp.validator(&name) {
+            builder = builder.header(name, v);
+        }
+    }
+    if let Some(ct) = resp.content_type() {
+        builder = builder.header(CONTENT_TYPE, ct);
+    }
+    audit.upstream_status(status);
+    let body = match resp.bytes().await {
+        Ok(body) if body.len() as u64 > limit => {
+            tracing::warn!(limit, "read: the masked upstream body is over upstream.max_body_bytes");
+            let message = format!("gatewayd: upstream body over the limit of {limit} bytes (upstream.max_body_bytes)");
+            return failed(audit, status, ApiError::new(agentfs::wire::ErrorCode::TooLarge, message));
+        }
+        Ok(body) => body,
+        Err(e) => {
+            let message = format!("gatewayd: the upstream body failed part way: {}", e.without_url());
+            return failed(audit, status, ApiError::new(agentfs::wire::ErrorCode::UpstreamFailed, message));
+        }
+    };
+    audit.sent(body.len());
+    builder
+        .header(CONTENT_LENGTH, body.len())
+        .body(Body::from(body))
+        .unwrap_or_else(|e| ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")).into_response())
+}
+
+/// The answer to a body that failed after the upstream answered `status`: the error, and
+/// the record with its code and that status.
+fn failed(mut audit: Pending, status: u16, e: ApiError) -> Response {
+    let e = match audit.check(Err::<(), _>(e)) {
+        Err(e) => e,
+        Ok(()) => ApiError::new(agentfs::wire::ErrorCode::Internal, "gatewayd: unreachable"),
+    };
+    audit.upstream_status(status);
+    e.into_response()
 }
 
 /// The header that carries the upstream's status on a successful write or delete.
@@ -127,10 +185,7 @@ pub const UPSTREAM_STATUS: &str = "x-nkmc-upstream-status";
 /// it, its validators (`ETag`, `Last-Modified`), and its body streamed (cut off with an
 /// error past `upstream.max_body_bytes`). An upstream `304 Not Modified` (to a conditional
 /// read) is passed on as `304` with no body.
-fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, mut audit: Pending) -> Response {
-    if let Some(peer) = resp.peer() {
-        audit.peer(peer);
-    }
+fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, audit: Pending) -> Response {
     let status = resp.status().as_u16();
     let ours = if status == 304 { 304 } else { 200 };
     let mut builder = Response::builder().status(ours).header(UPSTREAM_STATUS, status);
@@ -194,7 +249,7 @@ pub async fn write(
             .await
             .inspect_err(|e| tracing::info!(path = %path, error = %e, "write failed")),
     )?;
-    Ok(respond(&gw, resp, audit))
+    Ok(respond(&gw, resp, audit).await)
 }
 
 /// `rm FILE`.
@@ -210,7 +265,7 @@ pub async fn delete(
     let resp = audit.check(
         ops::delete(&gw, &who, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "delete failed")),
     )?;
-    Ok(respond(&gw, resp, audit))
+    Ok(respond(&gw, resp, audit).await)
 }
 
 /// `POST /v1/fs/grep`: `grep -r` under a path, with the caller's rights.

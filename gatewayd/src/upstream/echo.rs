@@ -12,6 +12,8 @@
 //! A masked body may be shorter or longer than the upstream announced, so its length is
 //! only passed on when nothing can be masked (no credential was sent).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -32,6 +34,38 @@ pub fn patterns(credential: Option<&Secret>) -> Option<Patterns> {
         }
     }
     Some(Patterns::new(secrets))
+}
+
+/// How many credentials' patterns are kept (see [`shared_patterns`]).
+const KEPT_PATTERNS: usize = 32;
+
+/// Patterns built for recently sent credentials, by the SHA-256 of the credential (the
+/// patterns hold its forms anyway; the digest adds nothing to what memory holds).
+static KEPT: std::sync::Mutex<Vec<([u8; 32], Arc<Patterns>)>> = std::sync::Mutex::new(Vec::new());
+
+/// [`patterns`], built once per credential: building them (every encoding at every
+/// alignment, one searcher each) cost more than the rest of a small read. The most recent
+/// [`KEPT_PATTERNS`] credentials' are kept; a credential that changes is another digest.
+pub fn shared_patterns(credential: Option<&Secret>) -> Option<Arc<Patterns>> {
+    use sha2::Digest;
+    let value = credential?.expose();
+    if value.is_empty() {
+        return None;
+    }
+    let digest: [u8; 32] = sha2::Sha256::digest(value.as_bytes()).into();
+    let kept = |k: &mut Vec<([u8; 32], Arc<Patterns>)>| k.iter().find(|(d, _)| *d == digest).map(|(_, p)| p.clone());
+    if let Some(p) = kept(&mut KEPT.lock().unwrap_or_else(|p| p.into_inner())) {
+        return Some(p);
+    }
+    let built = Arc::new(patterns(credential)?);
+    let mut k = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    if kept(&mut k).is_none() {
+        if k.len() >= KEPT_PATTERNS {
+            k.remove(0);
+        }
+        k.push((digest, built.clone()));
+    }
+    Some(built)
 }
 
 /// `bytes` as text with every form of `credential` masked.
@@ -63,8 +97,8 @@ pub fn masked_excerpt(bytes: &[u8], limit: usize, credential: Option<&Secret>) -
 #[derive(Debug)]
 pub struct Answer {
     resp: reqwest::Response,
-    /// Boxed: the patterns' lookup table would make every [`Answer`] large.
-    patterns: Option<Box<Patterns>>,
+    /// Shared: built once per credential ([`shared_patterns`]).
+    patterns: Option<Arc<Patterns>>,
     /// The peer that made the call, when a lender served it (for the audit's `peer`).
     peer: Option<Box<str>>,
 }
@@ -72,7 +106,7 @@ pub struct Answer {
 impl Answer {
     /// Wraps `resp`, the answer to a request that carried `credential`.
     pub fn new(resp: reqwest::Response, credential: Option<&Secret>) -> Self {
-        Answer { resp, patterns: patterns(credential).map(Box::new), peer: None }
+        Answer { resp, patterns: shared_patterns(credential), peer: None }
     }
 
     /// Marks the answer as made by `peer` (a federation lender).
@@ -140,7 +174,7 @@ impl Answer {
     /// The body as it arrives, masked chunk by chunk (a credential split between chunks is
     /// still masked; the masker holds back at most one pattern's length).
     pub fn bytes_stream(self) -> futures_util::stream::BoxStream<'static, Result<Bytes, reqwest::Error>> {
-        let masker = self.patterns.map(|p| Masker::new(*p));
+        let masker = self.patterns.map(|p| Masker::new(Arc::unwrap_or_clone(p)));
         let chunks = self.resp.bytes_stream();
         futures_util::stream::unfold(Some((chunks, masker)), |state| async move {
             let (mut chunks, mut masker) = state?;
@@ -186,6 +220,19 @@ mod tests {
         assert!(!out.contains("CANA"), "{out}");
         assert_eq!(masked_excerpt(b"no secret here", 4, Some(&key)), "no s");
         assert_eq!(masked_excerpt(b"no credential", 100, None), "no credential");
+    }
+
+    #[test]
+    fn patterns_are_built_once_per_credential() {
+        let a = Secret::new("CANARY_shared_patterns_1".into());
+        let b = Secret::new("CANARY_shared_patterns_2".into());
+        let pa = shared_patterns(Some(&a)).unwrap();
+        assert!(Arc::ptr_eq(&pa, &shared_patterns(Some(&a)).unwrap()), "kept");
+        let pb = shared_patterns(Some(&b)).unwrap();
+        assert!(!Arc::ptr_eq(&pa, &pb), "another credential, other patterns");
+        assert_eq!(String::from_utf8_lossy(&mask_all(&pb, b"x CANARY_shared_patterns_2 y")), "x [masked by nkmc] y");
+        assert_eq!(String::from_utf8_lossy(&mask_all(&pa, b"CANARY_shared_patterns_2")), "CANARY_shared_patterns_2");
+        assert!(shared_patterns(None).is_none() && shared_patterns(Some(&Secret::new(String::new()))).is_none());
     }
 
     #[test]
