@@ -86,7 +86,8 @@ async fn call_with(
         Ok(_) => "online",
         Err(_) => "unreachable",
     };
-    let _ = peers::set_status(&gw.db(), peer_id, status, gw.audit.now_ms());
+    let now_ms = gw.audit.now_ms();
+    gw.federation.statuses.note(|| peers::set_status(&gw.db(), peer_id, status, now_ms), peer_id, status);
     Ok(answer?)
 }
 

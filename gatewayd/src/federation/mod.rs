@@ -66,6 +66,8 @@ pub struct Federation {
     /// One heartbeat to the coordinator at a time, so a later one (with a newer public URL)
     /// is never overtaken by an earlier one.
     pub heartbeat: tokio::sync::Mutex<()>,
+    /// Each peer's status as last written.
+    pub statuses: peers::StatusBook,
     /// How fast each peer answers.
     pub latency: latency::Latency,
     /// Payments being served and money being paid (x402).
@@ -84,6 +86,7 @@ impl Federation {
             nonces: sign::NonceCache::default(),
             rates: rules::RateLimiter::default(),
             heartbeat: tokio::sync::Mutex::new(()),
+            statuses: peers::StatusBook::default(),
             latency: latency::Latency::default(),
             payments: crate::payments::Payments::default(),
         })

@@ -135,6 +135,36 @@ pub fn set_status(conn: &Connection, id: &str, status: &str, now_ms: i64) -> Res
     Ok(())
 }
 
+/// How often an unchanged status is written again (for `last seen`).
+const STATUS_REFRESH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The status last written per peer, so a call writes the peers table (a durable commit)
+/// only when a peer's status changes or its `last seen` is older than [`STATUS_REFRESH`],
+/// not on every call.
+#[derive(Debug, Default)]
+pub struct StatusBook {
+    written: std::sync::Mutex<std::collections::HashMap<String, (&'static str, std::time::Instant)>>,
+}
+
+impl StatusBook {
+    /// Records that `id` answered with `status` at `now`; writes the table when needed.
+    pub fn note(&self, conn: impl FnOnce() -> Result<(), PeerError>, id: &str, status: &'static str) {
+        let now = std::time::Instant::now();
+        {
+            let mut written = self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((s, at)) = written.get(id) {
+                if *s == status && now.duration_since(*at) < STATUS_REFRESH {
+                    return;
+                }
+            }
+            written.insert(id.to_owned(), (status, now));
+        }
+        if let Err(e) = conn() {
+            tracing::warn!(peer = id, error = %e, "federation: a peer's status was not recorded");
+        }
+    }
+}
+
 /// The peers advertising `domain`, by id.
 pub fn lenders_of(conn: &Connection, domain: &str) -> Result<Vec<Peer>, PeerError> {
     Ok(list(conn)?.into_iter().filter(|p| p.domains.iter().any(|d| d == domain)).collect())
