@@ -198,15 +198,26 @@ impl Filesystem for NkmcFuse {
         let fs = self.fs.clone();
         let rt = self.rt.clone();
         self.rt.spawn(async move {
-            match fs.open(ino.0, access, direct).await {
-                Ok(opened) => {
+            // A large body is answered as soon as it starts to arrive (reads then wait only
+            // for their own bytes); the open's result is then only the end of its stream.
+            let mut reply = Some(reply);
+            let mut early = |opened: crate::fs::Opened| {
+                if let Some(reply) = reply.take() {
+                    reply_opened(&notifier, ino, opened, access, reply);
+                }
+            };
+            let result = fs.open(ino.0, access, direct, Some(&mut early)).await;
+            match (result, reply.take()) {
+                (Ok(opened), Some(reply)) => {
                     reply_opened(&notifier, ino, opened, access, reply);
                     prefetch_after(&fs, &rt, ino, access);
                 }
-                Err(e) => {
+                (Err(e), Some(reply)) => {
                     tracing::debug!(ino = ino.0, error = %e, "open");
                     reply.error(errno(&e))
                 }
+                (Ok(_), None) => {}
+                (Err(e), None) => tracing::debug!(ino = ino.0, error = %e, "a body being read broke off"),
             }
         });
     }
@@ -224,6 +235,17 @@ impl Filesystem for NkmcFuse {
     ) {
         match self.fs.read(fh.0, offset, size) {
             Ok(bytes) => reply.data(&bytes),
+            // A body still arriving: wait for these bytes off the FUSE thread.
+            Err(FsError::Spilled(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let fs = self.fs.clone();
+                self.rt.spawn(async move {
+                    fs.wait_readable(fh.0, offset, size).await;
+                    match fs.read(fh.0, offset, size) {
+                        Ok(bytes) => reply.data(&bytes),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                });
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -418,7 +440,8 @@ impl Filesystem for NkmcFuse {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let listed = self.fs.readdir(fh.0, offset, |next, e| reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name));
+        let listed =
+            self.fs.readdir(fh.0, offset, |next, e| reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name));
         match listed {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),

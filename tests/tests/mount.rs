@@ -522,3 +522,105 @@ fn a_sequential_reader_gets_the_next_files_prefetched_within_its_rights() {
     assert_eq!(items(before), ["/v1/pets/p0", "/v1/pets/p1", "/v1/pets/p5"], "nothing the token may not read");
     n.ok(&["umount", view.to_str().unwrap()]);
 }
+
+/// A raw HTTP/1.1 upstream for `/v1/big` of `len` bytes (content-length announced): the
+/// first request sends `first` bytes, waits for `gate`, then the rest; later requests send
+/// `first` bytes and close the connection (a body cut off).
+fn gated_upstream(body: Arc<Vec<u8>>, first: usize, gate: std::sync::mpsc::Receiver<()>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let gate = Arc::new(Mutex::new(Some(gate)));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (body, gate) = (body.clone(), gate.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                loop {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    out.write_all(head.as_bytes()).unwrap();
+                    out.write_all(&body[..first]).unwrap();
+                    out.flush().unwrap();
+                    let held = gate.lock().unwrap().take();
+                    match held {
+                        Some(gate) => {
+                            let _ = gate.recv();
+                            if out.write_all(&body[first..]).is_err() {
+                                return;
+                            }
+                        }
+                        None => return, // cut off: the connection closes mid-body
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_large_body_is_read_while_it_arrives_and_a_cut_one_fails() {
+    if !fuse_available() {
+        return;
+    }
+    use std::io::Read;
+    const LEN: usize = 24 * 1024 * 1024;
+    const FIRST: usize = 2 * 1024 * 1024;
+    let body = Arc::new(big_body(LEN));
+    let (release, gate) = std::sync::mpsc::channel();
+    let url = gated_upstream(body.clone(), FIRST, gate);
+    let n = Nkmc::new("");
+    n.up();
+    let spec = n.dir.path().join("shop.yaml");
+    std::fs::write(&spec, SPEC).unwrap();
+    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--base-url", &url, "--domain", "shop.test"]);
+    let m = Mountd::start(&n, "stream", &["--no-cache"]);
+    let file = m.dir.join("shop.test/big");
+
+    // The first bytes read while the upstream still holds the rest back: the open does not
+    // wait for the whole body, and the size is the announced one.
+    let (got, first_read) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn({
+        let file = file.clone();
+        move || {
+            let mut f = std::fs::File::open(&file).unwrap();
+            let size = f.metadata().unwrap().len();
+            let mut start = vec![0u8; 1024 * 1024];
+            f.read_exact(&mut start).unwrap();
+            got.send((size, start)).unwrap();
+            let mut rest = Vec::new();
+            f.read_to_end(&mut rest).unwrap();
+            rest
+        }
+    });
+    let (size, start) =
+        first_read.recv_timeout(Duration::from_secs(30)).expect("the first MiB while the rest is held back");
+    assert_eq!(size, LEN as u64);
+    assert_eq!(start, body[..start.len()]);
+    release.send(()).unwrap();
+    let rest = reader.join().unwrap();
+    assert_eq!(rest.len(), LEN - 1024 * 1024);
+    assert!(rest == body[1024 * 1024..], "the rest, byte for byte");
+
+    // A body cut off mid-way: what arrived reads, the read past it fails with EIO.
+    let mut f = std::fs::File::open(&file).unwrap();
+    let mut all = Vec::new();
+    let err = f.read_to_end(&mut all).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(all.len() < LEN);
+}

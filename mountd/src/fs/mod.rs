@@ -20,7 +20,7 @@ use hyper::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use hyper::{Method, StatusCode};
 use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
-use body::{Collector, Content};
+use body::{Collector, Content, Growing};
 use cache::{Lookup, Validators};
 
 pub use error::FsError;
@@ -114,6 +114,10 @@ struct Sequence {
     /// Entries before this index have been prefetched (or were being read anyway).
     upto: usize,
 }
+
+/// Told a body as soon as it starts to arrive (a large body of announced length, served while
+/// it streams in), before the fetch ends.
+pub type OnArrival<'a> = &'a mut (dyn FnMut(Content) + Send);
 
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,7 +327,15 @@ impl Fs {
     /// GETs a file's body through gatewayd, streamed into memory or a temporary file;
     /// with `stale` validators, a conditional GET that may answer [`Fetched::NotModified`].
     /// `record`: the answer goes to `.nkmc/last` (not for prefetch, which no caller asked for).
-    async fn fetch(&self, path: &str, stale: Option<&Validators>, record: bool) -> Result<Fetched, FsError> {
+    /// `arriving`: a body announced larger than `--spill-bytes` is handed to it as soon as its
+    /// first bytes are in, and then streams into its temporary file while readers read.
+    async fn fetch(
+        &self,
+        path: &str,
+        stale: Option<&Validators>,
+        record: bool,
+        arriving: Option<OnArrival<'_>>,
+    ) -> Result<Fetched, FsError> {
         let _slot = self.permit().await;
         let mut extra = Vec::new();
         if let Some(v) = stale {
@@ -352,6 +364,40 @@ impl Fs {
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let large = expected.filter(|len| *len > self.limits.spill_bytes as u64);
+        if let (Some(len), Some(arriving)) = (large, arriving) {
+            let growing = Growing::new(len)?;
+            let content = Content::Growing(growing.clone());
+            let mut at = 0u64;
+            let mut record_first = record;
+            loop {
+                let chunk = match answer.chunk().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(e) => {
+                        growing.fail();
+                        return Err(e.into());
+                    }
+                };
+                growing.append(at, &chunk).map_err(FsError::Spilled)?;
+                at += chunk.len() as u64;
+                if record_first {
+                    record_first = false;
+                    let start = &chunk[..chunk.len().min(control::MAX_BODY)];
+                    self.control.ok_parts("READ", path, &answer.headers, start);
+                    arriving(content.clone());
+                }
+            }
+            if !growing.end() {
+                return Err(FsError::Spilled(std::io::Error::other(format!(
+                    "the body ended after {at} of its announced {len} bytes"
+                ))));
+            }
+            if record_first {
+                arriving(content.clone());
+            }
+            return Ok(Fetched::Body { content, validators });
+        }
         let mut collector = Collector::with_expected(self.limits.spill_bytes, expected)?;
         while let Some(chunk) = answer.chunk().await? {
             collector.push(&chunk)?;
@@ -366,7 +412,12 @@ impl Fs {
 
     /// The body a reader gets: from the cache while fresh, revalidated when stale with a
     /// validator, else fetched. Returns it and whether the kernel may keep its pages.
-    async fn body_for_reading(&self, path: &str, direct: bool) -> Result<(Content, bool), FsError> {
+    async fn body_for_reading(
+        &self,
+        path: &str,
+        direct: bool,
+        arriving: Option<OnArrival<'_>>,
+    ) -> Result<(Content, bool), FsError> {
         if !direct {
             self.prefetched(path).await;
         }
@@ -376,11 +427,11 @@ impl Fs {
             Lookup::Stale(v) => Some(v),
             Lookup::Missing => None,
         };
-        match self.fetch(path, stale.as_ref(), true).await? {
+        match self.fetch(path, stale.as_ref(), true, arriving).await? {
             Fetched::NotModified => match self.cache.revalidated(path) {
                 Some(served) => Ok((served.body, served.keep_kernel_cache)),
                 // Evicted meanwhile: ask again without validators.
-                None => match self.fetch(path, None, true).await? {
+                None => match self.fetch(path, None, true, None).await? {
                     Fetched::Body { content, validators } => {
                         Ok((self.cache.put(path, content, validators).body, false))
                     }
@@ -445,7 +496,17 @@ impl Fs {
 
     /// `open`: readers fetch the body now, so no file ever reads as empty; a file with no
     /// GET reads as the last response to this mount's write to it.
-    pub async fn open(&self, ino: u64, access: Access, direct: bool) -> Result<Opened, FsError> {
+    ///
+    /// A reader of a large body of announced length is opened as soon as the body starts
+    /// to arrive: `opened_early` is then told the open (the handle reads while the rest
+    /// streams in), and the returned result is only the end of the stream.
+    pub async fn open(
+        &self,
+        ino: u64,
+        access: Access,
+        direct: bool,
+        mut opened_early: Option<&mut (dyn FnMut(Opened) + Send)>,
+    ) -> Result<Opened, FsError> {
         let node = self.path_of(ino)?;
         if node.kind == EntryKind::Dir {
             return Err(FsError::IsADirectory);
@@ -473,7 +534,26 @@ impl Fs {
             Access::ReadWrite if target != node.path => Content::default(),
             Access::Read | Access::ReadWrite => {
                 let direct = direct || access == Access::ReadWrite;
-                match self.body_for_reading(&node.path, direct).await {
+                let stream = access == Access::Read && opened_early.is_some();
+                let mut early: Option<Opened> = None;
+                let mut on_arrival = |content: Content| {
+                    let size_changed = self.inodes().set_size(ino, content.len()) != Some(content.len());
+                    let fh = self.handle();
+                    let (path, target) = (node.path.clone(), target.clone());
+                    self.files().insert(fh, FileHandle { ino, path, target, body: content, write: None });
+                    let opened = Opened { fh, keep_cache: false, size_changed };
+                    early = Some(opened);
+                    if let Some(tell) = opened_early.as_deref_mut() {
+                        tell(opened);
+                    }
+                };
+                let arriving: Option<OnArrival<'_>> = if stream { Some(&mut on_arrival) } else { None };
+                let result = self.body_for_reading(&node.path, direct, arriving).await;
+                if let Some(opened) = early {
+                    // Already answered; the stream's end is all that is left to tell.
+                    return self.noted("READ", &node.path, result.map(|_| opened));
+                }
+                match result {
                     Ok((body, keep)) => {
                         keep_cache = keep;
                         body
@@ -543,6 +623,15 @@ impl Fs {
                 drop(files);
                 body.read_at(offset, size as usize).map_err(FsError::Spilled)
             }
+        }
+    }
+
+    /// Waits until a read of the handle's body at `offset` can be answered (a body still
+    /// arriving); at once otherwise.
+    pub async fn wait_readable(&self, fh: u64, offset: u64, size: u32) {
+        let body = self.files().get(&fh).map(|h| h.body.clone());
+        if let Some(body) = body {
+            body.wait(offset, size as usize).await;
         }
     }
 
@@ -818,8 +907,10 @@ impl Fs {
             tasks.spawn(async move {
                 let _slot = slots.acquire_owned().await;
                 if fs.cache.fresh_len(&path).is_none() {
-                    match fs.fetch(&path, None, false).await {
-                        Ok(Fetched::Body { content, validators }) => fs.cache.put_prefetched(&path, content, validators),
+                    match fs.fetch(&path, None, false, None).await {
+                        Ok(Fetched::Body { content, validators }) => {
+                            fs.cache.put_prefetched(&path, content, validators)
+                        }
                         Ok(Fetched::NotModified) => {}
                         Err(e) => tracing::debug!(path, error = %e, "prefetch"),
                     }
