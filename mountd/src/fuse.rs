@@ -19,6 +19,8 @@ use crate::fs::{Access, Fs, FsError, Inode};
 
 /// How long the kernel may trust a name → inode answer.
 const ENTRY_TTL: Duration = Duration::from_secs(1);
+/// The most the kernel may trust names and attributes answered from a cached listing.
+const MAX_LISTED_TTL: Duration = Duration::from_secs(60);
 /// How long the kernel may trust attributes without asking (`stat`, `ls -l`, and reads that
 /// reach the end of a file ask nothing within it). A size that changes is always learnt on
 /// an open, and that open tells the kernel to drop the attributes it holds before it
@@ -31,13 +33,26 @@ pub struct NkmcFuse {
     rt: Handle,
     attrs: AttrMaker,
     notifier: Arc<OnceLock<Notifier>>,
+    /// How long the kernel may trust names and attributes answered from a cached listing:
+    /// the cache TTL (mountd would answer the same from the listing meanwhile), at least
+    /// [`ENTRY_TTL`], at most [`MAX_LISTED_TTL`].
+    listed_ttl: Duration,
 }
 
 impl NkmcFuse {
     /// Serves `fs`, running async work on `rt`; files belong to `uid`:`gid`. `notifier` is
     /// set once the session runs, to tell the kernel when attributes it caches go stale.
-    pub fn new(fs: Arc<Fs>, rt: Handle, uid: u32, gid: u32, notifier: Arc<OnceLock<Notifier>>) -> Self {
-        NkmcFuse { fs, rt, attrs: AttrMaker { uid, gid, started: SystemTime::now() }, notifier }
+    /// Names from a listing cached for `cache_ttl` are trusted as long (within bounds).
+    pub fn new(
+        fs: Arc<Fs>,
+        rt: Handle,
+        uid: u32,
+        gid: u32,
+        notifier: Arc<OnceLock<Notifier>>,
+        cache_ttl: Duration,
+    ) -> Self {
+        let listed_ttl = cache_ttl.clamp(ENTRY_TTL, MAX_LISTED_TTL);
+        NkmcFuse { fs, rt, attrs: AttrMaker { uid, gid, started: SystemTime::now() }, notifier, listed_ttl }
     }
 }
 
@@ -155,7 +170,8 @@ impl Filesystem for NkmcFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if let Some((ino, node)) = self.fs.lookup_cached(parent.0, name) {
-            return reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &self.attrs.make(ino, &node), Generation(0));
+            let ttl = self.listed_ttl;
+            return reply.entry_with_ttls(&ttl, &ttl, &self.attrs.make(ino, &node), Generation(0));
         }
         let fs = self.fs.clone();
         let name = name.to_owned();
@@ -448,14 +464,16 @@ impl Filesystem for NkmcFuse {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, _req: &Request, dir: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        // The root's listing is never cached (services come and go): its names for 1 s.
+        let listed_ttl = if dir.0 == crate::fs::ROOT { ENTRY_TTL } else { self.listed_ttl };
         let listed = self.fs.readdir(fh.0, offset, |next, e| {
             // A listed entry enters the inode table (the kernel counts it as a lookup) and is
             // trusted for the entry TTL (an open that learns another size invalidates it).
             // `.`, `..` and the control entries are the nodes themselves, whose sizes change:
             // not cached at all.
             let (ino, node, taken, ttl) = match self.fs.plus(&e) {
-                Some((ino, node)) => (ino, node, true, ENTRY_TTL),
+                Some((ino, node)) => (ino, node, true, listed_ttl),
                 None => match self.fs.getattr(e.ino, None) {
                     Ok(node) => (e.ino, node, false, Duration::ZERO),
                     Err(_) => return false,

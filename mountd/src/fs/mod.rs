@@ -10,7 +10,7 @@ pub mod inode;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use agentfs::client::{fs_route, GatewayClient};
 use agentfs::path::{Name, PathError};
@@ -173,8 +173,10 @@ pub struct Fs {
     sequences: Mutex<HashMap<String, Sequence>>,
     /// Bodies being prefetched: an open of one waits for it instead of asking again.
     pending: Mutex<HashMap<String, watch::Receiver<bool>>>,
-    /// The listing each directory's kernel cache holds (`FOPEN_CACHE_DIR`).
-    kernel_dirs: Mutex<HashMap<u64, Arc<Listing>>>,
+    /// The listing each directory's kernel cache holds (`FOPEN_CACHE_DIR`); weak, so an
+    /// expired listing's entries are freed (its address stays taken, so it is never
+    /// mistaken for a new one).
+    kernel_dirs: Mutex<HashMap<u64, Weak<Listing>>>,
 }
 
 /// What a read of a file brought back.
@@ -808,8 +810,12 @@ impl Fs {
         let mut keep_cache = false;
         if let Some(listing) = listing.as_ref().filter(|_| cache_dir) {
             let mut kernel = self.kernel_dirs.lock().unwrap_or_else(|p| p.into_inner());
-            keep_cache = kernel.get(&ino).is_some_and(|held| Arc::ptr_eq(held, listing));
-            kernel.insert(ino, listing.clone());
+            let now = Arc::downgrade(listing);
+            keep_cache = kernel.get(&ino).is_some_and(|held| Weak::ptr_eq(held, &now));
+            if kernel.len() > 4096 && !kernel.contains_key(&ino) {
+                kernel.retain(|_, held| held.strong_count() > 0);
+            }
+            kernel.insert(ino, now);
         }
         let fh = self.handle();
         self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, DirHandle { fixed: entries, path, listing });
