@@ -831,17 +831,21 @@ impl Fs {
             (d.fixed.clone(), d.path.clone(), d.listing.clone())
         };
         let from = usize::try_from(offset).unwrap_or(usize::MAX);
+        let n_fixed = fixed.len();
+        for (i, e) in fixed.into_iter().enumerate().skip(from) {
+            if add(i as u64 + 1, e) {
+                return Ok(());
+            }
+        }
         let listed = listing.as_ref().map(|l| l.entries.as_slice()).unwrap_or_default();
-        let all = fixed.into_iter().map(Some).chain(listed.iter().map(|e| {
-            let name = Name::parse(&e.name).ok()?;
+        // Index arithmetic, not an iterator's skip: only the entries handed out are built.
+        for (j, e) in listed.iter().enumerate().skip(from.saturating_sub(n_fixed)) {
+            // A name the path rules refuse is not shown (its offset stays taken).
+            let Ok(name) = Name::parse(&e.name) else { continue };
             let path = child_path(&path, &name);
             let listed = Listed { path: path.clone(), mode: e.mode, size: e.size };
-            Some(DirEntry { ino: listing_ino(&path), kind: e.kind, name: e.name.clone(), listed: Some(listed) })
-        }));
-        for (i, e) in all.enumerate().skip(from) {
-            // A name the path rules refuse is not shown (its offset stays taken).
-            let Some(e) = e else { continue };
-            if add(i as u64 + 1, e) {
+            let entry = DirEntry { ino: listing_ino(&path), kind: e.kind, name: e.name.clone(), listed: Some(listed) };
+            if add((n_fixed + j) as u64 + 1, entry) {
                 break;
             }
         }
