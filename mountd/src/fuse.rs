@@ -19,9 +19,13 @@ use crate::fs::{Access, Fs, FsError, Inode};
 
 /// How long the kernel may trust a name → inode answer.
 const ENTRY_TTL: Duration = Duration::from_secs(1);
-/// Attributes are served from mountd's table without a request, so the kernel need
-/// not cache them: sizes learnt on open show at once.
-const ATTR_TTL: Duration = Duration::ZERO;
+/// The most the kernel may trust names and attributes answered from a cached listing.
+const MAX_LISTED_TTL: Duration = Duration::from_secs(60);
+/// How long the kernel may trust attributes without asking (`stat`, `ls -l`, and reads that
+/// reach the end of a file ask nothing within it). A size that changes is always learnt on
+/// an open, and that open tells the kernel to drop the attributes it holds before it
+/// answers; a write through the mount sets the size the kernel believes itself.
+const ATTR_TTL: Duration = Duration::from_secs(1);
 
 /// The fuser file system.
 pub struct NkmcFuse {
@@ -29,13 +33,26 @@ pub struct NkmcFuse {
     rt: Handle,
     attrs: AttrMaker,
     notifier: Arc<OnceLock<Notifier>>,
+    /// How long the kernel may trust names and attributes answered from a cached listing:
+    /// the cache TTL (mountd would answer the same from the listing meanwhile), at least
+    /// [`ENTRY_TTL`], at most [`MAX_LISTED_TTL`].
+    listed_ttl: Duration,
 }
 
 impl NkmcFuse {
     /// Serves `fs`, running async work on `rt`; files belong to `uid`:`gid`. `notifier` is
     /// set once the session runs, to tell the kernel when attributes it caches go stale.
-    pub fn new(fs: Arc<Fs>, rt: Handle, uid: u32, gid: u32, notifier: Arc<OnceLock<Notifier>>) -> Self {
-        NkmcFuse { fs, rt, attrs: AttrMaker { uid, gid, started: SystemTime::now() }, notifier }
+    /// Names from a listing cached for `cache_ttl` are trusted as long (within bounds).
+    pub fn new(
+        fs: Arc<Fs>,
+        rt: Handle,
+        uid: u32,
+        gid: u32,
+        notifier: Arc<OnceLock<Notifier>>,
+        cache_ttl: Duration,
+    ) -> Self {
+        let listed_ttl = cache_ttl.clamp(ENTRY_TTL, MAX_LISTED_TTL);
+        NkmcFuse { fs, rt, attrs: AttrMaker { uid, gid, started: SystemTime::now() }, notifier, listed_ttl }
     }
 }
 
@@ -83,7 +100,15 @@ fn errno(e: &FsError) -> Errno {
 /// entry TTL. Only the attributes (offset -1), not the pages, so the next read asks for the
 /// real size. No direct I/O: the kernel asks the size again when a read passes what it
 /// knew, and keeps its pages only while the body is the one it saw.
-fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, opened: crate::fs::Opened, reply: ReplyOpen) {
+///
+/// A reader's close has nothing to send, so readers get `FOPEN_NOFLUSH`: no FLUSH round trip.
+fn reply_opened(
+    notifier: &OnceLock<Notifier>,
+    ino: INodeNo,
+    opened: crate::fs::Opened,
+    access: Access,
+    reply: ReplyOpen,
+) {
     if opened.size_changed {
         if let Some(n) = notifier.get() {
             if let Err(e) = n.inval_inode(ino, -1, 0) {
@@ -91,8 +116,37 @@ fn reply_opened(notifier: &OnceLock<Notifier>, ino: INodeNo, opened: crate::fs::
             }
         }
     }
-    let flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+    let mut flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+    if access == Access::Read {
+        flags |= FopenFlags::FOPEN_NOFLUSH;
+    }
     reply.opened(FileHandle(opened.fh), flags)
+}
+
+/// Starts fetching, in the background, the files a sequential reader of `ino`'s directory
+/// will open next ([`Fs::prefetch_plan`]).
+fn prefetch_after(fs: &Arc<Fs>, rt: &Handle, ino: INodeNo, access: Access) {
+    if access != Access::Read {
+        return;
+    }
+    let plan = fs.prefetch_plan(ino.0);
+    if !plan.is_empty() {
+        rt.spawn(fs.clone().prefetch(plan));
+    }
+}
+
+/// Answers an opendir: the kernel may cache the entries of a cached listing
+/// (`FOPEN_CACHE_DIR`) and keep them while the listing is the same (`FOPEN_KEEP_CACHE`),
+/// serving `readdir` without asking.
+fn reply_opened_dir(dir: crate::fs::OpenedDir, reply: ReplyOpen) {
+    let mut flags = FopenFlags::empty();
+    if dir.cache_dir {
+        flags |= FopenFlags::FOPEN_CACHE_DIR;
+    }
+    if dir.keep_cache {
+        flags |= FopenFlags::FOPEN_KEEP_CACHE;
+    }
+    reply.opened(FileHandle(dir.fh), flags)
 }
 
 fn file_type(kind: EntryKind) -> FileType {
@@ -116,7 +170,8 @@ impl Filesystem for NkmcFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         if let Some((ino, node)) = self.fs.lookup_cached(parent.0, name) {
-            return reply.entry_with_ttls(&ATTR_TTL, &ENTRY_TTL, &self.attrs.make(ino, &node), Generation(0));
+            let ttl = self.listed_ttl;
+            return reply.entry_with_ttls(&ttl, &ttl, &self.attrs.make(ino, &node), Generation(0));
         }
         let fs = self.fs.clone();
         let name = name.to_owned();
@@ -153,16 +208,32 @@ impl Filesystem for NkmcFuse {
         let notifier = self.notifier.clone();
         // A fresh cached body: answered at once, no trip through the runtime.
         if let Some(opened) = self.fs.open_cached(ino.0, access, direct) {
-            return reply_opened(&notifier, ino, opened, reply);
+            reply_opened(&notifier, ino, opened, access, reply);
+            return prefetch_after(&self.fs, &self.rt, ino, access);
         }
         let fs = self.fs.clone();
+        let rt = self.rt.clone();
         self.rt.spawn(async move {
-            match fs.open(ino.0, access, direct).await {
-                Ok(opened) => reply_opened(&notifier, ino, opened, reply),
-                Err(e) => {
+            // A large body is answered as soon as it starts to arrive (reads then wait only
+            // for their own bytes); the open's result is then only the end of its stream.
+            let mut reply = Some(reply);
+            let mut early = |opened: crate::fs::Opened| {
+                if let Some(reply) = reply.take() {
+                    reply_opened(&notifier, ino, opened, access, reply);
+                }
+            };
+            let result = fs.open(ino.0, access, direct, Some(&mut early)).await;
+            match (result, reply.take()) {
+                (Ok(opened), Some(reply)) => {
+                    reply_opened(&notifier, ino, opened, access, reply);
+                    prefetch_after(&fs, &rt, ino, access);
+                }
+                (Err(e), Some(reply)) => {
                     tracing::debug!(ino = ino.0, error = %e, "open");
                     reply.error(errno(&e))
                 }
+                (Ok(_), None) => {}
+                (Err(e), None) => tracing::debug!(ino = ino.0, error = %e, "a body being read broke off"),
             }
         });
     }
@@ -180,6 +251,17 @@ impl Filesystem for NkmcFuse {
     ) {
         match self.fs.read(fh.0, offset, size) {
             Ok(bytes) => reply.data(&bytes),
+            // A body still arriving: wait for these bytes off the FUSE thread.
+            Err(FsError::Spilled(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let fs = self.fs.clone();
+                self.rt.spawn(async move {
+                    fs.wait_readable(fh.0, offset, size).await;
+                    match fs.read(fh.0, offset, size) {
+                        Ok(bytes) => reply.data(&bytes),
+                        Err(e) => reply.error(errno(&e)),
+                    }
+                });
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -357,10 +439,14 @@ impl Filesystem for NkmcFuse {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        // A cached listing: answered at once, no trip through the runtime.
+        if let Some(dir) = self.fs.opendir_cached(ino.0) {
+            return reply_opened_dir(dir, reply);
+        }
         let fs = self.fs.clone();
         self.rt.spawn(async move {
             match fs.opendir(ino.0).await {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(dir) => reply_opened_dir(dir, reply),
                 Err(e) => {
                     tracing::debug!(ino = ino.0, error = %e, "opendir");
                     reply.error(errno(&e))
@@ -370,44 +456,38 @@ impl Filesystem for NkmcFuse {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        match self.fs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (next, e) in entries {
-                    if reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name) {
-                        break;
-                    }
-                }
-                reply.ok();
-            }
+        let listed =
+            self.fs.readdir(fh.0, offset, |next, e| reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name));
+        match listed {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        match self.fs.readdir(fh.0, offset) {
-            Ok(entries) => {
-                for (next, e) in entries {
-                    // A listed entry enters the inode table (the kernel counts it as a
-                    // lookup) and is trusted for the entry TTL (an open that learns another
-                    // size invalidates it). `.`, `..` and the control entries are the nodes
-                    // themselves, whose sizes change: not cached at all.
-                    let (ino, node, taken, ttl) = match self.fs.plus(&e) {
-                        Some((ino, node)) => (ino, node, true, ENTRY_TTL),
-                        None => match self.fs.getattr(e.ino, None) {
-                            Ok(node) => (e.ino, node, false, Duration::ZERO),
-                            Err(_) => continue,
-                        },
-                    };
-                    let attr = self.attrs.make(ino, &node);
-                    if reply.add(INodeNo(ino), next, &e.name, &ttl, &attr, Generation(0)) {
-                        if taken {
-                            self.fs.unplus(ino);
-                        }
-                        break;
-                    }
-                }
-                reply.ok();
+    fn readdirplus(&self, _req: &Request, dir: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        // The root's listing is never cached (services come and go): its names for 1 s.
+        let listed_ttl = if dir.0 == crate::fs::ROOT { ENTRY_TTL } else { self.listed_ttl };
+        let listed = self.fs.readdir(fh.0, offset, |next, e| {
+            // A listed entry enters the inode table (the kernel counts it as a lookup) and is
+            // trusted for the entry TTL (an open that learns another size invalidates it).
+            // `.`, `..` and the control entries are the nodes themselves, whose sizes change:
+            // not cached at all.
+            let (ino, node, taken, ttl) = match self.fs.plus(&e) {
+                Some((ino, node)) => (ino, node, true, listed_ttl),
+                None => match self.fs.getattr(e.ino, None) {
+                    Ok(node) => (e.ino, node, false, Duration::ZERO),
+                    Err(_) => return false,
+                },
+            };
+            let attr = self.attrs.make(ino, &node);
+            let full = reply.add(INodeNo(ino), next, &e.name, &ttl, &attr, Generation(0));
+            if full && taken {
+                self.fs.unplus(ino);
             }
+            full
+        });
+        match listed {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e)),
         }
     }

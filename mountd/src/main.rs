@@ -74,7 +74,7 @@ fn main() -> anyhow::Result<()> {
     let uid = nix::unistd::geteuid().as_raw();
     let gid = nix::unistd::getegid().as_raw();
     let notifier = Arc::new(std::sync::OnceLock::new());
-    let adapter = fuse::NkmcFuse::new(filesystem, rt.handle().clone(), uid, gid, notifier.clone());
+    let adapter = fuse::NkmcFuse::new(filesystem, rt.handle().clone(), uid, gid, notifier.clone(), ttl);
 
     let mut config = Config::default();
     config.mount_options = vec![

@@ -368,3 +368,259 @@ fn umount_and_sigterm_end_a_mount_cleanly() {
     assert!(status.success(), "mountd exited with {status} on SIGTERM");
     assert!(!is_mounted(&m.dir), "SIGTERM left the mount in place");
 }
+
+/// An upstream with a collection `/v1/pets` of `p0`…`p{n-1}` that grows with each POST, and
+/// records nothing itself (the harness records every request).
+fn growing_shop(n: usize) -> Upstream {
+    let pets: Arc<Mutex<BTreeMap<usize, String>>> =
+        Arc::new(Mutex::new((0..n).map(|i| (i, pet(&format!("p{i}")))).collect()));
+    Upstream::start(move |req| {
+        let mut pets = pets.lock().unwrap();
+        match (req.method.as_str(), req.uri.as_str()) {
+            ("GET", "/v1/pets") => json(200, &format!("[{}]", pets.values().cloned().collect::<Vec<_>>().join(","))),
+            ("POST", "/v1/pets") => {
+                let i = pets.len();
+                pets.insert(i, pet(&format!("p{i}")));
+                json(201, &format!("{{\"id\":\"p{i}\"}}"))
+            }
+            ("GET", uri) => {
+                match uri.strip_prefix("/v1/pets/p").and_then(|i| i.parse::<usize>().ok()).and_then(|i| pets.get(&i)) {
+                    Some(p) => json(200, p),
+                    None => json(404, "{}"),
+                }
+            }
+            _ => json(405, "{}"),
+        }
+    })
+}
+
+fn gets(up: &Upstream, uri: &str) -> usize {
+    up.seen().iter().filter(|s| s.method == "GET" && s.uri == uri).count()
+}
+
+#[test]
+fn the_kernel_caches_attributes_but_a_write_or_a_new_size_shows_at_once() {
+    if !fuse_available() {
+        return;
+    }
+    let up = growing_shop(2);
+    let n = setup("", &up);
+    // A TTL longer than the test: only invalidation can show a change.
+    let m = Mountd::start(&n, "long", &["--cache-ttl", "600"]);
+    let pets = m.dir.join("shop.test/pets");
+    let first = std::fs::read(&pets).unwrap();
+    assert_eq!(std::fs::metadata(&pets).unwrap().len(), first.len() as u64, "stat tells the size learnt");
+    // A write through the mount: the next read fetches the new, longer body, whole.
+    std::fs::write(&pets, br#"{"name":"new"}"#).unwrap();
+    let second = std::fs::read(&pets).unwrap();
+    assert!(second.len() > first.len(), "{}", String::from_utf8_lossy(&second));
+    assert!(second.ends_with(format!("{}]", pet("p2")).as_bytes()), "{}", String::from_utf8_lossy(&second));
+    assert_eq!(std::fs::metadata(&pets).unwrap().len(), second.len() as u64);
+    // An `O_TRUNC` open that writes nothing sends nothing; the kernel took the size as 0,
+    // and the next read tells it the real one again.
+    drop(std::fs::OpenOptions::new().write(true).truncate(true).open(&pets).unwrap());
+    assert_eq!(std::fs::read(&pets).unwrap(), second);
+    assert_eq!(std::fs::metadata(&pets).unwrap().len(), second.len() as u64);
+    assert_eq!(up.seen().iter().filter(|s| s.method == "POST").count(), 1, "the empty O_TRUNC sent nothing");
+    // Cached reads of the same body ask nothing: one GET for each body seen above.
+    for _ in 0..3 {
+        assert_eq!(std::fs::read(&pets).unwrap(), second);
+    }
+    assert_eq!(gets(&up, "/v1/pets"), 2);
+
+    // A change made elsewhere (here `nkmc write`, not this mount), read well within the
+    // kernel's attribute TTL by a mount that fetches on every open: the open learns the new
+    // size and drops the kernel's attributes before it answers, so the read is whole.
+    let cold = Mountd::start(&n, "cold", &["--no-cache"]);
+    let pets = cold.dir.join("shop.test/pets");
+    assert_eq!(std::fs::read(&pets).unwrap(), second);
+    n.ok(&["write", "/shop.test/pets", r#"{"name":"elsewhere"}"#]);
+    let third = std::fs::read(&pets).unwrap();
+    assert!(third.ends_with(format!("{}]", pet("p3")).as_bytes()), "{}", String::from_utf8_lossy(&third));
+    assert_eq!(std::fs::metadata(&pets).unwrap().len(), third.len() as u64);
+}
+
+#[test]
+fn a_sequential_reader_gets_the_next_files_prefetched_within_its_rights() {
+    if !fuse_available() {
+        return;
+    }
+    let up = growing_shop(20);
+    let n = setup("", &up);
+    let dir = |m: &Path| m.join("shop.test/pets.d");
+
+    // Reading p0 then p1 (the listing's order, as grep -r does) fetches the rest ahead:
+    // the upstream sees every item without its open, and the opens then ask nothing.
+    let m = Mountd::start(&n, "ahead", &["--cache-ttl", "600"]);
+    let names: Vec<String> = (0..20).map(|i| format!("p{i}")).collect();
+    let mut listed: Vec<String> =
+        std::fs::read_dir(dir(&m.dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    listed.sort();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted);
+    let first_two: Vec<&String> = sorted.iter().take(2).collect();
+    for name in &first_two {
+        std::fs::read(dir(&m.dir).join(name)).unwrap();
+    }
+    wait_until("the rest of the listing prefetched", || {
+        names.iter().all(|id| gets(&up, &format!("/v1/pets/{id}")) == 1)
+    });
+    let out = ok(&format!("grep -r -c pet {} | grep -c ':1$'", dir(&m.dir).display()));
+    assert_eq!(out.trim(), "20", "grep -r read every item: {out}");
+    for id in &names {
+        assert_eq!(gets(&up, &format!("/v1/pets/{id}")), 1, "{id}: fetched once, by prefetch or its open");
+    }
+    drop(m);
+
+    // --no-cache keeps nothing, so it fetches nothing ahead.
+    let before = up.seen().len();
+    let cold = Mountd::start(&n, "cold", &["--no-cache"]);
+    for name in &first_two {
+        std::fs::read(dir(&cold.dir).join(name)).unwrap();
+    }
+    let items = |from: usize| -> Vec<String> {
+        let mut v: Vec<String> =
+            up.seen()[from..].iter().map(|s| s.uri.clone()).filter(|u| u.starts_with("/v1/pets/")).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(items(before), ["/v1/pets/p0", "/v1/pets/p1"], "--no-cache: only what was opened");
+    drop(cold);
+
+    // A token that may list the collection but read only p0, p1 and p5: prefetch asks with
+    // the mount's token, so the upstream sees p5 fetched ahead, and no other item.
+    n.ok(&["auth", "--agent", "reader"]);
+    let token = n
+        .ok(&[
+            "token",
+            "attenuate",
+            "--allow",
+            "shop.test:list",
+            "--allow",
+            "shop.test:read/pets.d/p0",
+            "--allow",
+            "shop.test:read/pets.d/p1",
+            "--allow",
+            "shop.test:read/pets.d/p5",
+            "--ttl",
+            "1h",
+        ])
+        .trim()
+        .to_owned();
+    let view = n.dir.path().join("view");
+    n.ok(&["mount", view.to_str().unwrap(), "--token", &token]);
+    let before = up.seen().len();
+    assert_eq!(std::fs::read_dir(dir(&view)).unwrap().count(), 20, "the token lists every item");
+    for name in &first_two {
+        assert_eq!(std::fs::read(dir(&view).join(name)).unwrap(), pet(name).as_bytes());
+    }
+    wait_until("p5 prefetched", || up.seen()[before..].iter().any(|s| s.uri == "/v1/pets/p5"));
+    assert_eq!(std::fs::read(dir(&view).join("p5")).unwrap(), pet("p5").as_bytes());
+    let err = std::fs::read(dir(&view).join("p3")).unwrap_err();
+    assert!(matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::ENOENT)), "{err}");
+    assert_eq!(items(before), ["/v1/pets/p0", "/v1/pets/p1", "/v1/pets/p5"], "nothing the token may not read");
+    n.ok(&["umount", view.to_str().unwrap()]);
+}
+
+/// A raw HTTP/1.1 upstream for `/v1/big` of `len` bytes (content-length announced): the
+/// first request sends `first` bytes, waits for `gate`, then the rest; later requests send
+/// `first` bytes and close the connection (a body cut off).
+fn gated_upstream(body: Arc<Vec<u8>>, first: usize, gate: std::sync::mpsc::Receiver<()>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1", listener.local_addr().unwrap());
+    let gate = Arc::new(Mutex::new(Some(gate)));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let (body, gate) = (body.clone(), gate.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                loop {
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    out.write_all(head.as_bytes()).unwrap();
+                    out.write_all(&body[..first]).unwrap();
+                    out.flush().unwrap();
+                    let held = gate.lock().unwrap().take();
+                    match held {
+                        Some(gate) => {
+                            let _ = gate.recv();
+                            if out.write_all(&body[first..]).is_err() {
+                                return;
+                            }
+                        }
+                        None => return, // cut off: the connection closes mid-body
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn a_large_body_is_read_while_it_arrives_and_a_cut_one_fails() {
+    if !fuse_available() {
+        return;
+    }
+    use std::io::Read;
+    const LEN: usize = 24 * 1024 * 1024;
+    const FIRST: usize = 2 * 1024 * 1024;
+    let body = Arc::new(big_body(LEN));
+    let (release, gate) = std::sync::mpsc::channel();
+    let url = gated_upstream(body.clone(), FIRST, gate);
+    let n = Nkmc::new("");
+    n.up();
+    let spec = n.dir.path().join("shop.yaml");
+    std::fs::write(&spec, SPEC).unwrap();
+    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--base-url", &url, "--domain", "shop.test"]);
+    let m = Mountd::start(&n, "stream", &["--no-cache"]);
+    let file = m.dir.join("shop.test/big");
+
+    // The first bytes read while the upstream still holds the rest back: the open does not
+    // wait for the whole body, and the size is the announced one.
+    let (got, first_read) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn({
+        let file = file.clone();
+        move || {
+            let mut f = std::fs::File::open(&file).unwrap();
+            let size = f.metadata().unwrap().len();
+            let mut start = vec![0u8; 1024 * 1024];
+            f.read_exact(&mut start).unwrap();
+            got.send((size, start)).unwrap();
+            let mut rest = Vec::new();
+            f.read_to_end(&mut rest).unwrap();
+            rest
+        }
+    });
+    let (size, start) =
+        first_read.recv_timeout(Duration::from_secs(30)).expect("the first MiB while the rest is held back");
+    assert_eq!(size, LEN as u64);
+    assert_eq!(start, body[..start.len()]);
+    release.send(()).unwrap();
+    let rest = reader.join().unwrap();
+    assert_eq!(rest.len(), LEN - 1024 * 1024);
+    assert!(rest == body[1024 * 1024..], "the rest, byte for byte");
+
+    // A body cut off mid-way: what arrived reads, the read past it fails with EIO.
+    let mut f = std::fs::File::open(&file).unwrap();
+    let mut all = Vec::new();
+    let err = f.read_to_end(&mut all).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(all.len() < LEN);
+}

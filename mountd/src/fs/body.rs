@@ -1,5 +1,6 @@
 //! A fetched body: in memory when small, in an unlinked temporary file beyond a threshold,
-//! so a large body never sits whole in mountd's memory.
+//! so a large body never sits whole in mountd's memory. A large body whose length is
+//! announced is served while it arrives ([`Growing`]): reads wait only for their own bytes.
 
 use std::fs::File;
 use std::io::Write;
@@ -8,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
 
 /// Why a body could not be kept.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,93 @@ pub enum Content {
         /// Its length.
         len: u64,
     },
+    /// Arriving into an unlinked temporary file.
+    Growing(Arc<Growing>),
+}
+
+/// How much of a [`Growing`] body is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// This many bytes from the start.
+    Bytes(u64),
+    /// All of it.
+    Done,
+    /// The stream broke off (or did not match its announced length): reads past what
+    /// arrived fail.
+    Failed,
+}
+
+/// A body of announced length arriving into an unlinked temporary file: the fetching task
+/// appends and says how far it got; readers wait for the bytes they ask for.
+#[derive(Debug)]
+pub struct Growing {
+    file: File,
+    len: u64,
+    arrival: watch::Sender<Arrival>,
+}
+
+impl Growing {
+    /// An empty body that will hold `len` bytes, in a new unlinked file under TMPDIR.
+    pub fn new(len: u64) -> Result<Arc<Self>, SpillError> {
+        let dir = std::env::temp_dir();
+        let file = unlinked_file(&dir).map_err(|source| SpillError { dir: dir.display().to_string(), source })?;
+        Ok(Arc::new(Growing { file, len, arrival: watch::Sender::new(Arrival::Bytes(0)) }))
+    }
+
+    /// Writes `chunk` at `at` and tells readers it is there. Bytes past the announced
+    /// length are an error (the body is then failed).
+    pub fn append(&self, at: u64, chunk: &[u8]) -> std::io::Result<()> {
+        let end = at + chunk.len() as u64;
+        if end > self.len {
+            self.fail();
+            return Err(std::io::Error::other("the body is longer than its announced length"));
+        }
+        if let Err(e) = self.file.write_all_at(chunk, at) {
+            self.fail();
+            return Err(e);
+        }
+        self.arrival.send_replace(if end == self.len { Arrival::Done } else { Arrival::Bytes(end) });
+        Ok(())
+    }
+
+    /// The stream ended: done if every announced byte came, else failed.
+    pub fn end(&self) -> bool {
+        let complete = self.len == 0 || *self.arrival.borrow() == Arrival::Done;
+        self.arrival.send_replace(if complete { Arrival::Done } else { Arrival::Failed });
+        complete
+    }
+
+    /// The stream broke off.
+    pub fn fail(&self) {
+        self.arrival.send_replace(Arrival::Failed);
+    }
+
+    /// Whether the stream broke off.
+    #[cfg(test)]
+    fn failed(&self) -> bool {
+        *self.arrival.borrow() == Arrival::Failed
+    }
+
+    /// Whether the bytes up to `end` can be read now: `Some(true)` yes, `Some(false)` never
+    /// (failed), `None` not yet.
+    fn ready(&self, end: u64) -> Option<bool> {
+        match *self.arrival.borrow() {
+            Arrival::Done => Some(true),
+            Arrival::Bytes(n) if n >= end => Some(true),
+            Arrival::Bytes(_) => None,
+            Arrival::Failed => Some(false),
+        }
+    }
+
+    /// Waits until the bytes up to `end` (capped at the length) have arrived or the stream
+    /// broke off.
+    pub async fn wait(&self, end: u64) {
+        let end = end.min(self.len);
+        let mut rx = self.arrival.subscribe();
+        let _ = rx
+            .wait_for(|a| matches!(a, Arrival::Done | Arrival::Failed) || matches!(a, Arrival::Bytes(n) if *n >= end))
+            .await;
+    }
 }
 
 impl Default for Content {
@@ -43,31 +132,36 @@ impl Content {
         match self {
             Content::Memory(b) => b.len() as u64,
             Content::Spilled { len, .. } => *len,
+            Content::Growing(g) => g.len,
         }
     }
 
-    /// Up to `size` bytes from `offset` (fewer at the end).
+    /// Up to `size` bytes from `offset` (fewer at the end). For a body still arriving whose
+    /// bytes are not all in yet: an error of kind `WouldBlock` ([`Content::wait`] first).
     pub fn read_at(&self, offset: u64, size: usize) -> std::io::Result<Bytes> {
         match self {
+            Content::Growing(g) => {
+                let end = offset.saturating_add(size as u64).min(g.len);
+                match g.ready(end) {
+                    Some(true) => pread(&g.file, g.len, offset, size),
+                    Some(false) => Err(std::io::Error::other("the body was cut off before its end")),
+                    None => Err(std::io::ErrorKind::WouldBlock.into()),
+                }
+            }
             Content::Memory(b) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
                 let end = start.saturating_add(size).min(b.len());
                 Ok(b.slice(start..end))
             }
-            Content::Spilled { file, len } => {
-                let want = usize::try_from(len.saturating_sub(offset)).unwrap_or(usize::MAX).min(size);
-                let mut buf = vec![0u8; want];
-                let mut filled = 0;
-                while filled < want {
-                    let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
-                    if n == 0 {
-                        break;
-                    }
-                    filled += n;
-                }
-                buf.truncate(filled);
-                Ok(buf.into())
-            }
+            Content::Spilled { file, len } => pread(file, *len, offset, size),
+        }
+    }
+
+    /// Waits until a read of `size` bytes at `offset` can be answered (at once for bodies
+    /// that are whole).
+    pub async fn wait(&self, offset: u64, size: usize) {
+        if let Content::Growing(g) = self {
+            g.wait(offset.saturating_add(size as u64)).await;
         }
     }
 
@@ -76,6 +170,21 @@ impl Content {
         let len = usize::try_from(self.len()).unwrap_or(usize::MAX);
         self.read_at(0, len).map(|b| b.to_vec())
     }
+}
+
+fn pread(file: &File, len: u64, offset: u64, size: usize) -> std::io::Result<Bytes> {
+    let want = usize::try_from(len.saturating_sub(offset)).unwrap_or(usize::MAX).min(size);
+    let mut buf = vec![0u8; want];
+    let mut filled = 0;
+    while filled < want {
+        let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok(buf.into())
 }
 
 /// Receives a body chunk by chunk; moves to a temporary file once it passes `threshold`.
@@ -198,5 +307,38 @@ mod tests {
         let mut c = Collector::with_expected(8, Some(3)).unwrap();
         c.push(b"abc").unwrap();
         assert!(matches!(c.finish(), Content::Memory(_)));
+    }
+
+    #[tokio::test]
+    async fn a_growing_body_serves_what_arrived_and_waits_for_the_rest() {
+        let g = Growing::new(10).unwrap();
+        let c = Content::Growing(g.clone());
+        assert_eq!(c.len(), 10);
+        g.append(0, b"abcd").unwrap();
+        assert_eq!(&c.read_at(1, 3).unwrap()[..], b"bcd");
+        assert_eq!(c.read_at(2, 4).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        let reader = tokio::spawn({
+            let c = c.clone();
+            async move {
+                c.wait(2, 4).await;
+                c.read_at(2, 4).unwrap()
+            }
+        });
+        g.append(4, b"efgh").unwrap();
+        assert_eq!(&reader.await.unwrap()[..], b"cdef");
+        g.append(8, b"ij").unwrap();
+        assert!(g.end());
+        assert_eq!(&c.read_at(0, 100).unwrap()[..], b"abcdefghij");
+        assert!(g.append(10, b"k").is_err(), "past the announced length");
+        assert!(g.failed());
+
+        let short = Growing::new(10).unwrap();
+        short.append(0, b"abc").unwrap();
+        assert!(!short.end(), "ended before its length");
+        assert!(short.failed());
+        let c = Content::Growing(short);
+        c.wait(0, 10).await;
+        assert!(c.read_at(0, 2).is_err(), "a broken body is not served at all");
+        assert!(c.read_at(0, 10).is_err());
     }
 }

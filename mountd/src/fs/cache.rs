@@ -149,8 +149,34 @@ impl ContentCache {
         Some(Served { body: entry.body.clone(), keep_kernel_cache: keep })
     }
 
+    /// Whether bodies and listings are kept at all (not `--no-cache`).
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    /// The length of a fresh body of `path`, without serving it (for the sizes lookups tell).
+    pub fn fresh_len(&self, path: &str) -> Option<u64> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let now = self.clock.now();
+        let inner = self.inner();
+        let entry = inner.entries.get(path)?;
+        (now.duration_since(entry.fetched) < self.ttl).then(|| entry.body.len())
+    }
+
     /// Stores a body just fetched; the kernel must drop older pages of this path.
     pub fn put(&self, path: &str, body: Content, validators: Validators) -> Served {
+        self.store(path, body, validators, true)
+    }
+
+    /// Stores a body fetched ahead of any open (prefetch): no page the kernel holds is of
+    /// it, so the open that serves it first tells the kernel to drop what it has.
+    pub fn put_prefetched(&self, path: &str, body: Content, validators: Validators) {
+        self.store(path, body, validators, false);
+    }
+
+    fn store(&self, path: &str, body: Content, validators: Validators, served_now: bool) -> Served {
         let served = Served { body: body.clone(), keep_kernel_cache: false };
         let size = usize::try_from(body.len()).unwrap_or(usize::MAX);
         if self.ttl.is_zero() || size > self.max_bytes {
@@ -174,7 +200,8 @@ impl ContentCache {
             }
         }
         inner.bytes += size;
-        let entry = Entry { body, validators, fetched: now, generation, kernel_has: Some(generation) };
+        let kernel_has = served_now.then_some(generation);
+        let entry = Entry { body, validators, fetched: now, generation, kernel_has };
         inner.entries.insert(path.to_owned(), entry);
         served
     }
@@ -258,6 +285,20 @@ mod tests {
         c.put("/a", mem(b"two"), Validators::default());
         c.invalidate("/a");
         assert!(c.get("/a").is_none());
+    }
+
+    #[test]
+    fn prefetched_bodies_make_the_kernel_drop_its_pages_once() {
+        let (c, _) = cache(1000, 1 << 20);
+        c.put("/a", mem(b"old"), Validators::default());
+        assert!(c.get("/a").unwrap().keep_kernel_cache);
+        c.put_prefetched("/a", mem(b"new!"), Validators::default());
+        assert_eq!(c.fresh_len("/a"), Some(4));
+        let s = c.get("/a").unwrap();
+        assert!(!s.keep_kernel_cache, "the kernel holds pages of the old body");
+        assert_eq!(s.body.to_vec().unwrap(), b"new!");
+        assert!(c.get("/a").unwrap().keep_kernel_cache, "now it holds this one");
+        assert_eq!(c.fresh_len("/nothing"), None);
     }
 
     #[test]

@@ -100,6 +100,14 @@ impl Inodes {
     pub fn set_size(&mut self, ino: u64, size: u64) -> Option<u64> {
         self.by_ino.get_mut(&ino).and_then(|node| node.size.replace(size))
     }
+
+    /// Forgets the size of `ino`: the kernel may believe another (a write through the mount
+    /// set it), so the next read must tell it again.
+    pub fn unset_size(&mut self, ino: u64) {
+        if let Some(node) = self.by_ino.get_mut(&ino) {
+            node.size = None;
+        }
+    }
 }
 
 #[cfg(test)]

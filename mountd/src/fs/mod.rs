@@ -10,7 +10,7 @@ pub mod inode;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use agentfs::client::{fs_route, GatewayClient};
 use agentfs::path::{Name, PathError};
@@ -18,9 +18,9 @@ use agentfs::wire::{Entry, EntryKind, Listing};
 use bytes::Bytes;
 use hyper::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH};
 use hyper::{Method, StatusCode};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
-use body::{Collector, Content};
+use body::{Collector, Content, Growing};
 use cache::{Lookup, Validators};
 
 pub use error::FsError;
@@ -64,6 +64,14 @@ struct FileHandle {
     write: Option<WriteBuffer>,
 }
 
+/// An open directory: its fixed entries (`.`, `..`, the control entries), then its listing's.
+#[derive(Debug)]
+struct DirHandle {
+    fixed: Vec<DirEntry>,
+    path: String,
+    listing: Option<Arc<Listing>>,
+}
+
 #[derive(Debug, Default)]
 struct WriteBuffer {
     data: Vec<u8>,
@@ -81,6 +89,35 @@ pub struct Opened {
     /// another, which it caches): the kernel must drop the attributes it holds.
     pub size_changed: bool,
 }
+
+/// An open directory: its handle, and what the kernel may do with the entries it reads.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenedDir {
+    /// The handle.
+    pub fh: u64,
+    /// The listing comes from mountd's cache (not the root, not `--no-cache`): the kernel may
+    /// cache the entries it reads (`FOPEN_CACHE_DIR`).
+    pub cache_dir: bool,
+    /// The listing is the one the kernel last read of this directory: it may serve
+    /// `readdir` from its own cache without asking (`FOPEN_KEEP_CACHE`).
+    pub keep_cache: bool,
+}
+
+/// How many files ahead of a sequential reader (`grep -r`) prefetch fetches.
+const PREFETCH_WINDOW: usize = 64;
+
+/// Where sequential opens in one directory are, and how far prefetch has gone.
+#[derive(Debug)]
+struct Sequence {
+    /// The listing index of the file opened last.
+    last: Option<usize>,
+    /// Entries before this index have been prefetched (or were being read anyway).
+    upto: usize,
+}
+
+/// Told a body as soon as it starts to arrive (a large body of announced length, served while
+/// it streams in), before the fetch ends.
+pub type OnArrival<'a> = &'a mut (dyn FnMut(Content) + Send);
 
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +158,7 @@ pub struct Fs {
     client: GatewayClient,
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, FileHandle>>,
-    dirs: Mutex<HashMap<u64, Vec<DirEntry>>>,
+    dirs: Mutex<HashMap<u64, DirHandle>>,
     /// The last response to this mount's write to each path.
     last: Mutex<HashMap<String, Bytes>>,
     /// `.nkmc/last` and `.nkmc/last_error`.
@@ -132,6 +169,14 @@ pub struct Fs {
     inflight: Semaphore,
     limits: Limits,
     next_handle: AtomicU64,
+    /// Sequential readers per directory path, for prefetch.
+    sequences: Mutex<HashMap<String, Sequence>>,
+    /// Bodies being prefetched: an open of one waits for it instead of asking again.
+    pending: Mutex<HashMap<String, watch::Receiver<bool>>>,
+    /// The listing each directory's kernel cache holds (`FOPEN_CACHE_DIR`); weak, so an
+    /// expired listing's entries are freed (its address stays taken, so it is never
+    /// mistaken for a new one).
+    kernel_dirs: Mutex<HashMap<u64, Weak<Listing>>>,
 }
 
 /// What a read of a file brought back.
@@ -190,6 +235,9 @@ impl Fs {
             inflight: Semaphore::new(limits.max_inflight.max(1)),
             limits,
             next_handle: AtomicU64::new(1),
+            sequences: Mutex::default(),
+            pending: Mutex::default(),
+            kernel_dirs: Mutex::default(),
         }
     }
 
@@ -250,7 +298,8 @@ impl Fs {
             Err(e) if e.code() == agentfs::wire::ErrorCode::NotFound => return Err(e.into()),
             Err(e) => return self.noted("LOOKUP", &path, Err(e.into())),
         };
-        Ok(self.inodes().remember(path, entry.kind, entry.mode, entry.size))
+        let size = entry.size.or_else(|| self.cache.fresh_len(&path));
+        Ok(self.inodes().remember(path, entry.kind, entry.mode, size))
     }
 
     /// `forget`: the kernel dropped references.
@@ -265,15 +314,30 @@ impl Fs {
     /// `getattr`: from the table, no request; an open handle knows the real size.
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Inode, FsError> {
         let mut node = self.path_of(ino)?;
-        if let Some(h) = fh.and_then(|fh| self.files().get(&fh).map(|h| h.size())) {
-            node.size = Some(h);
+        let handle = fh.and_then(|fh| self.files().get(&fh).map(|h| (h.size(), h.write.is_some())));
+        if let Some((size, writer)) = handle {
+            // A writer's size is what the kernel is told now; the table's no longer matches
+            // what the kernel believes, so the next read tells it the size again.
+            if writer && node.size != Some(size) {
+                self.inodes().unset_size(ino);
+            }
+            node.size = Some(size);
         }
         Ok(node)
     }
 
     /// GETs a file's body through gatewayd, streamed into memory or a temporary file;
     /// with `stale` validators, a conditional GET that may answer [`Fetched::NotModified`].
-    async fn fetch(&self, path: &str, stale: Option<&Validators>) -> Result<Fetched, FsError> {
+    /// `record`: the answer goes to `.nkmc/last` (not for prefetch, which no caller asked for).
+    /// `arriving`: a body announced larger than `--spill-bytes` is handed to it as soon as its
+    /// first bytes are in, and then streams into its temporary file while readers read.
+    async fn fetch(
+        &self,
+        path: &str,
+        stale: Option<&Validators>,
+        record: bool,
+        arriving: Option<OnArrival<'_>>,
+    ) -> Result<Fetched, FsError> {
         let _slot = self.permit().await;
         let mut extra = Vec::new();
         if let Some(v) = stale {
@@ -288,7 +352,9 @@ impl Fs {
         if answer.status == StatusCode::NOT_MODIFIED && stale.is_some() {
             let headers = answer.headers.clone();
             answer.rest().await?;
-            self.control.ok_parts("READ", path, &headers, b"(not modified: the cached body is current)");
+            if record {
+                self.control.ok_parts("READ", path, &headers, b"(not modified: the cached body is current)");
+            }
             return Ok(Fetched::NotModified);
         }
         if !answer.status.is_success() {
@@ -300,30 +366,74 @@ impl Fs {
             .get(hyper::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let large = expected.filter(|len| *len > self.limits.spill_bytes as u64);
+        if let (Some(len), Some(arriving)) = (large, arriving) {
+            let growing = Growing::new(len)?;
+            let content = Content::Growing(growing.clone());
+            let mut at = 0u64;
+            let mut record_first = record;
+            loop {
+                let chunk = match answer.chunk().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(e) => {
+                        growing.fail();
+                        return Err(e.into());
+                    }
+                };
+                growing.append(at, &chunk).map_err(FsError::Spilled)?;
+                at += chunk.len() as u64;
+                if record_first {
+                    record_first = false;
+                    let start = &chunk[..chunk.len().min(control::MAX_BODY)];
+                    self.control.ok_parts("READ", path, &answer.headers, start);
+                    arriving(content.clone());
+                }
+            }
+            if !growing.end() {
+                return Err(FsError::Spilled(std::io::Error::other(format!(
+                    "the body ended after {at} of its announced {len} bytes"
+                ))));
+            }
+            if record_first {
+                arriving(content.clone());
+            }
+            return Ok(Fetched::Body { content, validators });
+        }
         let mut collector = Collector::with_expected(self.limits.spill_bytes, expected)?;
         while let Some(chunk) = answer.chunk().await? {
             collector.push(&chunk)?;
         }
         let content = collector.finish();
-        let start = content.read_at(0, control::MAX_BODY).map_err(FsError::Spilled)?;
-        self.control.ok_parts("READ", path, &answer.headers, &start);
+        if record {
+            let start = content.read_at(0, control::MAX_BODY).map_err(FsError::Spilled)?;
+            self.control.ok_parts("READ", path, &answer.headers, &start);
+        }
         Ok(Fetched::Body { content, validators })
     }
 
     /// The body a reader gets: from the cache while fresh, revalidated when stale with a
     /// validator, else fetched. Returns it and whether the kernel may keep its pages.
-    async fn body_for_reading(&self, path: &str, direct: bool) -> Result<(Content, bool), FsError> {
+    async fn body_for_reading(
+        &self,
+        path: &str,
+        direct: bool,
+        arriving: Option<OnArrival<'_>>,
+    ) -> Result<(Content, bool), FsError> {
+        if !direct {
+            self.prefetched(path).await;
+        }
         let lookup = if direct { Lookup::Missing } else { self.cache.lookup(path) };
         let stale = match lookup {
             Lookup::Fresh(served) => return Ok((served.body, served.keep_kernel_cache)),
             Lookup::Stale(v) => Some(v),
             Lookup::Missing => None,
         };
-        match self.fetch(path, stale.as_ref()).await? {
+        match self.fetch(path, stale.as_ref(), true, arriving).await? {
             Fetched::NotModified => match self.cache.revalidated(path) {
                 Some(served) => Ok((served.body, served.keep_kernel_cache)),
                 // Evicted meanwhile: ask again without validators.
-                None => match self.fetch(path, None).await? {
+                None => match self.fetch(path, None, true, None).await? {
                     Fetched::Body { content, validators } => {
                         Ok((self.cache.put(path, content, validators).body, false))
                     }
@@ -381,12 +491,24 @@ impl Fs {
         let i = listing.entries.binary_search_by(|e| e.name.as_str().cmp(text)).ok()?;
         let e = &listing.entries[i];
         let name = Name::parse(text).ok()?;
-        Some(self.inodes().remember(child_path(&dir.path, &name), e.kind, e.mode, e.size))
+        let path = child_path(&dir.path, &name);
+        let size = e.size.or_else(|| self.cache.fresh_len(&path));
+        Some(self.inodes().remember(path, e.kind, e.mode, size))
     }
 
     /// `open`: readers fetch the body now, so no file ever reads as empty; a file with no
     /// GET reads as the last response to this mount's write to it.
-    pub async fn open(&self, ino: u64, access: Access, direct: bool) -> Result<Opened, FsError> {
+    ///
+    /// A reader of a large body of announced length is opened as soon as the body starts
+    /// to arrive: `opened_early` is then told the open (the handle reads while the rest
+    /// streams in), and the returned result is only the end of the stream.
+    pub async fn open(
+        &self,
+        ino: u64,
+        access: Access,
+        direct: bool,
+        mut opened_early: Option<&mut (dyn FnMut(Opened) + Send)>,
+    ) -> Result<Opened, FsError> {
         let node = self.path_of(ino)?;
         if node.kind == EntryKind::Dir {
             return Err(FsError::IsADirectory);
@@ -414,7 +536,26 @@ impl Fs {
             Access::ReadWrite if target != node.path => Content::default(),
             Access::Read | Access::ReadWrite => {
                 let direct = direct || access == Access::ReadWrite;
-                match self.body_for_reading(&node.path, direct).await {
+                let stream = access == Access::Read && opened_early.is_some();
+                let mut early: Option<Opened> = None;
+                let mut on_arrival = |content: Content| {
+                    let size_changed = self.inodes().set_size(ino, content.len()) != Some(content.len());
+                    let fh = self.handle();
+                    let (path, target) = (node.path.clone(), target.clone());
+                    self.files().insert(fh, FileHandle { ino, path, target, body: content, write: None });
+                    let opened = Opened { fh, keep_cache: false, size_changed };
+                    early = Some(opened);
+                    if let Some(tell) = opened_early.as_deref_mut() {
+                        tell(opened);
+                    }
+                };
+                let arriving: Option<OnArrival<'_>> = if stream { Some(&mut on_arrival) } else { None };
+                let result = self.body_for_reading(&node.path, direct, arriving).await;
+                if let Some(opened) = early {
+                    // Already answered; the stream's end is all that is left to tell.
+                    return self.noted("READ", &node.path, result.map(|_| opened));
+                }
+                match result {
                     Ok((body, keep)) => {
                         keep_cache = keep;
                         body
@@ -487,6 +628,15 @@ impl Fs {
         }
     }
 
+    /// Waits until a read of the handle's body at `offset` can be answered (a body still
+    /// arriving); at once otherwise.
+    pub async fn wait_readable(&self, fh: u64, offset: u64, size: u32) {
+        let body = self.files().get(&fh).map(|h| h.body.clone());
+        if let Some(body) = body {
+            body.wait(offset, size as usize).await;
+        }
+    }
+
     /// `write`: into the handle's buffer; nothing is sent until the flush.
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
         let mut files = self.files();
@@ -537,13 +687,13 @@ impl Fs {
     /// `flush` (each `close`): sends the written bytes, if any were written since the last
     /// send. An empty flush (bash's `>` before any write) sends nothing.
     pub async fn flush(&self, fh: u64) -> Result<(), FsError> {
-        let (path, target, data) = {
+        let (ino, path, target, data) = {
             let mut files = self.files();
             let h = files.get_mut(&fh).ok_or(FsError::Stale)?;
             match h.write.as_mut() {
                 Some(w) if w.dirty => {
                     w.dirty = false;
-                    (h.path.clone(), h.target.clone(), Bytes::from(w.data.clone()))
+                    (h.ino, h.path.clone(), h.target.clone(), Bytes::from(w.data.clone()))
                 }
                 _ => return Ok(()),
             }
@@ -559,6 +709,9 @@ impl Fs {
                 self.control.ok("WRITE", &target, &answer);
                 self.cache.invalidate(&target);
                 self.cache.invalidate(&path);
+                // The kernel took the written length as the size; the next read tells the
+                // real one.
+                self.inodes().unset_size(ino);
                 self.cache.forget_listings();
                 let response = answer.body;
                 let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
@@ -618,52 +771,174 @@ impl Fs {
     }
 
     /// `opendir`: takes the listing once (cached for the TTL); `readdir` pages through it.
-    pub async fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+    pub async fn opendir(&self, ino: u64) -> Result<OpenedDir, FsError> {
         let node = self.path_of(ino)?;
         if node.kind != EntryKind::Dir {
             return Err(FsError::NotADirectory);
         }
+        let listing = match ino {
+            control::DIR_INO => None,
+            _ => Some(self.listing(&node.path).await?),
+        };
+        Ok(self.open_dir_with(ino, node.path, listing))
+    }
+
+    /// `opendir` without waiting, when it needs no request: a directory whose listing is
+    /// cached (the root's never is). `None`: take [`Fs::opendir`].
+    pub fn opendir_cached(&self, ino: u64) -> Option<OpenedDir> {
+        if ino == ROOT || ino == control::DIR_INO {
+            return None;
+        }
+        let node = self.path_of(ino).ok().filter(|n| n.kind == EntryKind::Dir)?;
+        let listing = self.cache.listing(&node.path)?;
+        Some(self.open_dir_with(ino, node.path, Some(listing)))
+    }
+
+    fn open_dir_with(&self, ino: u64, path: String, listing: Option<Arc<Listing>>) -> OpenedDir {
         let fixed = |ino, kind, name: &str| DirEntry { ino, kind, name: name.into(), listed: None };
         let mut entries = vec![fixed(ino, EntryKind::Dir, "."), fixed(ino, EntryKind::Dir, "..")];
         if ino == control::DIR_INO {
             entries.push(fixed(control::LAST_INO, EntryKind::File, "last"));
             entries.push(fixed(control::LAST_ERROR_INO, EntryKind::File, "last_error"));
-            let fh = self.handle();
-            self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, entries);
-            return Ok(fh);
         }
         if ino == ROOT {
             entries.push(fixed(control::DIR_INO, EntryKind::Dir, control::DIR_NAME));
         }
-        let listing = self.listing(&node.path).await?;
-        for e in &listing.entries {
-            let Ok(name) = Name::parse(&e.name) else {
-                continue;
-            };
-            let path = child_path(&node.path, &name);
-            let listed = Listed { path: path.clone(), mode: e.mode, size: e.size };
-            entries.push(DirEntry {
-                ino: listing_ino(&path),
-                kind: e.kind,
-                name: e.name.clone(),
-                listed: Some(listed),
-            });
+        // The kernel may keep what it read of this directory while the listing is the same
+        // cached one (the root's is never cached: services come and go).
+        let cache_dir = ino != ROOT && listing.is_some() && self.cache.enabled();
+        let mut keep_cache = false;
+        if let Some(listing) = listing.as_ref().filter(|_| cache_dir) {
+            let mut kernel = self.kernel_dirs.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Arc::downgrade(listing);
+            keep_cache = kernel.get(&ino).is_some_and(|held| Weak::ptr_eq(held, &now));
+            if kernel.len() > 4096 && !kernel.contains_key(&ino) {
+                kernel.retain(|_, held| held.strong_count() > 0);
+            }
+            kernel.insert(ino, now);
         }
         let fh = self.handle();
-        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, entries);
-        Ok(fh)
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, DirHandle { fixed: entries, path, listing });
+        OpenedDir { fh, cache_dir, keep_cache }
     }
 
-    /// `readdir`: entries from `offset` on.
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<(u64, DirEntry)>, FsError> {
-        let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
-        let entries = dirs.get(&fh).ok_or(FsError::Stale)?;
-        Ok(entries
+    /// `readdir`: the entries from `offset` on, each with the offset of the one after it,
+    /// handed to `add` until it answers that the kernel's buffer is full.
+    pub fn readdir(&self, fh: u64, offset: u64, mut add: impl FnMut(u64, DirEntry) -> bool) -> Result<(), FsError> {
+        let (fixed, path, listing) = {
+            let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+            let d = dirs.get(&fh).ok_or(FsError::Stale)?;
+            (d.fixed.clone(), d.path.clone(), d.listing.clone())
+        };
+        let from = usize::try_from(offset).unwrap_or(usize::MAX);
+        let n_fixed = fixed.len();
+        for (i, e) in fixed.into_iter().enumerate().skip(from) {
+            if add(i as u64 + 1, e) {
+                return Ok(());
+            }
+        }
+        let listed = listing.as_ref().map(|l| l.entries.as_slice()).unwrap_or_default();
+        // Index arithmetic, not an iterator's skip: only the entries handed out are built.
+        for (j, e) in listed.iter().enumerate().skip(from.saturating_sub(n_fixed)) {
+            // A name the path rules refuse is not shown (its offset stays taken).
+            let Ok(name) = Name::parse(&e.name) else { continue };
+            let path = child_path(&path, &name);
+            let listed = Listed { path: path.clone(), mode: e.mode, size: e.size };
+            let entry = DirEntry { ino: listing_ino(&path), kind: e.kind, name: e.name.clone(), listed: Some(listed) };
+            if add((n_fixed + j) as u64 + 1, entry) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a reader opened file `ino`: when it is the entry after the one opened before in
+    /// the same cached listing (a sequential reader such as `grep -r`), the paths of the next
+    /// files to fetch ahead of it, up to [`PREFETCH_WINDOW`] past it, each once. Empty
+    /// otherwise (and always with `--no-cache`, which would keep nothing).
+    pub fn prefetch_plan(&self, ino: u64) -> Vec<String> {
+        if !self.cache.enabled() || control::inode(ino, &self.control).is_some() {
+            return Vec::new();
+        }
+        let Some(node) = self.path_of(ino).ok().filter(|n| n.kind == EntryKind::File) else { return Vec::new() };
+        let Some((parent, name)) = node.path.rsplit_once('/') else { return Vec::new() };
+        let parent = if parent.is_empty() { "/" } else { parent };
+        let Some(listing) = self.cache.listing(parent) else { return Vec::new() };
+        let Ok(i) = listing.entries.binary_search_by(|e| e.name.as_str().cmp(name)) else { return Vec::new() };
+        let (start, end) = {
+            let mut sequences = self.sequences.lock().unwrap_or_else(|p| p.into_inner());
+            if sequences.len() > 1024 && !sequences.contains_key(parent) {
+                sequences.clear();
+            }
+            let seq = sequences.entry(parent.to_owned()).or_insert(Sequence { last: None, upto: 0 });
+            let sequential = seq.last.is_some_and(|last| last + 1 == i);
+            seq.last = Some(i);
+            let start = seq.upto.max(i + 1);
+            let end = listing.entries.len().min(i + 1 + PREFETCH_WINDOW);
+            // Ask in batches of half a window, so a reader never waits on one at a time.
+            if !sequential || start >= end || (end - start < PREFETCH_WINDOW / 2 && end < listing.entries.len()) {
+                return Vec::new();
+            }
+            seq.upto = end;
+            (start, end)
+        };
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        listing.entries[start..end]
             .iter()
-            .enumerate()
-            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-            .map(|(i, e)| (i as u64 + 1, e.clone()))
-            .collect())
+            .filter(|e| e.kind == EntryKind::File)
+            .filter_map(|e| Name::parse(&e.name).ok().map(|n| child_path(parent, &n)))
+            .filter(|p| !pending.contains_key(p) && self.cache.fresh_len(p).is_none())
+            .collect()
+    }
+
+    /// Fetches `paths` into the cache ahead of their opens, at most half of
+    /// `--max-inflight` at a time (each also takes a slot, so the cap holds for the mount),
+    /// with the mount's own token: gatewayd refuses what it may not read, exactly as it
+    /// would refuse the open. A failure is dropped (the open that follows asks again and
+    /// reports it); nothing goes to `.nkmc/last`.
+    pub async fn prefetch(self: Arc<Self>, paths: Vec<String>) {
+        let mut done = Vec::new();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            for path in paths {
+                if pending.contains_key(&path) {
+                    continue;
+                }
+                let (tx, rx) = watch::channel(false);
+                pending.insert(path.clone(), rx);
+                done.push((path, tx));
+            }
+        }
+        let slots = Arc::new(Semaphore::new((self.limits.max_inflight / 2).max(1)));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (path, tx) in done {
+            let fs = self.clone();
+            let slots = slots.clone();
+            tasks.spawn(async move {
+                let _slot = slots.acquire_owned().await;
+                if fs.cache.fresh_len(&path).is_none() {
+                    match fs.fetch(&path, None, false, None).await {
+                        Ok(Fetched::Body { content, validators }) => {
+                            fs.cache.put_prefetched(&path, content, validators)
+                        }
+                        Ok(Fetched::NotModified) => {}
+                        Err(e) => tracing::debug!(path, error = %e, "prefetch"),
+                    }
+                }
+                fs.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
+                let _ = tx.send(true);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits for a prefetch of `path` in flight, if any.
+    async fn prefetched(&self, path: &str) {
+        let rx = self.pending.lock().unwrap_or_else(|p| p.into_inner()).get(path).cloned();
+        if let Some(mut rx) = rx {
+            // The sender goes away (the task ended) or says done: either way, go on.
+            let _ = rx.wait_for(|done| *done).await;
+        }
     }
 
     /// `readdirplus`: the kernel takes each listed entry as looked up, so it is entered in
@@ -672,7 +947,8 @@ impl Fs {
     /// kernel did not take (an entry that did not fit its buffer).
     pub fn plus(&self, e: &DirEntry) -> Option<(u64, Inode)> {
         let listed = e.listed.as_ref()?;
-        Some(self.inodes().remember(listed.path.clone(), e.kind, listed.mode, listed.size))
+        let size = listed.size.or_else(|| self.cache.fresh_len(&listed.path));
+        Some(self.inodes().remember(listed.path.clone(), e.kind, listed.mode, size))
     }
 
     /// Gives back a reference [`Fs::plus`] took for an entry the kernel did not receive.

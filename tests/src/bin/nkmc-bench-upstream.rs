@@ -7,8 +7,8 @@
 //!
 //! Routes (under any prefix, so a spec's base URL can be `http://ADDR/v1`): `GET …/small`, a
 //! JSON object of `--small` bytes (1 KiB); `GET …/items`, a JSON array of `--items` objects
-//! (10,000); `GET …/big`, `--big` bytes (100 MiB) of JSON, made on first request. Anything else
-//! is 404. It prints `http://127.0.0.1:PORT` on its first line once it listens, then serves
+//! (10,000); `GET …/items/ID`, the item `{"id":ID,"name":"item-ID"}` (the mount's `items.d/`);
+//! `GET …/big`, `--big` bytes (100 MiB) of JSON, made on first request. Anything else is 404. It prints `http://127.0.0.1:PORT` on its first line once it listens, then serves
 //! until killed.
 
 use std::io::Write;
@@ -93,6 +93,8 @@ fn answer(bodies: &Bodies, uri: &Uri) -> Response<Body> {
         json(bodies.small.clone())
     } else if path.ends_with("/items") {
         json(bodies.items.clone())
+    } else if let Some(id) = path.rsplit_once("/items/").map(|(_, id)| id).filter(|id| !id.contains('/')) {
+        json(Bytes::from(format!(r#"{{"id":{id:?},"name":"item-{id}"}}"#)))
     } else if path.ends_with("/big") {
         json(bodies.big.get_or_init(|| Bytes::from(object(bodies.big_len))).clone())
     } else {

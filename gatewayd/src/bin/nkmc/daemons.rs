@@ -18,7 +18,9 @@ use crate::Ctx;
 const START_DEADLINE: Duration = Duration::from_secs(15);
 /// How long a daemon may take to exit after it was asked to.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
-const POLL: Duration = Duration::from_millis(10);
+/// How often a start or stop is checked on: a check is one connect or one read of
+/// /proc/self/mountinfo, and `nkmc up` waits on two of them (issue 8: up to first read).
+const POLL: Duration = Duration::from_millis(1);
 
 /// A sibling binary of `nkmc` (as installed by cargo), else one on PATH.
 fn binary(name: &str) -> PathBuf {
