@@ -253,19 +253,19 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byte
     let who = Caller::Peer(grant);
     let result: Result<Lent, ApiError> = match req.op {
         ExecOp::Read => match ops::read(&gw, &who, &path, Default::default()).await {
-            Ok(out) => lent(&gw, out),
+            Ok(out) => lent(&gw, out, paid.is_some() || settlement.is_some()).await,
             Err(e) => Err(e.into()),
         },
         ExecOp::Write => {
             let body = Bytes::from(req.body.unwrap_or_default());
             audit.bytes(body.len() as u64);
             match ops::write(&gw, &who, &path, body).await {
-                Ok(out) => lent(&gw, out),
+                Ok(out) => lent(&gw, out, paid.is_some() || settlement.is_some()).await,
                 Err(e) => Err(e.into()),
             }
         }
         ExecOp::Delete => match ops::delete(&gw, &who, &path).await {
-            Ok(out) => lent(&gw, out),
+            Ok(out) => lent(&gw, out, paid.is_some() || settlement.is_some()).await,
             Err(e) => Err(e.into()),
         },
         ExecOp::List => match ops::list(&gw, &who, &path).await {
@@ -390,19 +390,35 @@ impl Lent {
     }
 }
 
-/// An operation's output as lent: an upstream body over the size cap is refused up front.
-fn lent(gw: &Gateway, out: ops::Output) -> Result<Lent, ApiError> {
+/// An operation's output as lent: an upstream body over the size cap is refused up front; a
+/// small one (announced at most [`super::fs::WHOLE_BODY_MAX`]) of an unpaid call is read
+/// whole and sent signed in one piece (cheaper than frames); the rest streams in frames
+/// (a paid call always does: its settlement rides in the signed head frame).
+async fn lent(gw: &Gateway, out: ops::Output, paid: bool) -> Result<Lent, ApiError> {
     match out {
         ops::Output::Whole { body, content_type } => Ok(Lent::Whole(200, content_type.to_string(), body.to_vec())),
         ops::Output::Upstream(resp) => {
             let limit = gw.upstream.config().max_body_bytes;
-            if resp.announced_len().is_some_and(|l| l > limit) {
+            let announced = resp.announced_len();
+            if announced.is_some_and(|l| l > limit) {
                 return Err(ApiError::new(
                     ErrorCode::TooLarge,
                     format!("upstream body over the limit of {limit} bytes"),
                 ));
             }
-            Ok(Lent::Stream(resp))
+            if paid || announced.is_none_or(|l| l > super::fs::WHOLE_BODY_MAX) {
+                return Ok(Lent::Stream(resp));
+            }
+            let status = resp.status().as_u16();
+            let content_type = resp
+                .content_type()
+                .and_then(|v| v.to_str().ok().map(str::to_owned))
+                .unwrap_or_else(|| "application/octet-stream".to_owned());
+            let body = resp
+                .bytes()
+                .await
+                .map_err(|e| ApiError::new(ErrorCode::UpstreamFailed, format!("upstream body: {}", e.without_url())))?;
+            Ok(Lent::Whole(status, content_type, body.to_vec()))
         }
     }
 }
