@@ -520,6 +520,16 @@ pub fn secret_forms(secret: &str) -> Vec<(String, String)> {
     forms
 }
 
+/// The bytes of a data file listed a moment ago, or nothing if it has gone since (SQLite
+/// removes its journal and temporary files): a file that no longer exists holds no secret.
+pub fn read_if_present(path: &Path) -> Vec<u8> {
+    match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot read {}: {e}", path.display()),
+    }
+}
+
 /// Panics if `hay` holds any of [`secret_forms`] of `secret`.
 pub fn assert_no_secret(what: &str, hay: &[u8], secret: &str) {
     for (form, needle) in secret_forms(secret) {
