@@ -191,6 +191,21 @@ impl Upstream {
         Self::start_threads(2, handler)
     }
 
+    /// Serves `handler` to requests carrying `Authorization: Bearer KEY`; any other request
+    /// gets 401 `{"error":"bad key"}` and never reaches `handler`.
+    pub fn keyed(
+        key: &str,
+        handler: impl Fn(&Seen) -> (u16, Vec<(String, String)>, Vec<u8>) + Send + Sync + 'static,
+    ) -> Self {
+        let expected = format!("Bearer {key}");
+        Self::start(move |req| {
+            if req.headers.get("authorization") != Some(&expected) {
+                return json(401, r#"{"error":"bad key"}"#);
+            }
+            handler(req)
+        })
+    }
+
     /// Serves `handler` on a free port with `workers` threads, so up to that many calls of
     /// a handler that blocks (to hold requests in flight) run at once.
     pub fn start_threads(

@@ -20,16 +20,10 @@ fn url(n: &Nkmc) -> String {
 #[test]
 fn a_borrows_from_b_c_is_refused_and_the_lender_cannot_be_fooled() {
     let key = canary();
-    let expected = format!("Bearer {key}");
-    let up = Upstream::start(move |req| {
-        if req.headers.get("authorization") != Some(&expected) {
-            return json(401, r#"{"error":"bad key"}"#);
-        }
-        match (req.method.as_str(), req.uri.as_str()) {
-            ("GET", "/v1/pets") => json(200, PETS),
-            ("GET", "/v1/pets/1") => json(200, r#"{"id":1,"name":"rex"}"#),
-            _ => json(404, "{}"),
-        }
+    let up = Upstream::keyed(&key, move |req| match (req.method.as_str(), req.uri.as_str()) {
+        ("GET", "/v1/pets") => json(200, PETS),
+        ("GET", "/v1/pets/1") => json(200, r#"{"id":1,"name":"rex"}"#),
+        _ => json(404, "{}"),
     });
     let (a, b, c) = (gateway("gw-a"), gateway("gw-b"), gateway("gw-c"));
 
@@ -320,13 +314,9 @@ fn gatewayd_pid(n: &Nkmc) -> i32 {
 fn a_large_lent_body_streams_through_both_gateways_in_bounded_memory() {
     const BIG: usize = 96 * 1024 * 1024;
     let key = canary();
-    let expected = format!("Bearer {key}");
     let big: std::sync::Arc<Vec<u8>> = std::sync::Arc::new((0..BIG).map(|i| b"0123456789abcdef"[i % 16]).collect());
     let body = big.clone();
-    let up = Upstream::start(move |req| {
-        if req.headers.get("authorization") != Some(&expected) {
-            return json(401, "{}");
-        }
+    let up = Upstream::keyed(&key, move |_| {
         (200, vec![("content-type".into(), "application/octet-stream".into())], body.to_vec())
     });
     let config = "[upstream]\nmax_body_bytes = 209715200\n";

@@ -128,15 +128,9 @@ fn ledger(n: &Nkmc) -> Vec<serde_json::Value> {
 #[test]
 fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
     let key = canary();
-    let expected = format!("Bearer {key}");
-    let up = Upstream::start(move |req| {
-        if req.headers.get("authorization") != Some(&expected) {
-            return json(401, r#"{"error":"bad key"}"#);
-        }
-        match req.uri.as_str() {
-            "/v1/pets" => json(200, PETS),
-            _ => json(404, r#"{"error":"no such pet"}"#),
-        }
+    let up = Upstream::keyed(&key, move |req| match req.uri.as_str() {
+        "/v1/pets" => json(200, PETS),
+        _ => json(404, r#"{"error":"no such pet"}"#),
     });
     let fac = Facilitator::start();
     // Four calls a minute: the unpaid 402 probe before each paid call does not count.
@@ -280,16 +274,12 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
 #[test]
 fn a_paid_write_is_settled_before_it_is_carried_out_and_charged_once() {
     let key = canary();
-    let expected = format!("Bearer {key}");
     let fac = Facilitator::start();
     // The upstream notes, for each write, whether it was already settled when it arrived.
     let settled = fac.settled.clone();
     let paid_first: Arc<Mutex<Vec<bool>>> = Arc::default();
     let seen = paid_first.clone();
-    let up = Upstream::start(move |req| {
-        if req.headers.get("authorization") != Some(&expected) {
-            return json(401, "{}");
-        }
+    let up = Upstream::keyed(&key, move |_| {
         seen.lock().unwrap().push(!settled.lock().unwrap().is_empty());
         json(500, r#"{"error":"the pet store is down"}"#)
     });
@@ -309,11 +299,7 @@ fn a_paid_write_is_settled_before_it_is_carried_out_and_charged_once() {
 #[test]
 fn per_token_lending_is_prepaid_and_metered_on_the_tokens_the_upstream_reports() {
     let key = canary();
-    let expected = format!("Bearer {key}");
-    let up = Upstream::start(move |req| {
-        if req.headers.get("authorization") != Some(&expected) {
-            return json(401, "{}");
-        }
+    let up = Upstream::keyed(&key, move |_| {
         json(200, r#"{"data":[{"id":1}],"usage":{"prompt_tokens":100,"completion_tokens":500,"total_tokens":600}}"#)
     });
     let fac = Facilitator::start();

@@ -410,10 +410,7 @@ async fn lent(gw: &Gateway, out: ops::Output, paid: bool) -> Result<Lent, ApiErr
                 return Ok(Lent::Stream(resp));
             }
             let status = resp.status().as_u16();
-            let content_type = resp
-                .content_type()
-                .and_then(|v| v.to_str().ok().map(str::to_owned))
-                .unwrap_or_else(|| "application/octet-stream".to_owned());
+            let content_type = resp.content_type_text();
             let body = resp
                 .bytes()
                 .await
@@ -438,21 +435,8 @@ fn framed(
     use crate::federation::frames::{Binding, Encoder, Head};
     use futures_util::StreamExt;
     let status = resp.status().as_u16();
-    let content_type = resp
-        .content_type()
-        .and_then(|v| v.to_str().ok().map(str::to_owned))
-        .unwrap_or_else(|| "application/octet-stream".to_owned());
-    let limit = gw.upstream.config().max_body_bytes;
-    let mut seen: u64 = 0;
-    let data = resp.bytes_stream().map(move |chunk| {
-        let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
-        seen += chunk.len() as u64;
-        if seen > limit {
-            let message = format!("upstream body over the limit of {limit} bytes");
-            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, message));
-        }
-        Ok(chunk)
-    });
+    let content_type = resp.content_type_text();
+    let data = resp.capped_stream(gw.upstream.config().max_body_bytes);
     let metered = audit.streaming(status, None, data);
     let mut encoder = Encoder::new(Binding::new(v.secret.expose().as_bytes(), &v.nonce, &gw.identity.id, &v.peer));
     let head = encoder.head(&Head { upstream_status: status, content_type, payment_response });

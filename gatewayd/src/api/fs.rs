@@ -13,7 +13,6 @@ use axum::http::header::{
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::audit::Pending;
@@ -208,18 +207,7 @@ fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, audit: Pending) 
     if let Some(len) = length {
         builder = builder.header(CONTENT_LENGTH, len);
     }
-    let limit = gw.upstream.config().max_body_bytes;
-    let mut seen: u64 = 0;
-    let stream = resp.bytes_stream().map(move |chunk| {
-        let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
-        seen += chunk.len() as u64;
-        if seen > limit {
-            tracing::warn!(limit, "read: the upstream body went over upstream.max_body_bytes; cut off");
-            let message = format!("upstream body over the limit of {limit} bytes");
-            return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, message));
-        }
-        Ok(chunk)
-    });
+    let stream = resp.capped_stream(gw.upstream.config().max_body_bytes);
     let stream = audit.streaming(status, length, stream);
     builder
         .body(Body::from_stream(stream))

@@ -271,33 +271,15 @@ pub fn specs(run: &RunConfig) -> Result<Vec<ToolSpec>, ToolConfigError> {
             }
         };
         let fields = c.clone();
-        if let Some(v) = fields.binary {
-            spec.binary = v;
+        // Each field set in config.toml replaces the built-in one.
+        macro_rules! overlay {
+            ($($field:ident),*) => {$(
+                if let Some(v) = fields.$field {
+                    spec.$field = v;
+                }
+            )*};
         }
-        if let Some(v) = fields.domain {
-            spec.domain = v;
-        }
-        if let Some(v) = fields.inject {
-            spec.inject = v;
-        }
-        if let Some(v) = fields.deny {
-            spec.deny = v;
-        }
-        if let Some(v) = fields.deny_flags {
-            spec.deny_flags = v;
-        }
-        if let Some(v) = fields.deny_env {
-            spec.deny_env = v;
-        }
-        if let Some(v) = fields.allow_env {
-            spec.allow_env = v;
-        }
-        if let Some(v) = fields.timeout_ms {
-            spec.timeout_ms = v;
-        }
-        if let Some(v) = fields.max_output_bytes {
-            spec.max_output_bytes = v;
-        }
+        overlay!(binary, domain, inject, deny, deny_flags, deny_env, allow_env, timeout_ms, max_output_bytes);
         if spec.inject.is_empty() {
             return Err(invalid("`inject` names no variable".into()));
         }

@@ -171,6 +171,32 @@ impl Answer {
         })
     }
 
+    /// [`Answer::bytes_stream`] as I/O results, failing with `FileTooLarge` once more than
+    /// `limit` bytes (`upstream.max_body_bytes`) arrived: the body a response streams on.
+    pub fn capped_stream(self, limit: u64) -> futures_util::stream::BoxStream<'static, std::io::Result<Bytes>> {
+        let mut seen: u64 = 0;
+        self.bytes_stream()
+            .map(move |chunk| {
+                let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
+                seen += chunk.len() as u64;
+                if seen > limit {
+                    tracing::warn!(limit, "the upstream body went over upstream.max_body_bytes; cut off");
+                    let message = format!("upstream body over the limit of {limit} bytes");
+                    return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, message));
+                }
+                Ok(chunk)
+            })
+            .boxed()
+    }
+
+    /// The content type to pass on ([`Answer::content_type`]) as text, or
+    /// `application/octet-stream`.
+    pub fn content_type_text(&self) -> String {
+        self.content_type()
+            .and_then(|v| v.to_str().ok().map(str::to_owned))
+            .unwrap_or_else(|| "application/octet-stream".to_owned())
+    }
+
     /// The body as it arrives, masked chunk by chunk (a credential split between chunks is
     /// still masked; the masker holds back at most one pattern's length).
     pub fn bytes_stream(self) -> futures_util::stream::BoxStream<'static, Result<Bytes, reqwest::Error>> {
