@@ -312,17 +312,7 @@ pub fn record_hash(r: &AuditRecord) -> String {
     opt_text(&mut h, r.peer.as_deref());
     opt_text(&mut h, r.key_id.as_deref());
     text(&mut h, &r.prev_hash);
-    hex(&h.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    s
+    hex::encode(h.finalize())
 }
 
 /// `s` cut to at most [`MAX_TEXT`] bytes, at a character boundary.
@@ -1179,7 +1169,7 @@ mod tests {
         input.extend([0, 0]);
         input.extend(64u64.to_be_bytes());
         input.extend(GENESIS.as_bytes());
-        assert_eq!(record_hash(&r), hex(&Sha256::digest(&input)));
+        assert_eq!(record_hash(&r), hex::encode(Sha256::digest(&input)));
         // And pinned (computed with Python's hashlib from the documented encoding).
         assert_eq!(record_hash(&r), "880ae74b934ffb428ef6a8a74366af1b3927b5350150ebf6492d289001683e51");
         // Moving text between neighbouring fields changes the hash.

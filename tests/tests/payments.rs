@@ -31,7 +31,7 @@ fn check(req: &FacilitatorRequest, settled: &HashSet<String>) -> Result<String, 
         chain_id: evm::chain_id(&r.network).ok_or("unknown network")?,
         contract: Address::parse(&r.asset).map_err(|e| e.to_string())?,
     };
-    let nonce: [u8; 32] = evm::decode_hex(&a.nonce[2..]).ok_or("nonce")?.try_into().map_err(|_| "nonce length")?;
+    let nonce: [u8; 32] = hex::decode(&a.nonce[2..]).map_err(|_| "nonce")?.try_into().map_err(|_| "nonce length")?;
     let transfer = Transfer {
         from: Address::parse(&a.from).map_err(|e| e.to_string())?,
         to: Address::parse(&a.to).map_err(|e| e.to_string())?,
@@ -76,7 +76,7 @@ impl Facilitator {
                 ("/verify", Err(why)) => json(200, &format!(r#"{{"isValid":false,"invalidReason":"{why}"}}"#)),
                 ("/settle", Ok(payer)) => {
                     let nonce = body.payment_payload.payload.authorization.nonce.clone();
-                    let tx = format!("0x{}", evm::hex(&evm::keccak(nonce.as_bytes())));
+                    let tx = format!("0x{}", hex::encode(evm::keccak(nonce.as_bytes())));
                     settled.insert(nonce);
                     json(
                         200,

@@ -50,7 +50,7 @@ fn verify(gw: &Gateway, path: &str, headers: &HeaderMap, body: &[u8]) -> Option<
         return None;
     };
     let secret = match borrow::secret_of(gw, sender) {
-        Ok(Some(s)) if peers::get(&gw.db(), sender).ok().flatten().is_some() => s,
+        Ok(Some(s)) if gw.federation.tables.is_peer(&gw.db(), sender).unwrap_or(false) => s,
         _ => {
             tracing::info!(path, "federation: a request from an unknown peer was refused");
             return None;
@@ -117,7 +117,7 @@ pub async fn query(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Byt
         let domains = lend::lent_domains(&gw, &v.peer);
         return json_answer(&gw, &v, 200, &QueryResponse { available: true, domains, ..unavailable() });
     };
-    let rules_now = rules::list(&gw.db()).unwrap_or_default();
+    let rules_now = gw.federation.tables.rules(&gw.db()).unwrap_or_default();
     let service = gw.registry().get(&domain).filter(|s| s.borrowed.is_none());
     let (Some(service), Some(rule)) = (service, rules::lends_domain(&rules_now, &v.peer, &domain)) else {
         return json_answer(&gw, &v, 200, &unavailable());

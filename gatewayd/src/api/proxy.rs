@@ -170,9 +170,7 @@ pub async fn exec(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body
     let agent = audit.check(authorize(&gw, &who, &tool))?;
     // No key here for this caller (own or pool): a peer that lends the domain runs it.
     if matches!(crate::run::credential(&gw, agent.as_ref(), &tool.spec.domain), Ok(None)) {
-        let lenders: Vec<String> = crate::federation::peers::lenders_of(&gw.db(), &tool.spec.domain)
-            .map(|p| p.into_iter().map(|p| p.id).collect())
-            .unwrap_or_default();
+        let lenders = gw.federation.tables.lenders_of(&gw.db(), &tool.spec.domain).unwrap_or_default();
         if !lenders.is_empty() {
             return run_on_peer(gw.clone(), audit, req, decoder, body, lenders);
         }

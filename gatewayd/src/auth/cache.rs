@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use biscuit_auth::{Biscuit, PublicKey};
 
 use super::authorize::{AgentId, Op, Request};
-use super::{authorize, hex, unix_secs, AuthError};
+use super::{authorize, unix_secs, AuthError};
 
 /// Answers kept per token; when full, they are all forgotten.
 pub const DECISIONS_PER_TOKEN: usize = 64;
@@ -146,7 +146,7 @@ impl VerifiedTokens {
             return Ok(v);
         }
         let biscuit = authorize::parse_verified(root, token)?;
-        let revocation_ids = biscuit.revocation_identifiers().iter().map(|id| hex(id)).collect();
+        let revocation_ids = biscuit.revocation_identifiers().iter().map(hex::encode).collect();
         let agent = super::token::inspect(token, None).ok().and_then(|i| i.agent);
         let verified = Arc::new(Verified { biscuit, revocation_ids, agent, decisions: Decisions::default() });
         self.insert(token, verified.clone());

@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(k1.public(), k2.public());
         assert!(k1.public_text().starts_with("ed25519/"));
 
-        let private_hex = super::super::hex(&k1.pair.private().to_bytes());
+        let private_hex = hex::encode(k1.pair.private().to_bytes());
         let debug = format!("{k1:?}");
         assert!(debug.contains("<redacted>") && !debug.contains(&private_hex), "{debug}");
 

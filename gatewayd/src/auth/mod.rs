@@ -286,17 +286,6 @@ impl Authority {
     }
 }
 
-/// Lower-case hex of bytes (revocation ids).
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
-    }
-    s
-}
-
 /// Seconds since the Unix epoch (0 before it).
 pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
@@ -316,6 +305,5 @@ mod format_tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_735_787_045), "2025-01-02T03:04:05Z");
-        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
     }
 }

@@ -10,7 +10,7 @@ use biscuit_auth::UnverifiedBiscuit;
 use rusqlite::{params, Connection};
 
 use super::authorize::MAX_TOKEN_BYTES;
-use super::{hex, unix_secs, AuthError};
+use super::{unix_secs, AuthError};
 
 /// What revoking a token blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -31,7 +31,7 @@ pub fn revocation_ids(token: &str) -> Result<Vec<String>, AuthError> {
         return Err(AuthError::TooLarge(token.len()));
     }
     let parsed = UnverifiedBiscuit::from_base64(token).map_err(|_| AuthError::Malformed)?;
-    Ok(parsed.revocation_identifiers().iter().map(|id| hex(id)).collect())
+    Ok(parsed.revocation_identifiers().iter().map(hex::encode).collect())
 }
 
 /// Records `token` as revoked (the ids `scope` says); returns the ids recorded. The caller
@@ -84,7 +84,7 @@ impl RevocationList {
 
     /// Whether any of these ids (bytes) is revoked.
     pub fn any_revoked(&self, ids: &[Vec<u8>]) -> bool {
-        ids.iter().any(|id| self.ids.contains(&hex(id)))
+        ids.iter().any(|id| self.ids.contains(&hex::encode(id)))
     }
 
     /// Whether any of these ids (hex) is revoked.

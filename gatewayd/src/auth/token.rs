@@ -15,7 +15,7 @@ use biscuit_auth::{PublicKey, UnverifiedBiscuit};
 
 use super::authorize::{Op, MAX_BLOCKS, MAX_TOKEN_BYTES};
 use super::keys::RootKey;
-use super::{hex, rfc3339, unix_secs, AuthError};
+use super::{rfc3339, unix_secs, AuthError};
 
 /// Longest agent name.
 pub const MAX_AGENT_LEN: usize = 64;
@@ -312,7 +312,7 @@ pub fn inspect(token: &str, root: Option<&PublicKey>) -> Result<TokenInfo, AuthE
         let builder = BlockBuilder::new().code(&source).map_err(|_| AuthError::Malformed)?;
         let mut block = TokenBlock {
             index: index as u32,
-            revocation_id: ids.get(index).map(|id| hex(id)).unwrap_or_default(),
+            revocation_id: ids.get(index).map(hex::encode).unwrap_or_default(),
             rights: Vec::new(),
             custom: false,
             source,

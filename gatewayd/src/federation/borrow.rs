@@ -75,9 +75,10 @@ async fn call_with(
     body: Vec<u8>,
     extra: &[(&str, String)],
 ) -> Result<PeerAnswer, FederationError> {
-    let peer = { peers::get(&gw.db(), peer_id)? }.ok_or_else(|| FederationError::UnknownPeer(peer_id.to_owned()))?;
+    let url = { gw.federation.tables.peer_url(&gw.db(), peer_id)? }
+        .ok_or_else(|| FederationError::UnknownPeer(peer_id.to_owned()))?;
     let secret = secret_of(gw, peer_id)?.ok_or_else(|| FederationError::UnknownPeer(peer_id.to_owned()))?;
-    let target = PeerTarget { id: &peer.id, url: &peer.url, secret: secret.expose().as_bytes() };
+    let target = PeerTarget { id: peer_id, url: &url, secret: secret.expose().as_bytes() };
     let started = std::time::Instant::now();
     let answer = gw.federation.client.post(&gw.identity, &target, route, body, extra).await;
     gw.federation.latency.observe(peer_id, answer.is_ok().then(|| started.elapsed()));
@@ -196,8 +197,8 @@ pub fn lenders(gw: &Gateway, service: &crate::registry::Service) -> Vec<String> 
                 (price, o.peer.clone())
             })
             .collect(),
-        None => match peers::lenders_of(&gw.db(), &service.domain) {
-            Ok(p) => p.into_iter().map(|p| (0, p.id)).collect(),
+        None => match gw.federation.tables.lenders_of(&gw.db(), &service.domain) {
+            Ok(ids) => ids.into_iter().map(|id| (0, id)).collect(),
             Err(_) => Vec::new(),
         },
     };

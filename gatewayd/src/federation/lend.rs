@@ -79,7 +79,7 @@ pub fn admit(gw: &Gateway, peer: &str, path: &VPath, op: Op, now: std::time::Ins
     if !local {
         return Err(Refusal::Unknown(domain));
     }
-    let rules = { rules::list(&gw.db()) }.map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let rules = { gw.federation.tables.rules(&gw.db()) }.map_err(|e| Refusal::Invalid(e.to_string()))?;
     let rule = match rules::decide(&rules, peer, &domain, op) {
         Decision::Lend(rule) => rule,
         Decision::Refuse => return Err(Refusal::NotLent),
@@ -111,7 +111,7 @@ pub fn count_rate(gw: &Gateway, grant: &Grant, now: std::time::Instant) -> Resul
 /// Checks that the rules lend `run` of `domain`'s tools to `peer`, and counts the run
 /// against the rate limit.
 pub fn admit_run(gw: &Gateway, peer: &str, domain: &str, now: std::time::Instant) -> Result<(), Refusal> {
-    let rules = { rules::list(&gw.db()) }.map_err(|e| Refusal::Invalid(e.to_string()))?;
+    let rules = { gw.federation.tables.rules(&gw.db()) }.map_err(|e| Refusal::Invalid(e.to_string()))?;
     let rule = match rules::decide(&rules, peer, domain, Op::Run) {
         Decision::Lend(rule) => rule,
         Decision::Refuse => return Err(Refusal::NotLent),
@@ -130,7 +130,7 @@ pub fn admit_run(gw: &Gateway, peer: &str, domain: &str, now: std::time::Instant
 /// The domains the rules lend to `peer`: services registered here, and domains whose tools
 /// it may `run` with a pool key held here.
 pub fn lent_domains(gw: &Gateway, peer: &str) -> Vec<String> {
-    let Ok(rules) = rules::list(&gw.db()) else { return Vec::new() };
+    let Ok(rules) = gw.federation.tables.rules(&gw.db()) else { return Vec::new() };
     let mut domains: Vec<String> = gw
         .registry()
         .iter()

@@ -3,7 +3,8 @@
 //! - [`sign`]: HMAC-SHA256 signatures of every peer message and answer, the time window and
 //!   the replay cache.
 //! - [`rules`]: what this gateway lends, to whom, for which operations, at what price and rate.
-//! - [`identity`], [`peers`]: who we are, whom we know.
+//! - [`identity`], [`peers`]: who we are, whom we know; [`held`]: the peers and rules tables
+//!   held in memory between writes.
 //! - [`protocol`]: the messages; [`client`]: a signed call and its verified answer.
 //! - [`lend`]: answering a peer; [`borrow`]: asking peers, borrowed services.
 
@@ -11,6 +12,7 @@ pub mod borrow;
 pub mod client;
 pub mod coordinator;
 pub mod frames;
+pub mod held;
 pub mod identity;
 pub mod latency;
 pub mod lend;
@@ -66,6 +68,8 @@ pub struct Federation {
     /// One heartbeat to the coordinator at a time, so a later one (with a newer public URL)
     /// is never overtaken by an earlier one.
     pub heartbeat: tokio::sync::Mutex<()>,
+    /// The peers and rules tables, held between writes.
+    pub tables: held::HeldTables,
     /// Each peer's status as last written.
     pub statuses: peers::StatusBook,
     /// How fast each peer answers.
@@ -86,6 +90,7 @@ impl Federation {
             nonces: sign::NonceCache::default(),
             rates: rules::RateLimiter::default(),
             heartbeat: tokio::sync::Mutex::new(()),
+            tables: held::HeldTables::default(),
             statuses: peers::StatusBook::default(),
             latency: latency::Latency::default(),
             payments: crate::payments::Payments::default(),

@@ -165,11 +165,6 @@ impl StatusBook {
     }
 }
 
-/// The peers advertising `domain`, by id.
-pub fn lenders_of(conn: &Connection, domain: &str) -> Result<Vec<Peer>, PeerError> {
-    Ok(list(conn)?.into_iter().filter(|p| p.domains.iter().any(|d| d == domain)).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,8 +186,6 @@ mod tests {
         set_domains(&conn, "b", &["x.test".into()], 5).unwrap();
         let p = get(&conn, "b").unwrap().unwrap();
         assert_eq!((p.status.as_str(), p.last_seen_ms, p.domains.clone()), ("online", Some(5), vec!["x.test".into()]));
-        assert_eq!(lenders_of(&conn, "x.test").unwrap().len(), 1);
-        assert!(lenders_of(&conn, "y.test").unwrap().is_empty());
         assert!(matches!(set_domains(&conn, "zz", &[], 1), Err(PeerError::Unknown(_))));
         assert!(remove(&conn, "b").unwrap());
         assert!(list(&conn).unwrap().is_empty());

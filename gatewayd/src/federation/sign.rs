@@ -124,7 +124,7 @@ pub struct Envelope<'a> {
 
 impl Envelope<'_> {
     fn canonical(&self) -> Vec<u8> {
-        let body_hash = hex(&Sha256::digest(self.body));
+        let body_hash = hex::encode(Sha256::digest(self.body));
         format!(
             "nkmc-federation-v1\n{}\n{}\n{body_hash}\n{}\n{}\n{}\n{}",
             self.method, self.path, self.timestamp, self.nonce, self.sender, self.recipient
@@ -136,12 +136,12 @@ impl Envelope<'_> {
     pub fn sign(&self, secret: &[u8]) -> String {
         let mut mac = mac(secret);
         mac.update(&self.canonical());
-        hex(&mac.finalize().into_bytes())
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// Checks the MAC in constant time.
     pub fn verify(&self, secret: &[u8], signature: &str) -> Result<(), SignError> {
-        let given = unhex(signature).ok_or(SignError::Malformed)?;
+        let given = hex::decode(signature).map_err(|_| SignError::Malformed)?;
         let mut mac = mac(secret);
         mac.update(&self.canonical());
         mac.verify_slice(&given).map_err(|_| SignError::BadSignature)
@@ -188,18 +188,7 @@ pub fn nonce() -> String {
     use aes_gcm::aead::rand_core::RngCore;
     let mut b = [0u8; 16];
     aes_gcm::aead::OsRng.fill_bytes(&mut b);
-    hex(&b)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+    hex::encode(b)
 }
 
 /// Nonces seen within the skew window, per sender: a replay inside the window is refused,

@@ -21,7 +21,7 @@ impl Address {
     /// Parses `0x` + 40 hex digits (any case; the checksum is not required).
     pub fn parse(s: &str) -> Result<Self, PaymentError> {
         let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
-        let bytes = decode_hex(hex).filter(|b| b.len() == 20);
+        let bytes = hex::decode(hex).ok().filter(|b| b.len() == 20);
         let bytes = bytes.ok_or_else(|| PaymentError::Invalid(format!("`{s}` is not an EVM address (0x + 40 hex)")))?;
         let mut a = [0u8; 20];
         a.copy_from_slice(&bytes);
@@ -30,7 +30,7 @@ impl Address {
 
     /// The EIP-55 mixed-case form.
     pub fn checksummed(&self) -> String {
-        let lower = hex(&self.0);
+        let lower = hex::encode(self.0);
         let hash = keccak(lower.as_bytes());
         let mut out = String::from("0x");
         for (i, c) in lower.chars().enumerate() {
@@ -153,7 +153,8 @@ impl Wallet {
         let hex_key = hex_key.trim();
         let hex_key = hex_key.strip_prefix("0x").unwrap_or(hex_key);
         let bytes = Zeroizing::new(
-            decode_hex(hex_key)
+            hex::decode(hex_key)
+                .ok()
                 .filter(|b| b.len() == 32)
                 .ok_or_else(|| PaymentError::Invalid("a wallet key is 32 bytes as 64 hex digits".into()))?,
         );
@@ -165,7 +166,7 @@ impl Wallet {
     /// A new key from the system's randomness, as hex (to store in the vault).
     pub fn generate_hex() -> Zeroizing<String> {
         let key = SigningKey::random(&mut aes_gcm::aead::OsRng);
-        Zeroizing::new(hex(&key.to_bytes()))
+        Zeroizing::new(hex::encode(key.to_bytes()))
     }
 
     /// The wallet's address.
@@ -181,7 +182,7 @@ impl Wallet {
             .map_err(|_| PaymentError::Invalid("the wallet could not sign".into()))?;
         let mut out = sig.to_bytes().to_vec();
         out.push(27 + recid.to_byte());
-        Ok(format!("0x{}", hex(&out)))
+        Ok(format!("0x{}", hex::encode(out)))
     }
 }
 
@@ -196,29 +197,13 @@ fn address_of(key: &VerifyingKey) -> Address {
 /// The address that signed `digest` with `signature` (`0x` + 130 hex), if it is a valid
 /// signature at all.
 pub fn signer(digest: &[u8; 32], signature: &str) -> Option<Address> {
-    let bytes = decode_hex(signature.strip_prefix("0x")?)?;
+    let bytes = hex::decode(signature.strip_prefix("0x")?).ok()?;
     if bytes.len() != 65 {
         return None;
     }
     let sig = Signature::from_slice(&bytes[..64]).ok()?;
     let recid = RecoveryId::from_byte(bytes[64].checked_sub(27)?)?;
     VerifyingKey::recover_from_prehash(digest, &sig, recid).ok().map(|k| address_of(&k))
-}
-
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    crate::vault::hex(bytes)
-}
-
-/// Bytes of an even-length hex string.
-pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    if !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 #[cfg(test)]
@@ -246,7 +231,7 @@ mod tests {
             nonce: [0x22; 32],
         };
         let digest = t.digest(&domain);
-        assert_eq!(hex(&digest), "e507f081b81f80eba36c7423bd372f5f8730167486e5cb6dfd4063d932c016d0");
+        assert_eq!(hex::encode(digest), "e507f081b81f80eba36c7423bd372f5f8730167486e5cb6dfd4063d932c016d0");
         let sig = wallet.sign(&digest).unwrap();
         assert_eq!(
             sig,

@@ -21,7 +21,7 @@ pub fn resource(lender: &str, op: &str, path: &str) -> String {
 /// The hex SHA-256 of an `X-PAYMENT` value: the borrower puts it in the signed request body
 /// (`payment_sha256`), which binds the payment to that request.
 pub fn payment_digest(header: &str) -> String {
-    crate::vault::hex(&Sha256::digest(header.trim().as_bytes()))
+    hex::encode(Sha256::digest(header.trim().as_bytes()))
 }
 
 /// The requirements for one call priced at `price` (a decimal of the asset's unit).

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::amount;
-use super::evm::{self, Address, Transfer, Wallet};
+use super::evm::{Address, Transfer, Wallet};
 use super::ledger::{self, Direction, Entry, State};
 use super::x402::{Authorization, ExactPayload, Payment, PaymentRequired, Requirements, SCHEME_EXACT, VERSION};
 use super::PaymentError;
@@ -204,7 +204,7 @@ pub fn pay(
                 value: price.to_string(),
                 valid_after: transfer.valid_after.to_string(),
                 valid_before: transfer.valid_before.to_string(),
-                nonce: format!("0x{}", evm::hex(&nonce)),
+                nonce: format!("0x{}", hex::encode(nonce)),
             },
         },
     };

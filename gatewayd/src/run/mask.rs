@@ -59,8 +59,7 @@ fn base64_core(secret: &[u8], align: usize, alphabet: &[u8; 64]) -> Vec<u8> {
 }
 
 fn hex(bytes: &[u8], upper: bool) -> Vec<u8> {
-    let digits: &[u8; 16] = if upper { b"0123456789ABCDEF" } else { b"0123456789abcdef" };
-    bytes.iter().flat_map(|b| [digits[usize::from(b >> 4)], digits[usize::from(b & 15)]]).collect()
+    if upper { hex::encode_upper(bytes) } else { hex::encode(bytes) }.into_bytes()
 }
 
 /// Percent-encoding of every byte outside RFC 3986's unreserved set; `plus` writes a space

@@ -130,7 +130,7 @@ impl MasterKey {
 
     /// The key's id in hex, for messages.
     pub fn id_hex(&self) -> String {
-        super::hex(&self.id)
+        hex::encode(self.id)
     }
 
     /// The key bytes (to write the key file).
@@ -242,7 +242,7 @@ pub fn open(keys: &[&MasterKey], row: RowBinding<'_>, blob: &[u8]) -> Result<Zer
                 bad(&format!(
                     "sealed under master key {}, which gatewayd does not hold (was master.key replaced, or \
                      NKMC_ENCRYPTION_KEY changed? set NKMC_ENCRYPTION_KEY_OLD to the previous key)",
-                    super::hex(id)
+                    hex::encode(id)
                 ))
             })?;
             let (nonce, ct) = rest.split_at(cipher.nonce_len());

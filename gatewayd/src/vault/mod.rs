@@ -319,7 +319,7 @@ impl Vault {
             return Ok(());
         }
         let sealed_with =
-            blob::master_id_of(&rows[0].ciphertext).map(|id| hex(&id)).unwrap_or_else(|| "unknown (format 1)".into());
+            blob::master_id_of(&rows[0].ciphertext).map(hex::encode).unwrap_or_else(|| "unknown (format 1)".into());
         let source_name = match self.source {
             MasterSource::File(_) => "master.key",
             MasterSource::Env => "NKMC_ENCRYPTION_KEY",
@@ -369,7 +369,7 @@ impl Vault {
             placement.map(serde_json::to_string).transpose().map_err(|e| VaultError::Crypto(e.to_string()))?;
         let mut id = [0u8; 12];
         OsRng.fill_bytes(&mut id);
-        let key_id = hex(&id);
+        let key_id = hex::encode(id);
         let row = RowBinding {
             key_id: &key_id,
             domain,
@@ -518,10 +518,6 @@ impl Vault {
         }
         Ok(rows.len())
     }
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -118,7 +118,7 @@ impl Vault {
             }
         };
         pause();
-        let rotation = Rotation { keys, old_master_id: super::hex(&old_id), new_master_id: new.id_hex() };
+        let rotation = Rotation { keys, old_master_id: hex::encode(old_id), new_master_id: new.id_hex() };
         {
             let mut ring = self.ring.write().unwrap_or_else(|p| p.into_inner());
             // Until the rename below lands, the old key file is still `master.key`: keep both.
