@@ -11,6 +11,7 @@ use crate::config::UpstreamConfig;
 use crate::vault::Secret;
 
 pub mod echo;
+pub mod tls;
 
 pub use echo::Answer;
 
@@ -154,7 +155,11 @@ impl Upstream {
     /// resolved through the SSRF guard ([`crate::ssrf`]).
     pub fn new(config: UpstreamConfig, private_hosts: crate::ssrf::PrivateHosts) -> Result<Self, reqwest::Error> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = tls::client_config() {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let client = builder
             .no_proxy()
             .dns_resolver(std::sync::Arc::new(crate::ssrf::GuardedResolver::new(private_hosts)))
             .timeout(config.timeout())

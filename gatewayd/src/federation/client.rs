@@ -95,7 +95,11 @@ impl PeerClient {
     /// A client with these timeouts and answer cap.
     pub fn new(timeout: Duration, connect_timeout: Duration, max_body: u64) -> Result<Self, reqwest::Error> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(tls) = crate::upstream::tls::client_config() {
+            builder = builder.tls_backend_preconfigured(tls);
+        }
+        let http = builder
             .no_proxy()
             .timeout(timeout)
             .connect_timeout(connect_timeout)
