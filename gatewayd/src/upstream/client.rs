@@ -560,3 +560,195 @@ impl Body for DrivenBody {
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A loopback server that answers each request on a connection with `answer(n, head)`
+    /// (n counts requests over all connections), closing the connection after it when
+    /// `close` says so; counts the connections it accepted.
+    async fn server(
+        answer: impl Fn(usize, &str) -> (String, bool) + Send + Sync + 'static,
+    ) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let answer = Arc::new(answer);
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let (answer, requests) = (answer.clone(), requests.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let Ok(n) = s.read(&mut chunk).await else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        while buf.len() < end + 4 + len {
+                            let Ok(n) = s.read(&mut chunk).await else { return };
+                            if n == 0 {
+                                return;
+                            }
+                            buf.extend_from_slice(&chunk[..n]);
+                        }
+                        let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
+                        buf.drain(..end + 4 + len);
+                        let n = requests.fetch_add(1, Ordering::SeqCst);
+                        let (resp, close) = answer(n, &format!("{head}\r\n\r\n{body}"));
+                        if s.write_all(resp.as_bytes()).await.is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn ok(body: &str) -> String {
+        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+    }
+
+    fn client() -> Client {
+        Client::new(PrivateHosts::default(), Duration::from_secs(2))
+    }
+
+    async fn get(c: &Client, url: &str, method: Method, body: Option<&str>) -> Result<(u16, String), Failure> {
+        let url = Url::parse(url).unwrap();
+        let headers = HeaderMap::new();
+        let out = Outgoing { method, url: &url, headers: &headers, body: body.map(|b| Bytes::from(b.to_owned())) };
+        let resp = c.send(out, Duration::from_secs(2)).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| Failure::Transport(e.to_string()))?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_its_end_is_reused() {
+        let (url, accepted) = server(|n, head| {
+            assert!(head.contains("host: 127.0.0.1:"), "{head}");
+            assert!(head.contains("user-agent: nkmc-gatewayd/"), "{head}");
+            (ok(&format!("answer {n}")), false)
+        })
+        .await;
+        let c = client();
+        for n in 0..3 {
+            assert_eq!(
+                get(&c, &format!("{url}/x?q=1"), Method::GET, None).await.unwrap(),
+                (200, format!("answer {n}"))
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for three calls");
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_server_closed_is_replaced() {
+        // The server closes every connection after its answer, without saying so.
+        let (url, accepted) = server(|n, _| (ok(&format!("answer {n}")), true)).await;
+        let c = client();
+        assert_eq!(get(&c, &url, Method::GET, None).await.unwrap().1, "answer 0");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(get(&c, &url, Method::GET, None).await.unwrap().1, "answer 1");
+        assert_eq!(get(&c, &url, Method::POST, Some("{}")).await.unwrap().1, "answer 2");
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_within_the_origin_only() {
+        let (other, _) = server(|_, _| (ok("elsewhere"), false)).await;
+        let (url, _) = server(move |_, head| {
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let method = head.split_whitespace().next().unwrap_or("").to_owned();
+            let redirect = |status: &str, to: &str| {
+                (format!("HTTP/1.1 {status}\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n"), false)
+            };
+            match path.as_str() {
+                "/same" => redirect("302 Found", "/target"),
+                "/keep" => redirect("307 Temporary Redirect", "/target"),
+                "/away" => redirect("302 Found", &format!("{other}/x")),
+                "/loop" => redirect("302 Found", "/loop"),
+                _ => {
+                    let body = head.split("\r\n\r\n").nth(1).unwrap_or("");
+                    (ok(&format!("{method} {path} {body}")), false)
+                }
+            }
+        })
+        .await;
+        let c = client();
+        assert_eq!(get(&c, &format!("{url}/same"), Method::GET, None).await.unwrap(), (200, "GET /target ".into()));
+        assert_eq!(get(&c, &format!("{url}/same"), Method::POST, Some("{}")).await.unwrap().1, "GET /target ");
+        assert_eq!(
+            get(&c, &format!("{url}/keep"), Method::POST, Some("{\"a\":1}")).await.unwrap().1,
+            "POST /target {\"a\":1}"
+        );
+        assert_eq!(
+            get(&c, &format!("{url}/away"), Method::GET, None).await.unwrap().0,
+            302,
+            "another origin: not followed"
+        );
+        assert_eq!(get(&c, &format!("{url}/loop"), Method::GET, None).await.unwrap().0, 302, "stops after the limit");
+    }
+
+    #[tokio::test]
+    async fn the_deadline_covers_the_body() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/slow", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        let c = client();
+        let url = Url::parse(&url).unwrap();
+        let headers = HeaderMap::new();
+        let out = Outgoing { method: Method::GET, url: &url, headers: &headers, body: None };
+        let started = Instant::now();
+        let resp = c.send(out, Duration::from_millis(300)).await.unwrap();
+        let err = resp.into_body().collect().await.unwrap_err();
+        assert!(matches!(err, BodyError::Timeout), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn names_are_resolved_through_the_ssrf_guard() {
+        let (url, accepted) = server(|_, _| (ok("reached"), false)).await;
+        let port = Url::parse(&url).unwrap().port().unwrap();
+        let c = client();
+        match get(&c, &format!("http://localhost:{port}/"), Method::GET, None).await {
+            Err(Failure::Refused(m)) => assert!(m.starts_with("ssrf guard:"), "{m}"),
+            other => panic!("not refused: {:?}", other.map(|r| r.0)),
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+        let allowed = PrivateHosts::default();
+        allowed.write().unwrap().insert("localhost".into());
+        let c = Client::new(allowed, Duration::from_secs(2));
+        assert_eq!(get(&c, &format!("http://localhost:{port}/"), Method::GET, None).await.unwrap().1, "reached");
+        match get(&c, "http://169.254.169.254/latest", Method::GET, None).await {
+            Err(Failure::Refused(m)) => assert!(m.contains("metadata"), "{m}"),
+            other => panic!("not refused: {:?}", other.map(|r| r.0)),
+        }
+    }
+}
