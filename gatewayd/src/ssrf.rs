@@ -103,30 +103,57 @@ impl GuardedResolver {
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let host = name.as_str().to_ascii_lowercase();
-        let private_ok = self.private_hosts.read().map(|h| h.contains(&host)).unwrap_or(false);
+        let private_hosts = self.private_hosts.clone();
+        let host = name.as_str().to_owned();
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let allowed: Vec<SocketAddr> = found
-                .iter()
-                .copied()
-                .filter(|a| match classify(a.ip()) {
-                    AddrClass::Metadata => false,
-                    AddrClass::Private => private_ok,
-                    AddrClass::Public => true,
-                })
-                .collect();
-            if allowed.is_empty() {
-                let err: Box<dyn std::error::Error + Send + Sync> = format!(
-                    "ssrf guard: {host} resolves only to private or metadata addresses, which a host name may not reach"
-                )
-                .into();
-                return Err(err);
+            match resolve(&private_hosts, &host).await {
+                Ok(allowed) => {
+                    let addrs: Addrs = Box::new(allowed.into_iter());
+                    Ok(addrs)
+                }
+                Err(ResolveError::Lookup(e)) => Err(e.into()),
+                Err(ResolveError::Refused(m)) => {
+                    let err: Box<dyn std::error::Error + Send + Sync> = m.into();
+                    Err(err)
+                }
             }
-            let addrs: Addrs = Box::new(allowed.into_iter());
-            Ok(addrs)
         })
     }
+}
+
+/// Why [`resolve`] gave no address.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The name could not be resolved.
+    #[error("{0}")]
+    Lookup(#[from] std::io::Error),
+    /// The name resolves only to addresses the guard refuses (the message starts with
+    /// `ssrf guard:`).
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The addresses of `host` (port 0) that outbound calls may reach: never a metadata
+/// address; a private one only when the owner registered `host` as private.
+pub async fn resolve(private_hosts: &PrivateHosts, host: &str) -> Result<Vec<SocketAddr>, ResolveError> {
+    let host = host.to_ascii_lowercase();
+    let private_ok = private_hosts.read().map(|h| h.contains(&host)).unwrap_or(false);
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+    let allowed: Vec<SocketAddr> = found
+        .iter()
+        .copied()
+        .filter(|a| match classify(a.ip()) {
+            AddrClass::Metadata => false,
+            AddrClass::Private => private_ok,
+            AddrClass::Public => true,
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err(ResolveError::Refused(format!(
+            "ssrf guard: {host} resolves only to private or metadata addresses, which a host name may not reach"
+        )));
+    }
+    Ok(allowed)
 }
 
 /// Whether a base URL's host is private by the owner's explicit choice: an address literal

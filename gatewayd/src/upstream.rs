@@ -10,6 +10,7 @@ use url::Url;
 use crate::config::UpstreamConfig;
 use crate::vault::Secret;
 
+pub mod client;
 pub mod echo;
 pub mod tls;
 
@@ -145,7 +146,10 @@ impl Validators {
 /// The outbound HTTP client.
 #[derive(Debug, Clone)]
 pub struct Upstream {
+    /// Discovery and OAuth2 token exchanges (no credential of a service).
     client: reqwest::Client,
+    /// Calls with a service's credential ([`Upstream::send`]).
+    direct: client::Client,
     config: UpstreamConfig,
 }
 
@@ -155,6 +159,8 @@ impl Upstream {
     /// resolved through the SSRF guard ([`crate::ssrf`]).
     pub fn new(config: UpstreamConfig, private_hosts: crate::ssrf::PrivateHosts) -> Result<Self, reqwest::Error> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let connect_timeout = std::time::Duration::from_millis(config.connect_timeout_ms);
+        let direct = client::Client::new(private_hosts.clone(), connect_timeout);
         let mut builder = reqwest::Client::builder();
         if let Some(tls) = tls::client_config() {
             builder = builder.tls_backend_preconfigured(tls);
@@ -175,7 +181,7 @@ impl Upstream {
             }))
             .user_agent(concat!("nkmc-gatewayd/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Upstream { client, config })
+        Ok(Upstream { client, direct, config })
     }
 
     /// The pooled client itself, for calls that carry no credential (discovery).
@@ -222,23 +228,26 @@ impl Upstream {
             url.query_pairs_mut().append_pair(name, secret.expose());
         }
         let idempotent = matches!(call.method, Method::Get | Method::Put | Method::Delete);
+        let mut headers = reqwest::header::HeaderMap::new();
+        if call.body.is_some() {
+            headers.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        if let Some(v) = &call.validators.if_none_match {
+            headers.insert(reqwest::header::IF_NONE_MATCH, v.clone());
+        }
+        if let Some(v) = &call.validators.if_modified_since {
+            headers.insert(reqwest::header::IF_MODIFIED_SINCE, v.clone());
+        }
+        if let Some(secret) = &call.credential {
+            inject(&mut headers, scheme, secret)
+                .map_err(|message| UpstreamError::Invalid { domain: domain.clone(), message })?;
+        }
         let mut attempt = 0;
         let resp = loop {
-            let mut req = self.client.request(method.clone(), url.clone());
-            if let Some(body) = &call.body {
-                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
-            }
-            if let Some(v) = &call.validators.if_none_match {
-                req = req.header(reqwest::header::IF_NONE_MATCH, v.clone());
-            }
-            if let Some(v) = &call.validators.if_modified_since {
-                req = req.header(reqwest::header::IF_MODIFIED_SINCE, v.clone());
-            }
-            if let Some(secret) = &call.credential {
-                req = inject(req, scheme, secret)
-                    .map_err(|message| UpstreamError::Invalid { domain: domain.clone(), message })?;
-            }
-            let resp = req.send().await.map_err(|e| self.classify(&domain, e))?;
+            let out =
+                client::Outgoing { method: method.clone(), url: &url, headers: &headers, body: call.body.clone() };
+            let resp = self.direct.send(out, self.config.timeout()).await.map_err(|f| self.failure(&domain, f))?;
+            let resp = reqwest::Response::from(resp.map(reqwest::Body::wrap));
             let retryable = matches!(resp.status().as_u16(), 429 | 502 | 503 | 504);
             if !(idempotent && retryable && attempt < self.config.max_retries) {
                 break resp;
@@ -264,30 +273,24 @@ impl Upstream {
         Err(UpstreamError::Status { domain, status: status.as_u16(), body })
     }
 
-    fn classify(&self, domain: &str, e: reqwest::Error) -> UpstreamError {
+    fn failure(&self, domain: &str, f: client::Failure) -> UpstreamError {
         let domain = domain.to_owned();
-        let e = e.without_url();
-        if e.is_timeout() {
-            return UpstreamError::Timeout { domain, timeout_ms: self.config.timeout_ms };
-        }
-        let message = chain(&e);
-        if message.contains("ssrf guard:") {
-            return UpstreamError::Refused { domain, message };
-        }
-        if e.is_connect() {
-            UpstreamError::Unreachable { domain, message }
-        } else {
-            UpstreamError::Transport { domain, message }
+        match f {
+            client::Failure::Timeout => UpstreamError::Timeout { domain, timeout_ms: self.config.timeout_ms },
+            client::Failure::Refused(message) => UpstreamError::Refused { domain, message },
+            client::Failure::Connect(message) => UpstreamError::Unreachable { domain, message },
+            client::Failure::Transport(message) => UpstreamError::Transport { domain, message },
         }
     }
 }
 
 /// Puts the credential where the scheme says; with no usable scheme, as a bearer token.
+/// The header is marked sensitive.
 fn inject(
-    req: reqwest::RequestBuilder,
+    headers: &mut reqwest::header::HeaderMap,
     scheme: Option<&SecurityScheme>,
     secret: &Secret,
-) -> Result<reqwest::RequestBuilder, String> {
+) -> Result<(), String> {
     // The formatted value is wiped once copied into the header (hyper's own copies are out of
     // reach).
     let sensitive = |v: String| {
@@ -298,23 +301,34 @@ fn inject(
         })
     };
     let bad = |_| "the stored credential is not a valid header value".to_owned();
-    Ok(match scheme {
+    match scheme {
         Some(SecurityScheme::Basic) => {
-            let (user, pass) = secret.expose().split_once(':').unwrap_or((secret.expose(), ""));
-            req.basic_auth(user, Some(pass))
+            use base64::Engine;
+            let value = zeroize::Zeroizing::new(match secret.expose().split_once(':') {
+                Some(_) => secret.expose().to_owned(),
+                None => format!("{}:", secret.expose()),
+            });
+            let encoded = base64::engine::general_purpose::STANDARD.encode(value.as_bytes());
+            headers
+                .insert(AUTHORIZATION, sensitive(format!("Basic {}", *zeroize::Zeroizing::new(encoded))).map_err(bad)?);
         }
         Some(SecurityScheme::ApiKey { location: KeyLocation::Header, name }) => {
-            req.header(name.as_str(), sensitive(secret.expose().to_owned()).map_err(bad)?)
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("the header name {name:?} of the security scheme is not valid"))?;
+            headers.insert(name, sensitive(secret.expose().to_owned()).map_err(bad)?);
         }
         Some(SecurityScheme::ApiKey { location: KeyLocation::Cookie, name }) => {
-            req.header(COOKIE, sensitive(format!("{name}={}", secret.expose())).map_err(bad)?)
+            headers.insert(COOKIE, sensitive(format!("{name}={}", secret.expose())).map_err(bad)?);
         }
-        Some(SecurityScheme::ApiKey { location: KeyLocation::Query, .. }) => req,
+        Some(SecurityScheme::ApiKey { location: KeyLocation::Query, .. }) => {}
         Some(SecurityScheme::Bearer)
         | Some(SecurityScheme::OAuth2ClientCredentials { .. })
         | Some(SecurityScheme::Unsupported { .. })
-        | None => req.header(AUTHORIZATION, sensitive(format!("Bearer {}", secret.expose())).map_err(bad)?),
-    })
+        | None => {
+            headers.insert(AUTHORIZATION, sensitive(format!("Bearer {}", secret.expose())).map_err(bad)?);
+        }
+    }
+    Ok(())
 }
 
 /// How long to wait before retry `attempt`: the upstream's `Retry-After` (seconds) when it
@@ -326,17 +340,6 @@ fn retry_wait(headers: &reqwest::header::HeaderMap, attempt: u32, cap: std::time
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(std::time::Duration::from_secs);
     asked.unwrap_or_else(|| std::time::Duration::from_millis(100 << attempt.min(10))).min(cap)
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        src = s.source();
-    }
-    out
 }
 
 async fn error_excerpt(resp: reqwest::Response, credential: Option<&Secret>) -> String {

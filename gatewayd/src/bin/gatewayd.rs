@@ -58,10 +58,16 @@ fn main() -> anyhow::Result<()> {
         config.federation.public_url = args.public_url;
     }
     config.federation.tunnel |= args.tunnel;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("gatewayd: cannot start the runtime")?;
+    // One worker thread unless TOKIO_WORKER_THREADS says otherwise: a request's task does
+    // all of its work (its upstream connection is driven in it, upstream/client.rs), and a
+    // second worker only adds wake-ups and migrations between threads (doc/BENCHMARKS.md,
+    // rows e and a3); blocking work (audit reads, re-encryption) goes to the blocking pool,
+    // the audit's writes to a thread of their own.
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        rt.worker_threads(1);
+    }
+    let rt = rt.enable_all().build().context("gatewayd: cannot start the runtime")?;
     rt.block_on(async {
         let gw = gatewayd::Gateway::open(paths.clone(), config)?;
         let listener = gatewayd::api::socket::bind(&paths.socket)?;

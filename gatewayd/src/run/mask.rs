@@ -160,6 +160,11 @@ impl Patterns {
         self.longest
     }
 
+    /// Whether any pattern occurs in `hay` (what [`mask_all`] would change).
+    pub fn occurs_in(&self, hay: &[u8]) -> bool {
+        self.finders.iter().any(|f| f.find(hay).is_some())
+    }
+
     /// Occurrences in `hay` as `[start, end)` ranges, sorted, overlapping ones merged.
     fn occurrences(&self, hay: &[u8]) -> Vec<(usize, usize)> {
         let mut found: Vec<(usize, usize)> = Vec::new();
@@ -194,14 +199,14 @@ impl Patterns {
 /// One output stream's masker: feed it chunks, pass on what it returns.
 #[derive(Debug)]
 pub struct Masker {
-    patterns: Patterns,
+    patterns: std::sync::Arc<Patterns>,
     held: Vec<u8>,
 }
 
 impl Masker {
     /// A masker for one stream.
-    pub fn new(patterns: Patterns) -> Self {
-        Masker { patterns, held: Vec::new() }
+    pub fn new(patterns: impl Into<std::sync::Arc<Patterns>>) -> Self {
+        Masker { patterns: patterns.into(), held: Vec::new() }
     }
 
     /// Bytes held back, waiting for the next chunk.
@@ -247,12 +252,14 @@ fn replace<'a>(hay: &[u8], ranges: impl Iterator<Item = &'a (usize, usize)>) -> 
     out
 }
 
-/// Masks a whole buffer at once (messages built from a tool's output).
+/// Masks a whole buffer at once (messages built from a tool's output): what a [`Masker`]
+/// given `bytes` and then finished returns, without copying the patterns.
 pub fn mask_all(patterns: &Patterns, bytes: &[u8]) -> Vec<u8> {
-    let mut m = Masker::new(patterns.clone());
-    let mut out = m.push(bytes);
-    out.extend(m.finish());
-    out
+    if patterns.patterns.is_empty() {
+        return bytes.to_vec();
+    }
+    let found = patterns.occurrences(bytes);
+    replace(bytes, found.iter())
 }
 
 #[cfg(test)]
