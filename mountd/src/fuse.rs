@@ -104,8 +104,9 @@ fn errno(e: &FsError) -> Errno {
 /// Answers an open; first, when the size differs from the one told before, drops the
 /// attributes the kernel holds: a listing (READDIRPLUS) told it a size it caches for the
 /// entry TTL. Only the attributes (offset -1), not the pages, so the next read asks for the
-/// real size. No direct I/O: the kernel asks the size again when a read passes what it
-/// knew, and keeps its pages only while the body is the one it saw.
+/// real size. No direct I/O (but for a large body read while it arrives): the kernel asks
+/// the size again when a read passes what it knew, and keeps its pages only while the body
+/// is the one it saw.
 ///
 /// A reader's close has nothing to send, so readers get `FOPEN_NOFLUSH`: no FLUSH round trip.
 fn reply_opened(
@@ -123,9 +124,9 @@ fn reply_opened(
         }
     }
     // A small body the kernel does not hold: stored in its page cache now (overwriting
-    // whatever pages an older body left; a shorter body also changed the size, so the
-    // attributes dropped above make the kernel cut those pages at the new end), and kept
-    // by the open, so the reads that follow are answered by the kernel alone.
+    // whatever pages an older body left; never a body shorter than the size the kernel
+    // believes, see `preload_of`), and kept by the open, so the reads that follow are
+    // answered by the kernel alone.
     let stored = match (&opened.preload, notifier.get()) {
         (Some(body), Some(n)) => match n.store(ino, 0, body) {
             Ok(()) => true,
