@@ -276,16 +276,21 @@ impl Filesystem for NkmcFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(bytes) => reply.data(&bytes),
+        let mut reply = Some(reply);
+        let read = self.fs.read_with(fh.0, offset, size, |bytes| reply.take().map(|r| r.data(bytes)));
+        let Some(reply) = reply else { return };
+        match read {
+            // Answered above.
+            Ok(_) => {}
             // A body still arriving: wait for these bytes off the FUSE thread.
             Err(FsError::Spilled(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let fs = self.fs.clone();
                 self.rt.spawn(async move {
                     fs.wait_readable(fh.0, offset, size).await;
-                    match fs.read(fh.0, offset, size) {
-                        Ok(bytes) => reply.data(&bytes),
-                        Err(e) => reply.error(errno(&e)),
+                    let mut reply = Some(reply);
+                    let read = fs.read_with(fh.0, offset, size, |bytes| reply.take().map(|r| r.data(bytes)));
+                    if let (Err(e), Some(reply)) = (read, reply) {
+                        reply.error(errno(&e));
                     }
                 });
             }

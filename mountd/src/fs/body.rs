@@ -2,12 +2,11 @@
 //! so a large body never sits whole in mountd's memory. A large body whose length is
 //! announced is served while it arrives ([`Growing`]): reads wait only for their own bytes.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
@@ -48,11 +47,6 @@ pub enum Arrival {
     Failed,
 }
 
-/// Most bytes of a body still arriving that are also kept in memory, the latest chunks as
-/// they came: a reader right behind the arrival (`cat`) is answered from them, without a
-/// read of the temporary file.
-pub const RECENT_BYTES: u64 = 4 * 1024 * 1024;
-
 /// A body of announced length arriving into an unlinked temporary file: the fetching task
 /// appends and says how far it got; readers wait for the bytes they ask for.
 #[derive(Debug)]
@@ -60,75 +54,6 @@ pub struct Growing {
     file: File,
     len: u64,
     arrival: watch::Sender<Arrival>,
-    /// The latest chunks, while the body arrives ([`RECENT_BYTES`] at most).
-    recent: Mutex<Recent>,
-}
-
-/// The latest chunks of a [`Growing`] body, in order and contiguous.
-#[derive(Debug, Default)]
-struct Recent {
-    /// Each chunk with the offset of its first byte.
-    chunks: VecDeque<(u64, Bytes)>,
-    /// Their bytes in all.
-    bytes: u64,
-}
-
-impl Recent {
-    /// Bytes `start..end` when the chunks hold all of them (a slice of one chunk, or a copy
-    /// of several); then drops the chunks wholly before `start` (a reader moves forward).
-    fn slice(&mut self, start: u64, end: u64) -> Option<Bytes> {
-        let (first, _) = self.chunks.front()?;
-        if start < *first || start >= end {
-            return None;
-        }
-        let mut out: Option<bytes::BytesMut> = None;
-        let mut single = None;
-        for (at, chunk) in &self.chunks {
-            let chunk_end = at + chunk.len() as u64;
-            if chunk_end <= start {
-                continue;
-            }
-            if *at >= end {
-                break;
-            }
-            let from = usize::try_from(start.max(*at) - at).ok()?;
-            let to = usize::try_from(end.min(chunk_end) - at).ok()?;
-            if *at <= start && chunk_end >= end {
-                single = Some(chunk.slice(from..to));
-                break;
-            }
-            let buf =
-                out.get_or_insert_with(|| bytes::BytesMut::with_capacity(usize::try_from(end - start).unwrap_or(0)));
-            buf.extend_from_slice(&chunk[from..to]);
-        }
-        let got = match single {
-            Some(b) => b,
-            None => out.filter(|b| b.len() as u64 == end - start)?.freeze(),
-        };
-        while self.chunks.front().is_some_and(|(at, c)| at + c.len() as u64 <= start) {
-            if let Some((_, c)) = self.chunks.pop_front() {
-                self.bytes -= c.len() as u64;
-            }
-        }
-        Some(got)
-    }
-
-    /// Adds the chunk at `at`, dropping the oldest beyond [`RECENT_BYTES`].
-    fn push(&mut self, at: u64, chunk: Bytes) {
-        self.bytes += chunk.len() as u64;
-        self.chunks.push_back((at, chunk));
-        while self.bytes > RECENT_BYTES {
-            match self.chunks.pop_front() {
-                Some((_, c)) => self.bytes -= c.len() as u64,
-                None => break,
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        self.chunks.clear();
-        self.bytes = 0;
-    }
 }
 
 impl Growing {
@@ -136,31 +61,20 @@ impl Growing {
     pub fn new(len: u64) -> Result<Arc<Self>, SpillError> {
         let dir = std::env::temp_dir();
         let file = unlinked_file(&dir).map_err(|source| SpillError { dir: dir.display().to_string(), source })?;
-        let arrival = watch::Sender::new(Arrival::Bytes(0));
-        Ok(Arc::new(Growing { file, len, arrival, recent: Mutex::default() }))
-    }
-
-    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
-        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+        Ok(Arc::new(Growing { file, len, arrival: watch::Sender::new(Arrival::Bytes(0)) }))
     }
 
     /// Writes `chunk` at `at` and tells readers it is there. Bytes past the announced
     /// length are an error (the body is then failed).
-    pub fn append(&self, at: u64, chunk: Bytes) -> std::io::Result<()> {
+    pub fn append(&self, at: u64, chunk: &[u8]) -> std::io::Result<()> {
         let end = at + chunk.len() as u64;
         if end > self.len {
             self.fail();
             return Err(std::io::Error::other("the body is longer than its announced length"));
         }
-        if let Err(e) = self.file.write_all_at(&chunk, at) {
+        if let Err(e) = self.file.write_all_at(chunk, at) {
             self.fail();
             return Err(e);
-        }
-        if end < self.len {
-            self.recent().push(at, chunk);
-        } else {
-            // Whole: the file serves every read from now on.
-            self.recent().clear();
         }
         self.arrival.send_replace(if end == self.len { Arrival::Done } else { Arrival::Bytes(end) });
         Ok(())
@@ -170,23 +84,12 @@ impl Growing {
     pub fn end(&self) -> bool {
         let complete = self.len == 0 || *self.arrival.borrow() == Arrival::Done;
         self.arrival.send_replace(if complete { Arrival::Done } else { Arrival::Failed });
-        self.recent().clear();
         complete
     }
 
     /// The stream broke off.
     pub fn fail(&self) {
         self.arrival.send_replace(Arrival::Failed);
-        self.recent().clear();
-    }
-
-    /// Bytes `offset..end`, already known to have arrived: from the latest chunks when they
-    /// hold them, else from the file.
-    fn read_arrived(&self, offset: u64, end: u64, size: usize) -> std::io::Result<Bytes> {
-        if let Some(b) = self.recent().slice(offset, end) {
-            return Ok(b);
-        }
-        pread(&self.file, self.len, offset, size)
     }
 
     /// Whether the stream broke off.
@@ -240,7 +143,7 @@ impl Content {
             Content::Growing(g) => {
                 let end = offset.saturating_add(size as u64).min(g.len);
                 match g.ready(end) {
-                    Some(true) => g.read_arrived(offset, end, size),
+                    Some(true) => pread(&g.file, g.len, offset, size),
                     Some(false) => Err(std::io::Error::other("the body was cut off before its end")),
                     None => Err(std::io::ErrorKind::WouldBlock.into()),
                 }
@@ -252,6 +155,40 @@ impl Content {
             }
             Content::Spilled { file, len } => pread(file, *len, offset, size),
         }
+    }
+
+    /// Hands `f` up to `size` bytes from `offset` (fewer at the end): a slice of a body in
+    /// memory, or bytes read from the file into `buf` (grown as needed and reused, so a
+    /// read allocates nothing). The same errors as [`Content::read_at`].
+    pub fn read_with<R>(
+        &self,
+        offset: u64,
+        size: usize,
+        buf: &mut Vec<u8>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> std::io::Result<R> {
+        let (file, len) = match self {
+            Content::Memory(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(size).min(b.len());
+                return Ok(f(&b[start..end]));
+            }
+            Content::Spilled { file, len } => (&**file, *len),
+            Content::Growing(g) => {
+                match g.ready(offset.saturating_add(size as u64).min(g.len)) {
+                    Some(true) => {}
+                    Some(false) => return Err(std::io::Error::other("the body was cut off before its end")),
+                    None => return Err(std::io::ErrorKind::WouldBlock.into()),
+                }
+                (&g.file, g.len)
+            }
+        };
+        let want = usize::try_from(len.saturating_sub(offset)).unwrap_or(usize::MAX).min(size);
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let filled = pread_into(file, offset, &mut buf[..want])?;
+        Ok(f(&buf[..filled]))
     }
 
     /// Waits until a read of `size` bytes at `offset` can be answered (at once for bodies
@@ -272,16 +209,22 @@ impl Content {
 fn pread(file: &File, len: u64, offset: u64, size: usize) -> std::io::Result<Bytes> {
     let want = usize::try_from(len.saturating_sub(offset)).unwrap_or(usize::MAX).min(size);
     let mut buf = vec![0u8; want];
+    let filled = pread_into(file, offset, &mut buf)?;
+    buf.truncate(filled);
+    Ok(buf.into())
+}
+
+/// Fills `buf` from `offset` (less at the end of the file); returns how much.
+fn pread_into(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
-    while filled < want {
+    while filled < buf.len() {
         let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
         if n == 0 {
             break;
         }
         filled += n;
     }
-    buf.truncate(filled);
-    Ok(buf.into())
+    Ok(filled)
 }
 
 /// Receives a body chunk by chunk; moves to a temporary file once it passes `threshold`.
@@ -391,6 +334,10 @@ mod tests {
         c.push(b"mn").unwrap();
         let big = c.finish();
         assert!(matches!(big, Content::Spilled { len: 14, .. }));
+        let mut buf = Vec::new();
+        assert_eq!(big.read_with(5, 4, &mut buf, |b| b.to_vec()).unwrap(), b"fghi");
+        assert_eq!(big.read_with(12, 4, &mut buf, |b| b.to_vec()).unwrap(), b"mn", "short at the end");
+        assert_eq!(small.read_with(2, 3, &mut buf, |b| b.to_vec()).unwrap(), b"cde");
         assert_eq!(&big.read_at(0, 100).unwrap()[..], b"abcdefghijklmn");
         assert_eq!(&big.read_at(5, 4).unwrap()[..], b"fghi");
         assert!(big.read_at(14, 4).unwrap().is_empty());
@@ -406,32 +353,17 @@ mod tests {
         assert!(matches!(c.finish(), Content::Memory(_)));
     }
 
-    #[test]
-    fn the_latest_chunks_answer_reads_right_behind_the_arrival() {
-        let mut r = Recent::default();
-        r.push(0, Bytes::from_static(b"abcd"));
-        r.push(4, Bytes::from_static(b"efgh"));
-        r.push(8, Bytes::from_static(b"ij"));
-        assert_eq!(&r.slice(1, 3).unwrap()[..], b"bc", "within one chunk");
-        assert_eq!(&r.slice(2, 9).unwrap()[..], b"cdefghi", "across three");
-        assert!(r.slice(8, 11).is_none(), "past what arrived");
-        assert_eq!(&r.slice(5, 8).unwrap()[..], b"fgh");
-        assert!(r.slice(0, 2).is_none(), "a reader moved past the first chunk: dropped");
-        assert_eq!(r.bytes, 6);
-        r.push(10, Bytes::from(vec![b'x'; RECENT_BYTES as usize]));
-        assert_eq!(r.chunks.len(), 1, "only the newest within the bound");
-        assert!(r.slice(5, 6).is_none());
-        assert_eq!(&r.slice(10, 12).unwrap()[..], b"xx");
-    }
-
     #[tokio::test]
     async fn a_growing_body_serves_what_arrived_and_waits_for_the_rest() {
         let g = Growing::new(10).unwrap();
         let c = Content::Growing(g.clone());
         assert_eq!(c.len(), 10);
-        g.append(0, Bytes::from_static(b"abcd")).unwrap();
+        g.append(0, b"abcd").unwrap();
         assert_eq!(&c.read_at(1, 3).unwrap()[..], b"bcd");
         assert_eq!(c.read_at(2, 4).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        let mut buf = Vec::new();
+        assert_eq!(c.read_with(1, 3, &mut buf, |b| b.to_vec()).unwrap(), b"bcd");
+        assert_eq!(c.read_with(2, 4, &mut buf, |b| b.len()).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
         let reader = tokio::spawn({
             let c = c.clone();
             async move {
@@ -439,16 +371,16 @@ mod tests {
                 c.read_at(2, 4).unwrap()
             }
         });
-        g.append(4, Bytes::from_static(b"efgh")).unwrap();
+        g.append(4, b"efgh").unwrap();
         assert_eq!(&reader.await.unwrap()[..], b"cdef");
-        g.append(8, Bytes::from_static(b"ij")).unwrap();
+        g.append(8, b"ij").unwrap();
         assert!(g.end());
         assert_eq!(&c.read_at(0, 100).unwrap()[..], b"abcdefghij");
-        assert!(g.append(10, Bytes::from_static(b"k")).is_err(), "past the announced length");
+        assert!(g.append(10, b"k").is_err(), "past the announced length");
         assert!(g.failed());
 
         let short = Growing::new(10).unwrap();
-        short.append(0, Bytes::from_static(b"abc")).unwrap();
+        short.append(0, b"abc").unwrap();
         assert!(!short.end(), "ended before its length");
         assert!(short.failed());
         let c = Content::Growing(short);

@@ -160,6 +160,12 @@ pub enum Access {
     ReadWrite,
 }
 
+/// Largest read buffer kept between reads ([`Fs::read_with`]): one FUSE read.
+const READ_BUFFER_KEPT: usize = 1024 * 1024;
+
+/// Most read buffers kept between reads.
+const READ_BUFFERS_KEPT: usize = 4;
+
 /// Largest body a single file write may build up.
 pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
 
@@ -207,6 +213,8 @@ pub struct Fs {
     /// expired listing's entries are freed (its address stays taken, so it is never
     /// mistaken for a new one).
     kernel_dirs: Mutex<HashMap<u64, Weak<Listing>>>,
+    /// Buffers for reads from temporary files, reused ([`Fs::read_with`]).
+    read_buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 /// What a read of a file brought back.
@@ -268,6 +276,7 @@ impl Fs {
             sequences: Mutex::default(),
             pending: Mutex::default(),
             kernel_dirs: Mutex::default(),
+            read_buffers: Mutex::default(),
         }
     }
 
@@ -420,7 +429,7 @@ impl Fs {
                     }
                 };
                 let n = chunk.len() as u64;
-                growing.append(at, chunk.clone()).map_err(FsError::Spilled)?;
+                growing.append(at, &chunk).map_err(FsError::Spilled)?;
                 at += n;
                 if record_first {
                     record_first = false;
@@ -656,22 +665,38 @@ impl Fs {
         Ok((ino, node, Opened { fh, keep_cache: false, size_changed: false, preload: None, direct_io: false }))
     }
 
-    /// `read`: a slice of the handle's body (or of what was written to it).
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+    /// `read`: hands `f` a slice of the handle's body (or of what was written to it). Bytes
+    /// read from a temporary file go through a buffer taken from a small pool and given back
+    /// ([`READ_BUFFERS_KEPT`] of at most [`READ_BUFFER_KEPT`] bytes), so a read allocates
+    /// nothing and only as many buffers exist as reads run at once.
+    pub fn read_with<R>(&self, fh: u64, offset: u64, size: u32, f: impl FnOnce(&[u8]) -> R) -> Result<R, FsError> {
         let files = self.files();
         let h = files.get(&fh).ok_or(FsError::Stale)?;
-        match &h.write {
+        let body = match &h.write {
             Some(w) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(w.data.len());
                 let end = start.saturating_add(size as usize).min(w.data.len());
-                Ok(Bytes::copy_from_slice(&w.data[start..end]))
+                return Ok(f(&w.data[start..end]));
             }
-            None => {
-                let body = h.body.clone();
-                drop(files);
-                body.read_at(offset, size as usize).map_err(FsError::Spilled)
+            None => h.body.clone(),
+        };
+        drop(files);
+        if let Content::Memory(_) = body {
+            return body.read_with(offset, size as usize, &mut Vec::new(), f).map_err(FsError::Spilled);
+        }
+        let mut buffer = self.read_buffers().pop().unwrap_or_default();
+        let result = body.read_with(offset, size as usize, &mut buffer, f).map_err(FsError::Spilled);
+        if buffer.len() <= READ_BUFFER_KEPT {
+            let mut pool = self.read_buffers();
+            if pool.len() < READ_BUFFERS_KEPT {
+                pool.push(buffer);
             }
         }
+        result
+    }
+
+    fn read_buffers(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.read_buffers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until a read of the handle's body at `offset` can be answered (a body still
