@@ -27,6 +27,10 @@ const MAX_LISTED_TTL: Duration = Duration::from_secs(60);
 /// answers; a write through the mount sets the size the kernel believes itself.
 const ATTR_TTL: Duration = Duration::from_secs(1);
 
+/// Files of at least this size tell programs to read them in pieces this large (`st_blksize`):
+/// the most one FUSE request carries (256 pages, the kernel's default `max_pages_limit`).
+const LARGE_FILE: u64 = 1024 * 1024;
+
 /// The fuser file system.
 pub struct NkmcFuse {
     fs: Arc<Fs>,
@@ -86,7 +90,9 @@ impl AttrMaker {
             gid: self.gid,
             rdev: 0,
             flags: 0,
-            blksize: 4096,
+            // Programs size their reads by it (`cat`: at least 128 KiB); a large file is
+            // read in the largest pieces FUSE carries.
+            blksize: if size >= LARGE_FILE { LARGE_FILE as u32 } else { 4096 },
         }
     }
 }
@@ -98,8 +104,9 @@ fn errno(e: &FsError) -> Errno {
 /// Answers an open; first, when the size differs from the one told before, drops the
 /// attributes the kernel holds: a listing (READDIRPLUS) told it a size it caches for the
 /// entry TTL. Only the attributes (offset -1), not the pages, so the next read asks for the
-/// real size. No direct I/O: the kernel asks the size again when a read passes what it
-/// knew, and keeps its pages only while the body is the one it saw.
+/// real size. No direct I/O (but for a large body read while it arrives): the kernel asks
+/// the size again when a read passes what it knew, and keeps its pages only while the body
+/// is the one it saw.
 ///
 /// A reader's close has nothing to send, so readers get `FOPEN_NOFLUSH`: no FLUSH round trip.
 fn reply_opened(
@@ -116,9 +123,26 @@ fn reply_opened(
             }
         }
     }
-    let mut flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+    // A small body the kernel does not hold: stored in its page cache now (overwriting
+    // whatever pages an older body left; never a body shorter than the size the kernel
+    // believes, see `preload_of`), and kept by the open, so the reads that follow are
+    // answered by the kernel alone.
+    let stored = match (&opened.preload, notifier.get()) {
+        (Some(body), Some(n)) => match n.store(ino, 0, body) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(ino = ino.0, error = %e, "page cache store");
+                false
+            }
+        },
+        _ => false,
+    };
+    let mut flags = if opened.keep_cache || stored { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
     if access == Access::Read {
         flags |= FopenFlags::FOPEN_NOFLUSH;
+    }
+    if opened.direct_io {
+        flags |= FopenFlags::FOPEN_DIRECT_IO;
     }
     reply.opened(FileHandle(opened.fh), flags)
 }
@@ -165,6 +189,9 @@ impl Filesystem for NkmcFuse {
         if let Err(missing) = config.add_capabilities(plus) {
             tracing::info!(?missing, "the kernel has no READDIRPLUS; listings use READDIR");
         }
+        // A body read while it arrives is opened with direct I/O; shared maps of it still
+        // work where the kernel allows it (6.6 and later).
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         Ok(())
     }
 
@@ -249,16 +276,21 @@ impl Filesystem for NkmcFuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(bytes) => reply.data(&bytes),
+        let mut reply = Some(reply);
+        let read = self.fs.read_with(fh.0, offset, size, |bytes| reply.take().map(|r| r.data(bytes)));
+        let Some(reply) = reply else { return };
+        match read {
+            // Answered above.
+            Ok(_) => {}
             // A body still arriving: wait for these bytes off the FUSE thread.
             Err(FsError::Spilled(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let fs = self.fs.clone();
                 self.rt.spawn(async move {
                     fs.wait_readable(fh.0, offset, size).await;
-                    match fs.read(fh.0, offset, size) {
-                        Ok(bytes) => reply.data(&bytes),
-                        Err(e) => reply.error(errno(&e)),
+                    let mut reply = Some(reply);
+                    let read = fs.read_with(fh.0, offset, size, |bytes| reply.take().map(|r| r.data(bytes)));
+                    if let (Err(e), Some(reply)) = (read, reply) {
+                        reply.error(errno(&e));
                     }
                 });
             }

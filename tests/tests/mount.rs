@@ -344,6 +344,81 @@ fn a_100_mib_body_reads_whole_in_bounded_memory() {
 }
 
 #[test]
+fn a_large_body_read_while_it_arrives_maps_and_reads_in_large_pieces() {
+    if !fuse_available() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    const LEN: usize = 16 * 1024 * 1024;
+    let body = Arc::new(big_body(LEN));
+    let served = body.clone();
+    let up = Upstream::start(move |req| match req.uri.as_str() {
+        "/v1/big" => (200, vec![("content-type".into(), "application/octet-stream".into())], served.to_vec()),
+        _ => json(404, "{}"),
+    });
+    let n = setup("", &up);
+    let expected_file = n.dir.path().join("expected");
+    std::fs::write(&expected_file, &*body).unwrap();
+    // Every open fetches, so every open reads the body while it arrives (direct I/O).
+    let m = Mountd::start(&n, "cold", &["--no-cache"]);
+    let file = m.dir.join("shop.test/big");
+    let meta = std::fs::File::open(&file).unwrap().metadata().unwrap();
+    assert_eq!(meta.len(), LEN as u64);
+    assert_eq!(meta.blksize(), 1024 * 1024, "programs read a large file in the largest pieces FUSE carries");
+    assert_eq!(sha256(&file), sha256(&expected_file), "read whole");
+    // A shared map of a body opened while it arrives reads the same bytes.
+    let mapped = ok(&format!(
+        "python3 -c 'import hashlib, mmap, sys; f = open(sys.argv[1], \"rb\"); \
+         print(hashlib.sha256(mmap.mmap(f.fileno(), 0, mmap.MAP_SHARED, mmap.PROT_READ)).hexdigest())' {}",
+        file.display()
+    ));
+    assert_eq!(mapped.trim(), sha256(&expected_file), "through a shared map");
+    // A small file keeps the usual block size.
+    assert_eq!(std::fs::metadata(m.dir.join("shop.test/status")).map(|m| m.blksize()).unwrap_or(4096), 4096);
+}
+
+#[test]
+fn a_small_body_pushed_into_the_page_cache_reads_whole_whatever_its_new_length() {
+    if !fuse_available() {
+        return;
+    }
+    use std::io::Read;
+    let body = Arc::new(Mutex::new(b"a".repeat(100)));
+    let served = body.clone();
+    let up = Upstream::start(move |req| match req.uri.as_str() {
+        "/v1/status" => (200, vec![("content-type".into(), "application/json".into())], served.lock().unwrap().clone()),
+        _ => json(404, "{}"),
+    });
+    let set = |b: &[u8]| *body.lock().unwrap() = b.to_vec();
+    let n = setup("", &up);
+    // Every open fetches; a small body is stored in the kernel's page cache before the open
+    // answers, over the pages an older body left.
+    let m = Mountd::start(&n, "cold", &["--no-cache"]);
+    let file = m.dir.join("shop.test/status");
+    assert_eq!(std::fs::read(&file).unwrap(), b"a".repeat(100));
+    set(&b"b".repeat(100));
+    assert_eq!(std::fs::read(&file).unwrap(), b"b".repeat(100), "the same length, other bytes");
+    let long = b"c".repeat(5000);
+    set(&long);
+    assert_eq!(std::fs::read(&file).unwrap(), long, "longer");
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 5000);
+    // Shorter: a read that stays within the old size ends at the new end.
+    set(b"short");
+    let mut f = std::fs::File::open(&file).unwrap();
+    let mut buf = [0u8; 100];
+    let got = f.read(&mut buf).unwrap();
+    assert_eq!(&buf[..got], b"short", "no byte of the older, longer body after the new end");
+    assert_eq!(f.read(&mut buf).unwrap(), 0);
+    drop(f);
+    assert_eq!(std::fs::metadata(&file).unwrap().len(), 5);
+    // Longer again, past what one push carries: read from mountd as before.
+    let large = big_body(300 * 1024);
+    set(&large);
+    assert_eq!(std::fs::read(&file).unwrap(), large);
+    assert_eq!(gets(&up, "/v1/status"), 5, "one GET per open");
+}
+
+#[test]
 fn umount_and_sigterm_end_a_mount_cleanly() {
     if !fuse_available() {
         return;

@@ -157,6 +157,40 @@ impl Content {
         }
     }
 
+    /// Hands `f` up to `size` bytes from `offset` (fewer at the end): a slice of a body in
+    /// memory, or bytes read from the file into `buf` (grown as needed and reused, so a
+    /// read allocates nothing). The same errors as [`Content::read_at`].
+    pub fn read_with<R>(
+        &self,
+        offset: u64,
+        size: usize,
+        buf: &mut Vec<u8>,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> std::io::Result<R> {
+        let (file, len) = match self {
+            Content::Memory(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(size).min(b.len());
+                return Ok(f(&b[start..end]));
+            }
+            Content::Spilled { file, len } => (&**file, *len),
+            Content::Growing(g) => {
+                match g.ready(offset.saturating_add(size as u64).min(g.len)) {
+                    Some(true) => {}
+                    Some(false) => return Err(std::io::Error::other("the body was cut off before its end")),
+                    None => return Err(std::io::ErrorKind::WouldBlock.into()),
+                }
+                (&g.file, g.len)
+            }
+        };
+        let want = usize::try_from(len.saturating_sub(offset)).unwrap_or(usize::MAX).min(size);
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let filled = pread_into(file, offset, &mut buf[..want])?;
+        Ok(f(&buf[..filled]))
+    }
+
     /// Waits until a read of `size` bytes at `offset` can be answered (at once for bodies
     /// that are whole).
     pub async fn wait(&self, offset: u64, size: usize) {
@@ -175,16 +209,22 @@ impl Content {
 fn pread(file: &File, len: u64, offset: u64, size: usize) -> std::io::Result<Bytes> {
     let want = usize::try_from(len.saturating_sub(offset)).unwrap_or(usize::MAX).min(size);
     let mut buf = vec![0u8; want];
+    let filled = pread_into(file, offset, &mut buf)?;
+    buf.truncate(filled);
+    Ok(buf.into())
+}
+
+/// Fills `buf` from `offset` (less at the end of the file); returns how much.
+fn pread_into(file: &File, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
-    while filled < want {
+    while filled < buf.len() {
         let n = file.read_at(&mut buf[filled..], offset + filled as u64)?;
         if n == 0 {
             break;
         }
         filled += n;
     }
-    buf.truncate(filled);
-    Ok(buf.into())
+    Ok(filled)
 }
 
 /// Receives a body chunk by chunk; moves to a temporary file once it passes `threshold`.
@@ -294,6 +334,10 @@ mod tests {
         c.push(b"mn").unwrap();
         let big = c.finish();
         assert!(matches!(big, Content::Spilled { len: 14, .. }));
+        let mut buf = Vec::new();
+        assert_eq!(big.read_with(5, 4, &mut buf, |b| b.to_vec()).unwrap(), b"fghi");
+        assert_eq!(big.read_with(12, 4, &mut buf, |b| b.to_vec()).unwrap(), b"mn", "short at the end");
+        assert_eq!(small.read_with(2, 3, &mut buf, |b| b.to_vec()).unwrap(), b"cde");
         assert_eq!(&big.read_at(0, 100).unwrap()[..], b"abcdefghijklmn");
         assert_eq!(&big.read_at(5, 4).unwrap()[..], b"fghi");
         assert!(big.read_at(14, 4).unwrap().is_empty());
@@ -317,6 +361,9 @@ mod tests {
         g.append(0, b"abcd").unwrap();
         assert_eq!(&c.read_at(1, 3).unwrap()[..], b"bcd");
         assert_eq!(c.read_at(2, 4).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
+        let mut buf = Vec::new();
+        assert_eq!(c.read_with(1, 3, &mut buf, |b| b.to_vec()).unwrap(), b"bcd");
+        assert_eq!(c.read_with(2, 4, &mut buf, |b| b.len()).unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
         let reader = tokio::spawn({
             let c = c.clone();
             async move {

@@ -20,6 +20,9 @@ pub struct Inode {
     /// Size in bytes once a read has told it.
     pub size: Option<u64>,
     lookups: u64,
+    /// The kernel may believe a size mountd did not tell (a write through the mount set
+    /// it); with no `size`, the kernel was told 0 otherwise.
+    written: bool,
 }
 
 /// Inode numbers ↔ paths.
@@ -32,7 +35,8 @@ pub struct Inodes {
 
 impl Default for Inodes {
     fn default() -> Self {
-        let root = Inode { path: "/".into(), kind: EntryKind::Dir, mode: 0o755, size: None, lookups: 1 };
+        let root =
+            Inode { path: "/".into(), kind: EntryKind::Dir, mode: 0o755, size: None, lookups: 1, written: false };
         Inodes {
             by_ino: HashMap::from([(ROOT, root)]),
             by_path: HashMap::from([("/".into(), ROOT)]),
@@ -44,7 +48,7 @@ impl Default for Inodes {
 impl Inode {
     /// A node that is not in the table (the control files).
     pub fn fixed(path: String, kind: EntryKind, mode: u32, size: Option<u64>) -> Self {
-        Inode { path, kind, mode, size, lookups: 1 }
+        Inode { path, kind, mode, size, lookups: 1, written: false }
     }
 }
 
@@ -65,13 +69,16 @@ impl Inodes {
                 }
                 node.kind = kind;
                 node.mode = mode;
-                node.size = size.or(node.size);
+                if size.is_some() {
+                    node.size = size;
+                    node.written = false;
+                }
                 return (ino, node.clone());
             }
         }
         let ino = self.next;
         self.next += 1;
-        let node = Inode { path: path.clone(), kind, mode, size, lookups: 1 };
+        let node = Inode { path: path.clone(), kind, mode, size, lookups: 1, written: false };
         self.by_path.insert(path, ino);
         self.by_ino.insert(ino, node.clone());
         (ino, node)
@@ -98,7 +105,21 @@ impl Inodes {
 
     /// Records the size learnt from a read; returns the size known before.
     pub fn set_size(&mut self, ino: u64, size: u64) -> Option<u64> {
-        self.by_ino.get_mut(&ino).and_then(|node| node.size.replace(size))
+        self.by_ino.get_mut(&ino).and_then(|node| {
+            node.written = false;
+            node.size.replace(size)
+        })
+    }
+
+    /// The size the kernel was last told of `ino` (attributes carry 0 for an unknown size);
+    /// `None` when it may believe one mountd did not tell (after a write), or `ino` is unknown.
+    pub fn told(&self, ino: u64) -> Option<u64> {
+        let node = self.by_ino.get(&ino)?;
+        match node.size {
+            Some(size) => Some(size),
+            None if node.written => None,
+            None => Some(0),
+        }
     }
 
     /// Forgets the size of `ino`: the kernel may believe another (a write through the mount
@@ -106,6 +127,7 @@ impl Inodes {
     pub fn unset_size(&mut self, ino: u64) {
         if let Some(node) = self.by_ino.get_mut(&ino) {
             node.size = None;
+            node.written = true;
         }
     }
 }

@@ -79,7 +79,7 @@ struct WriteBuffer {
 }
 
 /// An open file: its handle, and whether the kernel may keep the pages it has of it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Opened {
     /// The handle.
     pub fh: u64,
@@ -88,6 +88,36 @@ pub struct Opened {
     /// The size differs from the one told before (a listing may have told the kernel
     /// another, which it caches): the kernel must drop the attributes it holds.
     pub size_changed: bool,
+    /// A small body the kernel does not hold yet, whole, for a reader: stored in the
+    /// kernel's page cache before the open is answered (then with `FOPEN_KEEP_CACHE`), so
+    /// the reads that follow need no round trip to mountd.
+    pub preload: Option<Bytes>,
+    /// A large body served while it arrives: the kernel passes each read to mountd as the
+    /// reader asked it (`FOPEN_DIRECT_IO`), without its page cache in between.
+    pub direct_io: bool,
+}
+
+/// Largest body pushed into the kernel's page cache on open ([`Opened::preload`]): the
+/// kernel's first read of a file asks for about this much anyway (its readahead window).
+pub const PRELOAD_MAX: u64 = 128 * 1024;
+
+/// The body to push into the kernel's page cache for a reader's open (not `O_DIRECT`):
+/// small, whole, in memory, not already held by the kernel, and at least as long as the
+/// size the kernel was last told (`told`). A shorter body is not pushed: the kernel would
+/// serve a read that stays within the old size from the old pages past the new end; the
+/// read that asks mountd learns the new end instead.
+fn preload_of(body: &Content, keep_cache: bool, told: Option<u64>) -> Option<Bytes> {
+    match body {
+        Content::Memory(b)
+            if !keep_cache
+                && !b.is_empty()
+                && b.len() as u64 <= PRELOAD_MAX
+                && told.is_some_and(|t| t <= b.len() as u64) =>
+        {
+            Some(b.clone())
+        }
+        _ => None,
+    }
 }
 
 /// An open directory: its handle, and what the kernel may do with the entries it reads.
@@ -129,6 +159,12 @@ pub enum Access {
     /// `O_RDWR` without `O_TRUNC`: starts with the current body.
     ReadWrite,
 }
+
+/// Largest read buffer kept between reads ([`Fs::read_with`]): one FUSE read.
+const READ_BUFFER_KEPT: usize = 1024 * 1024;
+
+/// Most read buffers kept between reads.
+const READ_BUFFERS_KEPT: usize = 4;
 
 /// Largest body a single file write may build up.
 pub const MAX_WRITE_BYTES: usize = 16 * 1024 * 1024;
@@ -177,6 +213,8 @@ pub struct Fs {
     /// expired listing's entries are freed (its address stays taken, so it is never
     /// mistaken for a new one).
     kernel_dirs: Mutex<HashMap<u64, Weak<Listing>>>,
+    /// Buffers for reads from temporary files, reused ([`Fs::read_with`]).
+    read_buffers: Mutex<Vec<Vec<u8>>>,
 }
 
 /// What a read of a file brought back.
@@ -238,6 +276,7 @@ impl Fs {
             sequences: Mutex::default(),
             pending: Mutex::default(),
             kernel_dirs: Mutex::default(),
+            read_buffers: Mutex::default(),
         }
     }
 
@@ -300,6 +339,14 @@ impl Fs {
         };
         let size = entry.size.or_else(|| self.cache.fresh_len(&path));
         Ok(self.inodes().remember(path, entry.kind, entry.mode, size))
+    }
+
+    /// Records the size a reader's open learnt: returns the size the kernel was told before
+    /// ([`Inodes::told`]) and the one the table knew.
+    fn tell_size(&self, ino: u64, size: u64) -> (Option<u64>, Option<u64>) {
+        let mut inodes = self.inodes();
+        let told = inodes.told(ino);
+        (told, inodes.set_size(ino, size))
     }
 
     /// `forget`: the kernel dropped references.
@@ -381,8 +428,9 @@ impl Fs {
                         return Err(e.into());
                     }
                 };
+                let n = chunk.len() as u64;
                 growing.append(at, &chunk).map_err(FsError::Spilled)?;
-                at += chunk.len() as u64;
+                at += n;
                 if record_first {
                     record_first = false;
                     let start = &chunk[..chunk.len().min(control::MAX_BODY)];
@@ -471,11 +519,13 @@ impl Fs {
         let node = self.path_of(ino).ok().filter(|n| n.kind == EntryKind::File)?;
         let Lookup::Fresh(served) = self.cache.lookup(&node.path) else { return None };
         let size = served.body.len();
-        let size_changed = self.inodes().set_size(ino, size) != Some(size);
+        let (told, before) = self.tell_size(ino, size);
         let fh = self.handle();
+        let preload = preload_of(&served.body, served.keep_kernel_cache, told);
+        let size_changed = before != Some(size);
         let handle = FileHandle { ino, target: node.path.clone(), path: node.path, body: served.body, write: None };
         self.files().insert(fh, handle);
-        Some(Opened { fh, keep_cache: served.keep_kernel_cache, size_changed })
+        Some(Opened { fh, keep_cache: served.keep_kernel_cache, size_changed, preload, direct_io: false })
     }
 
     /// `lookup` without waiting, when it needs no request: a name in the parent's cached
@@ -527,7 +577,7 @@ impl Fs {
             let fh = self.handle();
             let body = Content::Memory(text.into());
             self.files().insert(fh, FileHandle { ino, path: node.path, target, body, write: None });
-            return Ok(Opened { fh, keep_cache: false, size_changed: false });
+            return Ok(Opened { fh, keep_cache: false, size_changed: false, preload: None, direct_io: false });
         }
         let mut keep_cache = false;
         let body = match access {
@@ -543,8 +593,8 @@ impl Fs {
                     let fh = self.handle();
                     let (path, target) = (node.path.clone(), target.clone());
                     self.files().insert(fh, FileHandle { ino, path, target, body: content, write: None });
-                    let opened = Opened { fh, keep_cache: false, size_changed };
-                    early = Some(opened);
+                    let opened = Opened { fh, keep_cache: false, size_changed, preload: None, direct_io: true };
+                    early = Some(opened.clone());
                     if let Some(tell) = opened_early.as_deref_mut() {
                         tell(opened);
                     }
@@ -572,8 +622,13 @@ impl Fs {
             }
         };
         let mut size_changed = false;
+        let mut preload = None;
         if access == Access::Read {
-            size_changed = self.inodes().set_size(ino, body.len()) != Some(body.len());
+            let (told, before) = self.tell_size(ino, body.len());
+            size_changed = before != Some(body.len());
+            if !direct {
+                preload = preload_of(&body, keep_cache, told);
+            }
         }
         let write = match access {
             Access::Read => None,
@@ -588,7 +643,7 @@ impl Fs {
         };
         let fh = self.handle();
         self.files().insert(fh, FileHandle { ino, path: node.path, target, body, write });
-        Ok(Opened { fh, keep_cache, size_changed })
+        Ok(Opened { fh, keep_cache, size_changed, preload, direct_io: false })
     }
 
     /// `create`: a name the tree does not have. Allowed only as a new item `C.d/NAME` of a
@@ -607,25 +662,41 @@ impl Fs {
         let fh = self.handle();
         let handle = FileHandle { ino, path, target, body: Content::default(), write: Some(WriteBuffer::default()) };
         self.files().insert(fh, handle);
-        Ok((ino, node, Opened { fh, keep_cache: false, size_changed: false }))
+        Ok((ino, node, Opened { fh, keep_cache: false, size_changed: false, preload: None, direct_io: false }))
     }
 
-    /// `read`: a slice of the handle's body (or of what was written to it).
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
+    /// `read`: hands `f` a slice of the handle's body (or of what was written to it). Bytes
+    /// read from a temporary file go through a buffer taken from a small pool and given back
+    /// ([`READ_BUFFERS_KEPT`] of at most [`READ_BUFFER_KEPT`] bytes), so a read allocates
+    /// nothing and only as many buffers exist as reads run at once.
+    pub fn read_with<R>(&self, fh: u64, offset: u64, size: u32, f: impl FnOnce(&[u8]) -> R) -> Result<R, FsError> {
         let files = self.files();
         let h = files.get(&fh).ok_or(FsError::Stale)?;
-        match &h.write {
+        let body = match &h.write {
             Some(w) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(w.data.len());
                 let end = start.saturating_add(size as usize).min(w.data.len());
-                Ok(Bytes::copy_from_slice(&w.data[start..end]))
+                return Ok(f(&w.data[start..end]));
             }
-            None => {
-                let body = h.body.clone();
-                drop(files);
-                body.read_at(offset, size as usize).map_err(FsError::Spilled)
+            None => h.body.clone(),
+        };
+        drop(files);
+        if let Content::Memory(_) = body {
+            return body.read_with(offset, size as usize, &mut Vec::new(), f).map_err(FsError::Spilled);
+        }
+        let mut buffer = self.read_buffers().pop().unwrap_or_default();
+        let result = body.read_with(offset, size as usize, &mut buffer, f).map_err(FsError::Spilled);
+        if buffer.len() <= READ_BUFFER_KEPT {
+            let mut pool = self.read_buffers();
+            if pool.len() < READ_BUFFERS_KEPT {
+                pool.push(buffer);
             }
         }
+        result
+    }
+
+    fn read_buffers(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.read_buffers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits until a read of the handle's body at `offset` can be answered (a body still
