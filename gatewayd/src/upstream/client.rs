@@ -443,7 +443,12 @@ impl Client {
 /// rustls with the platform's verifier (as reqwest had it), HTTP/1.1 by ALPN.
 fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
     use rustls_platform_verifier::BuilderVerifierExt;
-    let mut config = rustls::ClientConfig::builder()
+    // The provider named here, not the process default: nothing to panic about if none was
+    // installed (`Upstream::new` installs ring, the only one built).
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
         .with_platform_verifier()
         .map_err(|e| format!("TLS: no certificate verifier: {e}"))?
         .with_no_client_auth();
@@ -730,6 +735,26 @@ mod tests {
         let err = resp.into_body().collect().await.unwrap_err();
         assert!(matches!(err, BodyError::Timeout), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn https_speaks_tls_before_any_http() {
+        assert!(tls_connector().is_ok(), "the platform verifier is available");
+        // A server that answers plain HTTP to the ClientHello: the handshake fails, and
+        // nothing is taken as an answer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            assert!(n > 0 && buf[0] == 0x16, "a TLS ClientHello comes first");
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nno").await;
+        });
+        match get(&client(), &format!("https://127.0.0.1:{port}/"), Method::GET, None).await {
+            Err(Failure::Connect(m)) => assert!(m.starts_with("TLS:"), "{m}"),
+            other => panic!("not refused: {:?}", other.map(|r| r.0)),
+        }
     }
 
     #[tokio::test]
