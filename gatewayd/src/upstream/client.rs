@@ -730,6 +730,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn https_speaks_tls_before_any_http() {
+        assert!(tls_connector().is_ok(), "the platform verifier is available");
+        // A server that answers plain HTTP to the ClientHello: the handshake fails, and
+        // nothing is taken as an answer.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            assert!(n > 0 && buf[0] == 0x16, "a TLS ClientHello comes first");
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nno").await;
+        });
+        match get(&client(), &format!("https://127.0.0.1:{port}/"), Method::GET, None).await {
+            Err(Failure::Connect(m)) => assert!(m.starts_with("TLS:"), "{m}"),
+            other => panic!("not refused: {:?}", other.map(|r| r.0)),
+        }
+    }
+
+    #[tokio::test]
     async fn names_are_resolved_through_the_ssrf_guard() {
         let (url, accepted) = server(|_, _| (ok("reached"), false)).await;
         let port = Url::parse(&url).unwrap().port().unwrap();
