@@ -161,34 +161,51 @@ impl Conn {
     }
 }
 
+/// Idle connections by origin, oldest first, and when all were last swept.
+struct Idle {
+    by_origin: HashMap<Origin, Vec<Conn>>,
+    swept: Instant,
+}
+
 /// The pool and what connecting needs.
 struct Inner {
-    idle: Mutex<HashMap<Origin, Vec<Conn>>>,
+    idle: Mutex<Idle>,
     private_hosts: PrivateHosts,
     connect_timeout: Duration,
     tls: OnceLock<Result<tokio_rustls::TlsConnector, String>>,
 }
 
 impl Inner {
+    /// Pools `conn`; when `origin` already has [`IDLE_PER_ORIGIN`] idle, the oldest is closed.
+    /// Connections idle past [`IDLE_TIMEOUT`] are closed here and in [`Inner::take`], and
+    /// every origin's at most once per [`IDLE_TIMEOUT`], so none lingers for an origin no
+    /// longer called.
     fn put(&self, origin: Origin, mut conn: Conn) {
-        conn.idle_since = Instant::now();
+        let now = Instant::now();
+        conn.idle_since = now;
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = idle.entry(origin).or_default();
-        if conns.len() < IDLE_PER_ORIGIN {
-            conns.push(conn);
+        if now.duration_since(idle.swept) >= IDLE_TIMEOUT {
+            idle.swept = now;
+            idle.by_origin.retain(|_, conns| {
+                conns.retain(|c| now.duration_since(c.idle_since) < IDLE_TIMEOUT);
+                !conns.is_empty()
+            });
         }
+        let conns = idle.by_origin.entry(origin).or_default();
+        conns.retain(|c| now.duration_since(c.idle_since) < IDLE_TIMEOUT);
+        if conns.len() >= IDLE_PER_ORIGIN {
+            conns.remove(0);
+        }
+        conns.push(conn);
     }
 
     /// The most recently used idle connection to `origin` that is still young enough.
     fn take(&self, origin: &Origin) -> Option<Conn> {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let conns = idle.get_mut(origin)?;
-        while let Some(conn) = conns.pop() {
-            if conn.idle_since.elapsed() < IDLE_TIMEOUT {
-                return Some(conn);
-            }
-        }
-        None
+        let conns = idle.by_origin.get_mut(origin)?;
+        conns.retain(|c| now.duration_since(c.idle_since) < IDLE_TIMEOUT);
+        conns.pop()
     }
 }
 
@@ -223,7 +240,7 @@ impl Client {
     pub fn new(private_hosts: PrivateHosts, connect_timeout: Duration) -> Self {
         Client {
             inner: Arc::new(Inner {
-                idle: Mutex::new(HashMap::new()),
+                idle: Mutex::new(Idle { by_origin: HashMap::new(), swept: Instant::now() }),
                 private_hosts,
                 connect_timeout,
                 tls: OnceLock::new(),
@@ -321,14 +338,21 @@ impl Client {
             Ok::<_, Failure>(req)
         };
         let repeatable = matches!(*method, Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS);
+        // A pooled connection found closed before the request went out is skipped; one closed
+        // before any answer came is retried once, on a new connection, and only for a method
+        // that may be repeated (the upstream may have carried the first one out).
         while let Some(mut conn) = self.inner.take(&origin) {
             if !conn.usable().await {
                 continue;
             }
             match self.roundtrip(conn, make()?, &origin).await {
                 Ok(resp) => return Ok(resp),
-                Err(e) if e.is_canceled() || (repeatable && e.is_incomplete_message()) => {
-                    tracing::debug!(error = %e, "upstream: a pooled connection was closed; sending on a new one");
+                Err(e) if e.is_canceled() => {
+                    tracing::debug!(error = %e, "upstream: a pooled connection was closed; trying another");
+                }
+                Err(e) if repeatable && e.is_incomplete_message() => {
+                    tracing::debug!(error = %e, "upstream: a pooled connection closed unanswered; once more, on a new one");
+                    break;
                 }
                 Err(e) => return Err(Failure::Transport(chain(&e))),
             }
@@ -384,20 +408,23 @@ impl Client {
         let inner = &self.inner;
         let connecting = async {
             let addrs = self.addresses(origin).await?;
+            // Each address gets its share of the connect deadline, so one that drops packets
+            // (an IPv6 route that goes nowhere) leaves time for the next.
+            let share = inner.connect_timeout / u32::try_from(addrs.len().max(1)).unwrap_or(u32::MAX);
             let mut last = None;
             let mut tcp = None;
             for addr in addrs {
-                match TcpStream::connect(addr).await {
-                    Ok(s) => {
+                match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => {
                         tcp = Some(s);
                         break;
                     }
-                    Err(e) => last = Some(e),
+                    Ok(Err(e)) => last = Some(e.to_string()),
+                    Err(_) => last = Some(format!("{addr}: no answer within {} ms", share.as_millis())),
                 }
             }
-            let tcp = tcp.ok_or_else(|| {
-                Failure::Connect(last.map_or_else(|| "no address to connect to".to_owned(), |e| e.to_string()))
-            })?;
+            let tcp =
+                tcp.ok_or_else(|| Failure::Connect(last.unwrap_or_else(|| "no address to connect to".to_owned())))?;
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "upstream: cannot set TCP_NODELAY");
             }
@@ -669,6 +696,41 @@ mod tests {
         assert_eq!(get(&c, &url, Method::GET, None).await.unwrap().1, "answer 1");
         assert_eq!(get(&c, &url, Method::POST, Some("{}")).await.unwrap().1, "answer 2");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_closed_unanswered_is_sent_at_most_twice() {
+        // Three calls at once leave three pooled connections; from then on the server reads
+        // each request and closes without answering.
+        let seen = Arc::new(AtomicUsize::new(0));
+        let counted = seen.clone();
+        let (url, accepted) = server(move |n, _| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            if n < 3 {
+                (ok("fine"), false)
+            } else {
+                (String::new(), true)
+            }
+        })
+        .await;
+        let c = client();
+        let (a, b, d) = tokio::join!(
+            get(&c, &url, Method::GET, None),
+            get(&c, &url, Method::GET, None),
+            get(&c, &url, Method::GET, None)
+        );
+        assert!(a.is_ok() && b.is_ok() && d.is_ok());
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+        let put = get(&c, &url, Method::PUT, Some("{}")).await;
+        assert!(matches!(put, Err(Failure::Transport(_))), "{put:?}");
+        // One pooled connection and one new: the PUT reached the server twice, not once per
+        // pooled connection and once more.
+        assert_eq!(seen.load(Ordering::SeqCst), 3 + 2);
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        // A POST is never sent again once it went out.
+        let post = get(&c, &url, Method::POST, Some("{}")).await;
+        assert!(matches!(post, Err(Failure::Transport(_))), "{post:?}");
+        assert_eq!(seen.load(Ordering::SeqCst), 3 + 2 + 1);
     }
 
     #[tokio::test]

@@ -33,10 +33,11 @@ fn shared_verifier() -> Arc<LazyPlatformVerifier> {
     VERIFIER.get_or_init(|| Arc::new(LazyPlatformVerifier { inner: OnceLock::new() })).clone()
 }
 
-/// `rustls_platform_verifier::Verifier`, built on first use.
+/// `rustls_platform_verifier::Verifier`, built on first use; a failure to build it (no
+/// readable trust store) fails that handshake and is tried again on the next.
 #[derive(Debug)]
 struct LazyPlatformVerifier {
-    inner: OnceLock<Result<rustls_platform_verifier::Verifier, String>>,
+    inner: OnceLock<rustls_platform_verifier::Verifier>,
 }
 
 impl LazyPlatformVerifier {
@@ -45,13 +46,13 @@ impl LazyPlatformVerifier {
     }
 
     fn get(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
-        self.inner
-            .get_or_init(|| {
-                rustls_platform_verifier::Verifier::new(Self::provider())
-                    .map_err(|e| format!("tls: the platform's trust store cannot be used: {e}"))
-            })
-            .as_ref()
-            .map_err(|e| rustls::Error::General(e.clone()))
+        if let Some(v) = self.inner.get() {
+            return Ok(v);
+        }
+        let built = rustls_platform_verifier::Verifier::new(Self::provider())
+            .map_err(|e| rustls::Error::General(format!("tls: the platform's trust store cannot be used: {e}")))?;
+        // Two first handshakes at once: both build one, the first stored is kept.
+        Ok(self.inner.get_or_init(|| built))
     }
 }
 
@@ -106,6 +107,8 @@ mod tests {
         let fresh = LazyPlatformVerifier { inner: OnceLock::new() };
         assert!(fresh.inner.get().is_none());
         assert!(!fresh.supported_verify_schemes().is_empty());
-        assert!(fresh.inner.get().is_some(), "loaded on first use");
+        // Built on first use and kept; a platform without a trust store fails each handshake.
+        let built = fresh.get().is_ok();
+        assert_eq!(fresh.inner.get().is_some(), built);
     }
 }

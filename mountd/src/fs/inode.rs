@@ -21,7 +21,8 @@ pub struct Inode {
     pub size: Option<u64>,
     lookups: u64,
     /// The kernel may believe a size mountd did not tell (a write through the mount set
-    /// it); with no `size`, the kernel was told 0 otherwise.
+    /// it, or a reader's handle answered `getattr` with its older body's size); with no
+    /// `size` and not this, the kernel was told 0.
     written: bool,
 }
 
@@ -115,10 +116,18 @@ impl Inodes {
     /// `None` when it may believe one mountd did not tell (after a write), or `ino` is unknown.
     pub fn told(&self, ino: u64) -> Option<u64> {
         let node = self.by_ino.get(&ino)?;
-        match node.size {
-            Some(size) => Some(size),
-            None if node.written => None,
-            None => Some(0),
+        if node.written {
+            return None;
+        }
+        Some(node.size.unwrap_or(0))
+    }
+
+    /// Records that the kernel may have been told another size of `ino` than the table's
+    /// (a reader's handle holds an older body): until a read or lookup tells it again,
+    /// [`Inodes::told`] does not vouch for it.
+    pub fn doubt_size(&mut self, ino: u64) {
+        if let Some(node) = self.by_ino.get_mut(&ino) {
+            node.written = true;
         }
     }
 

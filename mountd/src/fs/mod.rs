@@ -105,11 +105,14 @@ pub const PRELOAD_MAX: u64 = 128 * 1024;
 /// small, whole, in memory, not already held by the kernel, and at least as long as the
 /// size the kernel was last told (`told`). A shorter body is not pushed: the kernel would
 /// serve a read that stays within the old size from the old pages past the new end; the
-/// read that asks mountd learns the new end instead.
-fn preload_of(body: &Content, keep_cache: bool, told: Option<u64>) -> Option<Bytes> {
+/// read that asks mountd learns the new end instead. Nor while another handle of the file
+/// is open (`shared`): the page cache is the file's, not the handle's, and a reader still
+/// holding the older body would read pages of two versions.
+fn preload_of(body: &Content, keep_cache: bool, told: Option<u64>, shared: bool) -> Option<Bytes> {
     match body {
         Content::Memory(b)
             if !keep_cache
+                && !shared
                 && !b.is_empty()
                 && b.len() as u64 <= PRELOAD_MAX
                 && told.is_some_and(|t| t <= b.len() as u64) =>
@@ -358,15 +361,24 @@ impl Fs {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether any handle of `ino` is open.
+    fn is_open(&self, ino: u64) -> bool {
+        self.files().values().any(|h| h.ino == ino)
+    }
+
     /// `getattr`: from the table, no request; an open handle knows the real size.
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Inode, FsError> {
         let mut node = self.path_of(ino)?;
         let handle = fh.and_then(|fh| self.files().get(&fh).map(|h| (h.size(), h.write.is_some())));
         if let Some((size, writer)) = handle {
             // A writer's size is what the kernel is told now; the table's no longer matches
-            // what the kernel believes, so the next read tells it the size again.
+            // what the kernel believes, so the next read tells it the size again. A reader's
+            // older body is told too: no body is pushed into the page cache until a read or
+            // lookup tells the table's size again.
             if writer && node.size != Some(size) {
                 self.inodes().unset_size(ino);
+            } else if node.size != Some(size) {
+                self.inodes().doubt_size(ino);
             }
             node.size = Some(size);
         }
@@ -521,7 +533,7 @@ impl Fs {
         let size = served.body.len();
         let (told, before) = self.tell_size(ino, size);
         let fh = self.handle();
-        let preload = preload_of(&served.body, served.keep_kernel_cache, told);
+        let preload = preload_of(&served.body, served.keep_kernel_cache, told, self.is_open(ino));
         let size_changed = before != Some(size);
         let handle = FileHandle { ino, target: node.path.clone(), path: node.path, body: served.body, write: None };
         self.files().insert(fh, handle);
@@ -627,7 +639,7 @@ impl Fs {
             let (told, before) = self.tell_size(ino, body.len());
             size_changed = before != Some(body.len());
             if !direct {
-                preload = preload_of(&body, keep_cache, told);
+                preload = preload_of(&body, keep_cache, told, self.is_open(ino));
             }
         }
         let write = match access {
