@@ -160,4 +160,17 @@ mod tests {
         t.forget(ROOT, 100);
         assert!(t.get(ROOT).is_some());
     }
+
+    #[test]
+    fn a_doubted_size_is_not_vouched_for_until_told_again() {
+        let mut t = Inodes::default();
+        let (f, _) = t.remember("/s/f".into(), EntryKind::File, 0o444, Some(10));
+        assert_eq!(t.told(f), Some(10));
+        t.doubt_size(f);
+        assert_eq!(t.told(f), None, "a reader's handle told the kernel another size");
+        t.set_size(f, 12);
+        assert_eq!(t.told(f), Some(12));
+        t.unset_size(f);
+        assert_eq!(t.told(f), None, "written through the mount");
+    }
 }

@@ -1057,4 +1057,14 @@ mod tests {
         assert_eq!(collection_of("/.d/x"), None);
         assert_eq!(collection_of("/svc/.d/x"), None);
     }
+
+    #[test]
+    fn a_body_is_pushed_into_the_page_cache_only_when_nothing_else_holds_the_file() {
+        let body = Content::Memory(Bytes::from_static(b"{\"a\":1}"));
+        assert!(preload_of(&body, false, Some(0), false).is_some());
+        assert!(preload_of(&body, false, Some(0), true).is_none(), "another handle of the file is open");
+        assert!(preload_of(&body, true, Some(0), false).is_none(), "the kernel holds it");
+        assert!(preload_of(&body, false, Some(100), false).is_none(), "shorter than the size the kernel was told");
+        assert!(preload_of(&body, false, None, false).is_none(), "the kernel may believe another size");
+    }
 }
