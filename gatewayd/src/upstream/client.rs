@@ -223,7 +223,6 @@ impl std::fmt::Debug for Client {
 
 /// A request to send: method, URL, headers (the client adds `Host`, `User-Agent`,
 /// `Accept` and the body's length) and body.
-#[derive(Debug)]
 pub struct Outgoing<'a> {
     /// The method.
     pub method: Method,
@@ -233,6 +232,20 @@ pub struct Outgoing<'a> {
     pub headers: &'a HeaderMap,
     /// The body, if any.
     pub body: Option<Bytes>,
+}
+
+/// Shows neither the query (a key may ride in it) nor any header value (the credential).
+impl std::fmt::Debug for Outgoing<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut url = self.url.clone();
+        url.set_query(None);
+        f.debug_struct("Outgoing")
+            .field("method", &self.method)
+            .field("url", &url.as_str())
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("body_bytes", &self.body.as_ref().map(Bytes::len))
+            .finish()
+    }
 }
 
 impl Client {
@@ -696,6 +709,17 @@ mod tests {
         assert_eq!(get(&c, &url, Method::GET, None).await.unwrap().1, "answer 1");
         assert_eq!(get(&c, &url, Method::POST, Some("{}")).await.unwrap().1, "answer 2");
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn a_request_never_debug_prints_its_key() {
+        let url = Url::parse("http://127.0.0.1:1/v1/x?api_key=CANARY-query").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static("CANARY-header"));
+        let out = Outgoing { method: Method::GET, url: &url, headers: &headers, body: None };
+        let shown = format!("{out:?}");
+        assert!(!shown.contains("CANARY"), "{shown}");
+        assert!(shown.contains("/v1/x") && shown.contains("x-api-key"), "{shown}");
     }
 
     #[tokio::test]
