@@ -120,8 +120,10 @@ pub fn patterns_of(secret: &[u8]) -> Vec<Vec<u8>> {
 #[derive(Clone)]
 pub struct Patterns {
     patterns: Vec<Vec<u8>>,
-    /// One searcher per pattern, built once.
-    finders: Vec<memchr::memmem::Finder<'static>>,
+    /// One automaton for every pattern, built once: text without any occurrence (nearly
+    /// all of it) is searched in one pass, not once per pattern. `None` when there is no
+    /// pattern.
+    searcher: Option<aho_corasick::AhoCorasick>,
     /// Whether a byte begins some pattern (most bytes of ordinary output do not).
     first: [bool; 256],
     longest: usize,
@@ -147,12 +149,22 @@ impl Patterns {
         patterns.sort();
         patterns.dedup();
         let longest = patterns.iter().map(Vec::len).max().unwrap_or(0);
-        let finders = patterns.iter().map(|p| memchr::memmem::Finder::new(p).into_owned()).collect();
+        // Leftmost-first semantics: the automaton then searches with a vectorised prefilter
+        // (Teddy) over every pattern at once. It only says whether and where a first
+        // occurrence is; the exact set, overlapping ones included, is found pattern by
+        // pattern, in the rare text that holds one. Building fails only past the automaton's
+        // size limits, far beyond a few dozen short patterns; should it ever, every search is
+        // the pattern-by-pattern one.
+        let searcher = (!patterns.is_empty())
+            .then(|| {
+                aho_corasick::AhoCorasick::builder().match_kind(aho_corasick::MatchKind::LeftmostFirst).build(&patterns)
+            })
+            .and_then(Result::ok);
         let mut first = [false; 256];
         for b in patterns.iter().filter_map(|p| p.first()) {
             first[usize::from(*b)] = true;
         }
-        Patterns { patterns, finders, first, longest }
+        Patterns { patterns, searcher, first, longest }
     }
 
     /// The longest pattern's length.
@@ -160,27 +172,35 @@ impl Patterns {
         self.longest
     }
 
+    /// Whether there is no pattern at all (nothing can be masked).
+    fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+
     /// Whether any pattern occurs in `hay` (what [`mask_all`] would change).
     pub fn occurs_in(&self, hay: &[u8]) -> bool {
-        self.finders.iter().any(|f| f.find(hay).is_some())
+        match &self.searcher {
+            Some(ac) => ac.is_match(hay),
+            None => !self.slow_occurrences(hay).is_empty(),
+        }
     }
 
     /// Occurrences in `hay` as `[start, end)` ranges, sorted, overlapping ones merged.
     fn occurrences(&self, hay: &[u8]) -> Vec<(usize, usize)> {
-        let mut found: Vec<(usize, usize)> = Vec::new();
-        for finder in &self.finders {
-            let len = finder.needle().len();
-            found.extend(finder.find_iter(hay).map(|s| (s, s + len)));
+        match &self.searcher {
+            // The common case, text without any: one pass.
+            Some(ac) if !ac.is_match(hay) => Vec::new(),
+            _ => self.slow_occurrences(hay),
         }
-        found.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(found.len());
-        for (s, e) in found {
-            match merged.last_mut() {
-                Some(last) if s < last.1 => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
-            }
+    }
+
+    /// Every occurrence of every pattern, one pattern at a time (overlapping ones too).
+    fn slow_occurrences(&self, hay: &[u8]) -> Vec<(usize, usize)> {
+        let mut found = Vec::new();
+        for p in &self.patterns {
+            found.extend(memchr::memmem::find_iter(hay, p).map(|s| (s, s + p.len())));
         }
-        merged
+        merge(found)
     }
 
     /// Length of the longest end of `hay` that is a proper beginning of some pattern.
@@ -194,6 +214,19 @@ impl Patterns {
         }
         0
     }
+}
+
+/// `found` sorted by start, overlapping ranges merged into one.
+fn merge(mut found: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+    found.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(found.len());
+    for (s, e) in found {
+        match merged.last_mut() {
+            Some(last) if s < last.1 => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    merged
 }
 
 /// One output stream's masker: feed it chunks, pass on what it returns.
@@ -217,19 +250,46 @@ impl Masker {
     /// Takes a chunk; returns what can be passed on now, masked.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         self.held.extend_from_slice(chunk);
-        if self.patterns.patterns.is_empty() {
+        if self.patterns.is_empty() {
             return std::mem::take(&mut self.held);
         }
         let found = self.patterns.occurrences(&self.held);
-        let mut cut = self.held.len() - self.patterns.open_tail(&self.held);
-        // An occurrence running past the cut stays held whole: another occurrence
-        // overlapping it may still be completed by the next chunk.
-        if let Some(&(s, _)) = found.iter().find(|&&(s, e)| s < cut && e > cut) {
-            cut = s;
-        }
+        let cut = self.cut(&self.held, &found);
         let out = replace(&self.held[..cut], found.iter().filter(|&&(_, e)| e <= cut));
         self.held.drain(..cut);
         out
+    }
+
+    /// [`Masker::push`] of a shared buffer: when nothing is held from the chunk before and
+    /// nothing in this one is masked (the common case), what is passed on is a slice of
+    /// `chunk` itself, not a copy.
+    pub fn push_bytes(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
+        if self.patterns.is_empty() && self.held.is_empty() {
+            return chunk;
+        }
+        if !self.held.is_empty() {
+            return self.push(&chunk).into();
+        }
+        let found = self.patterns.occurrences(&chunk);
+        let cut = self.cut(&chunk, &found);
+        self.held.extend_from_slice(&chunk[cut..]);
+        if found.iter().any(|&(_, e)| e <= cut) {
+            replace(&chunk[..cut], found.iter().filter(|&&(_, e)| e <= cut)).into()
+        } else {
+            chunk.slice(..cut)
+        }
+    }
+
+    /// How much of `hay` (held bytes and the new chunk) can be passed on: all but its end
+    /// that may begin a pattern, and never part of an occurrence.
+    fn cut(&self, hay: &[u8], found: &[(usize, usize)]) -> usize {
+        let cut = hay.len() - self.patterns.open_tail(hay);
+        // An occurrence running past the cut stays held whole: another occurrence
+        // overlapping it may still be completed by the next chunk.
+        match found.iter().find(|&&(s, e)| s < cut && e > cut) {
+            Some(&(s, _)) => s,
+            None => cut,
+        }
     }
 
     /// The end of the stream: what was held back, masked.
@@ -255,11 +315,21 @@ fn replace<'a>(hay: &[u8], ranges: impl Iterator<Item = &'a (usize, usize)>) -> 
 /// Masks a whole buffer at once (messages built from a tool's output): what a [`Masker`]
 /// given `bytes` and then finished returns, without copying the patterns.
 pub fn mask_all(patterns: &Patterns, bytes: &[u8]) -> Vec<u8> {
-    if patterns.patterns.is_empty() {
+    if patterns.is_empty() {
         return bytes.to_vec();
     }
     let found = patterns.occurrences(bytes);
     replace(bytes, found.iter())
+}
+
+/// [`mask_all`] of a shared buffer: `bytes` itself when nothing in it is masked.
+pub fn mask_bytes(patterns: &Patterns, bytes: bytes::Bytes) -> bytes::Bytes {
+    let found = patterns.occurrences(&bytes);
+    if found.is_empty() {
+        bytes
+    } else {
+        replace(&bytes, found.iter()).into()
+    }
 }
 
 #[cfg(test)]
@@ -347,6 +417,23 @@ mod tests {
     }
 
     #[test]
+    fn shared_buffers_pass_through_uncopied_when_nothing_is_masked() {
+        let mut m = Masker::new(pats("CANARY_shared_value"));
+        let chunk = bytes::Bytes::from_static(b"{\"id\": 1, \"name\": \"plain\"}");
+        let out = m.push_bytes(chunk.clone());
+        assert_eq!(out.as_ptr(), chunk.as_ptr(), "a slice of the same buffer");
+        assert_eq!(out, chunk);
+        // A chunk ending in what may begin the secret: that end is held, the rest is a slice.
+        let chunk = bytes::Bytes::from_static(b"see CANARY_sh");
+        let out = m.push_bytes(chunk.clone());
+        assert_eq!((out.as_ptr(), &out[..]), (chunk.as_ptr(), &b"see "[..]));
+        assert_eq!(m.held(), 9);
+        assert_eq!(&m.push_bytes(bytes::Bytes::from_static(b"ared_value!"))[..], b"[masked by nkmc]!");
+        let body = bytes::Bytes::from_static(b"no secret here");
+        assert_eq!(mask_bytes(&pats("CANARY_shared_value"), body.clone()).as_ptr(), body.as_ptr());
+    }
+
+    #[test]
     fn no_secrets_means_no_change() {
         let mut m = Masker::new(Patterns::new(std::iter::empty()));
         assert_eq!(m.push(b"anything"), b"anything");
@@ -398,6 +485,21 @@ mod tests {
             }
             chunked.extend(m.finish());
             prop_assert_eq!(&chunked, &whole);
+            // The same through shared buffers, as gatewayd streams an upstream's answer.
+            let mut m = Masker::new(p.clone());
+            let mut shared = Vec::new();
+            let (mut at, mut i) = (0, 0);
+            while at < input.len() {
+                let n = cuts[(i + 1) % cuts.len()].min(input.len() - at);
+                shared.extend_from_slice(&m.push_bytes(bytes::Bytes::copy_from_slice(&input[at..at + n])));
+                at += n;
+                i += 1;
+            }
+            shared.extend(m.finish());
+            prop_assert_eq!(&shared, &whole);
+            prop_assert_eq!(&mask_bytes(&p, bytes::Bytes::from(input.clone()))[..], &whole[..]);
+            // The one-pass search sees an occurrence exactly when the exact one does.
+            prop_assert_eq!(p.occurs_in(&input), !p.slow_occurrences(&input).is_empty());
             for pat in all.iter().filter(|pat| pat.len() >= 4) {
                 prop_assert!(!contains(&whole, pat), "pattern left in output");
             }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::run::mask::{mask_all, Masker, Patterns};
+use crate::run::mask::{mask_all, mask_bytes, Masker, Patterns};
 use crate::vault::Secret;
 
 /// The patterns standing for `credential`: the value sent and, for a `user:password`
@@ -166,7 +166,7 @@ impl Answer {
     pub async fn bytes(self) -> Result<Bytes, reqwest::Error> {
         let body = self.resp.bytes().await?;
         Ok(match &self.patterns {
-            Some(p) => mask_all(p, &body).into(),
+            Some(p) => mask_bytes(p, body),
             None => body,
         })
     }
@@ -209,9 +209,9 @@ impl Answer {
                     Some(Ok(chunk)) => match masker.as_mut() {
                         None => return Some((Ok(chunk), Some((chunks, masker)))),
                         Some(m) => {
-                            let out = m.push(&chunk);
+                            let out = m.push_bytes(chunk);
                             if !out.is_empty() {
-                                return Some((Ok(out.into()), Some((chunks, masker))));
+                                return Some((Ok(out), Some((chunks, masker))));
                             }
                         }
                     },
