@@ -112,7 +112,7 @@ impl Gateway {
         )?;
         let tools = crate::run::tools::Tools::resolve(&config.run)?;
         let run_slots = config.run.max_concurrent;
-        let federation = crate::federation::Federation::new(&config.upstream)?;
+        let federation = crate::federation::Federation::new(&config.upstream);
         let directory = config.federation.coordinator.then(Default::default);
         Ok(Arc::new(Gateway {
             paths,

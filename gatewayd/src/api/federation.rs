@@ -751,21 +751,21 @@ pub async fn discover(
     if let Some(d) = &q.domain {
         url.query_pairs_mut().append_pair("domain", d);
     }
-    let unreachable = |e: reqwest::Error| {
-        ApiError::new(ErrorCode::Unreachable, format!("gatewayd: the coordinator did not answer: {}", e.without_url()))
-    };
-    let resp = gw.federation.client.http().get(url).send().await.map_err(unreachable)?;
-    if !resp.status().is_success() {
-        return Err(ApiError::new(
-            ErrorCode::UpstreamFailed,
-            format!("gatewayd: the coordinator answered {}", resp.status()),
-        ));
+    let unreachable =
+        |e| ApiError::new(ErrorCode::Unreachable, format!("gatewayd: the coordinator did not answer: {e}"));
+    let max = gw.upstream.config().max_body_bytes;
+    let (status, body) = gw.federation.client.plain(hyper::Method::GET, &url, None, max).await.map_err(unreachable)?;
+    if !(200..300).contains(&status) {
+        let status = hyper::StatusCode::from_u16(status).map(|s| s.to_string()).unwrap_or_else(|_| status.to_string());
+        return Err(ApiError::new(ErrorCode::UpstreamFailed, format!("gatewayd: the coordinator answered {status}")));
     }
-    let body = resp.bytes().await.map_err(unreachable)?;
     let list = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(ErrorCode::UpstreamFailed, format!("gatewayd: the coordinator's answer: {e}")))?;
     Ok(Json(list))
 }
+
+/// The most of the coordinator's answer to a heartbeat that is read (it is not used).
+const HEARTBEAT_ANSWER_MAX: u64 = 64 * 1024;
 
 /// Tells the coordinator, if one is configured, that this gateway is online and which
 /// domains it offers (those a rule lends to someone).
@@ -793,9 +793,9 @@ pub async fn heartbeat_to_coordinator(gw: &Gateway) {
         seen_secs_ago: 0,
     };
     let Ok(body) = serde_json::to_vec(&listing) else { return };
-    let sent = gw.federation.client.http().post(url).header(CONTENT_TYPE, "application/json").body(body).send().await;
+    let sent = gw.federation.client.plain(hyper::Method::POST, &url, Some(body), HEARTBEAT_ANSWER_MAX).await;
     if let Err(e) = sent {
-        tracing::info!(error = %e.without_url(), "federation: the coordinator did not answer the heartbeat");
+        tracing::info!(error = %e, "federation: the coordinator did not answer the heartbeat");
     }
 }
 

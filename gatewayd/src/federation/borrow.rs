@@ -320,11 +320,14 @@ fn encode(req: &ExecRequest) -> Result<Vec<u8>, OpError> {
     })
 }
 
-/// Whether a failed call may have reached the lender (it was sent, then the answer failed).
+/// Whether a failed call may have reached the lender (it was sent, then the answer failed;
+/// a redirect is an answer from whatever serves the lender's URL, which may have acted).
 fn reached(e: &FederationError) -> bool {
     match e {
         FederationError::Call(super::client::PeerCallError::Unreachable { sent, .. }) => *sent,
-        FederationError::Call(super::client::PeerCallError::BadAnswer { .. }) => true,
+        FederationError::Call(
+            super::client::PeerCallError::BadAnswer { .. } | super::client::PeerCallError::Redirected { .. },
+        ) => true,
         _ => false,
     }
 }

@@ -80,13 +80,13 @@ pub struct Federation {
 
 impl Federation {
     /// With the upstream timeouts and answer cap.
-    pub fn new(config: &crate::config::UpstreamConfig) -> Result<Self, reqwest::Error> {
-        Ok(Federation {
+    pub fn new(config: &crate::config::UpstreamConfig) -> Self {
+        Federation {
             client: client::PeerClient::new(
                 config.timeout(),
                 std::time::Duration::from_millis(config.connect_timeout_ms),
                 config.max_body_bytes,
-            )?,
+            ),
             nonces: sign::NonceCache::default(),
             rates: rules::RateLimiter::default(),
             heartbeat: tokio::sync::Mutex::new(()),
@@ -94,6 +94,6 @@ impl Federation {
             statuses: peers::StatusBook::default(),
             latency: latency::Latency::default(),
             payments: crate::payments::Payments::default(),
-        })
+        }
     }
 }

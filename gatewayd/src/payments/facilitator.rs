@@ -3,12 +3,13 @@
 
 use super::x402::{FacilitatorRequest, Payment, Requirements, Settlement, VerifyResponse, VERSION};
 use super::PaymentError;
+use crate::federation::client::PeerClient;
 
 /// The largest facilitator answer read.
-const MAX_ANSWER: usize = 64 * 1024;
+const MAX_ANSWER: u64 = 64 * 1024;
 
 async fn post<T: serde::de::DeserializeOwned>(
-    http: &reqwest::Client,
+    http: &PeerClient,
     base: &str,
     route: &str,
     payment: &Payment,
@@ -19,34 +20,22 @@ async fn post<T: serde::de::DeserializeOwned>(
         payment_payload: payment.clone(),
         payment_requirements: requirements.clone(),
     };
-    let url = format!("{}/{route}", base.trim_end_matches('/'));
-    let failed = |e: reqwest::Error| PaymentError::Facilitator(format!("{route}: {}", e.without_url()));
+    let url = url::Url::parse(&format!("{}/{route}", base.trim_end_matches('/')))
+        .map_err(|e| PaymentError::Facilitator(format!("{route}: the facilitator URL is not a URL: {e}")))?;
     let body = serde_json::to_vec(&body).map_err(|e| PaymentError::Invalid(e.to_string()))?;
-    let resp = http
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
+    let (status, bytes) = http
+        .plain(hyper::Method::POST, &url, Some(body), MAX_ANSWER)
         .await
-        .map_err(failed)?;
-    let status = resp.status();
-    let mut bytes = Vec::new();
-    let mut resp = resp;
-    while let Some(chunk) = resp.chunk().await.map_err(failed)? {
-        if bytes.len() + chunk.len() > MAX_ANSWER {
-            return Err(PaymentError::Facilitator(format!("{route}: the answer is over {MAX_ANSWER} bytes")));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    if !status.is_success() {
-        return Err(PaymentError::Facilitator(format!("{route}: HTTP {}", status.as_u16())));
+        .map_err(|e| PaymentError::Facilitator(format!("{route}: {e}")))?;
+    if !(200..300).contains(&status) {
+        return Err(PaymentError::Facilitator(format!("{route}: HTTP {status}")));
     }
     serde_json::from_slice(&bytes).map_err(|e| PaymentError::Facilitator(format!("{route}: unexpected answer: {e}")))
 }
 
 /// Asks whether `payment` is good for `requirements`.
 pub async fn verify(
-    http: &reqwest::Client,
+    http: &PeerClient,
     base: &str,
     payment: &Payment,
     requirements: &Requirements,
@@ -56,7 +45,7 @@ pub async fn verify(
 
 /// Has `payment` carried out.
 pub async fn settle(
-    http: &reqwest::Client,
+    http: &PeerClient,
     base: &str,
     payment: &Payment,
     requirements: &Requirements,

@@ -137,7 +137,7 @@ pub async fn accept<'a>(
     // From here on, dropping `accepted` voids the claim.
     let accepted = Accepted { gw, payment, requirements: requirements.clone(), settled: false };
     let (base, _) = cfg.lending()?;
-    let verdict = facilitator::verify(gw.federation.client.http(), base, &accepted.payment, requirements).await?;
+    let verdict = facilitator::verify(&gw.federation.client, base, &accepted.payment, requirements).await?;
     if !verdict.is_valid {
         let reason = verdict.invalid_reason.unwrap_or_else(|| "no reason given".into());
         return Err(refused(format!("the facilitator found it invalid: {reason}")));
@@ -150,7 +150,7 @@ impl Accepted<'_> {
     pub async fn settle(mut self) -> Result<Settlement, PaymentError> {
         let gw = self.gw;
         let (base, _) = gw.config.payments.lending()?;
-        let settled = facilitator::settle(gw.federation.client.http(), base, &self.payment, &self.requirements).await?;
+        let settled = facilitator::settle(&gw.federation.client, base, &self.payment, &self.requirements).await?;
         if !settled.success {
             let reason = settled.error_reason.clone().unwrap_or_else(|| "no reason given".into());
             return Err(refused(format!("settlement failed: {reason}")));

@@ -14,6 +14,11 @@
 //! TLS) and the whole-request deadline (until the last byte of the body), redirects followed
 //! only within the first URL's origin (at most 4), HTTPS with rustls and the platform's
 //! verifier, `TCP_NODELAY`, no proxy, HTTP/1.1 only, no decompression.
+//!
+//! [`Client::for_peers`] is the same client with the rules of calls to peer gateways and
+//! the coordinator ([`crate::federation::client`]): their URLs are the owner's explicit
+//! choice, so names and addresses are reached as given (no SSRF guard), and a redirect is
+//! never followed (it is the answer, which the peer client refuses).
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -46,8 +51,19 @@ const IDLE_PER_ORIGIN: usize = 32;
 /// Redirects followed at most (reqwest's policy in upstream.rs stopped at the fifth URL).
 const MAX_REDIRECTS: usize = 4;
 
-/// The `User-Agent` of every call.
+/// The `User-Agent` of every upstream call.
 const AGENT: &str = concat!("nkmc-gatewayd/", env!("CARGO_PKG_VERSION"));
+
+/// The `User-Agent` of every peer call (as the peer client had it under reqwest).
+const PEER_AGENT: &str = concat!("nkmc-gatewayd/", env!("CARGO_PKG_VERSION"), " federation");
+
+/// Where a client may connect.
+enum Reach {
+    /// Names through the SSRF guard with these private hosts; no metadata address (upstreams).
+    Guarded(PrivateHosts),
+    /// Every name and address as given: the owner chose the URL (peers, the coordinator).
+    AsGiven,
+}
 
 /// Why a call failed, before [`super::UpstreamError`] names the service.
 #[derive(Debug)]
@@ -170,7 +186,10 @@ struct Idle {
 /// The pool and what connecting needs.
 struct Inner {
     idle: Mutex<Idle>,
-    private_hosts: PrivateHosts,
+    reach: Reach,
+    /// Whether same-origin redirects are followed (upstreams) or are the answer (peers).
+    follow_redirects: bool,
+    agent: &'static str,
     connect_timeout: Duration,
     tls: OnceLock<Result<tokio_rustls::TlsConnector, String>>,
 }
@@ -251,10 +270,23 @@ impl std::fmt::Debug for Outgoing<'_> {
 impl Client {
     /// A client whose names are resolved through the SSRF guard with `private_hosts`.
     pub fn new(private_hosts: PrivateHosts, connect_timeout: Duration) -> Self {
+        Self::with(Reach::Guarded(private_hosts), true, AGENT, connect_timeout)
+    }
+
+    /// A client for peer gateways and the coordinator: every URL reached as given (loopback
+    /// and private addresses included, no SSRF guard: the owner chose it), redirects never
+    /// followed (a 3xx is the answer), `User-Agent: nkmc-gatewayd/V federation`.
+    pub fn for_peers(connect_timeout: Duration) -> Self {
+        Self::with(Reach::AsGiven, false, PEER_AGENT, connect_timeout)
+    }
+
+    fn with(reach: Reach, follow_redirects: bool, agent: &'static str, connect_timeout: Duration) -> Self {
         Client {
             inner: Arc::new(Inner {
                 idle: Mutex::new(Idle { by_origin: HashMap::new(), swept: Instant::now() }),
-                private_hosts,
+                reach,
+                follow_redirects,
+                agent,
                 connect_timeout,
                 tls: OnceLock::new(),
             }),
@@ -281,7 +313,7 @@ impl Client {
         loop {
             let resp = self.exchange(&method, &url, &headers, body.clone()).await?;
             let status = resp.status();
-            if !status.is_redirection() || followed >= MAX_REDIRECTS {
+            if !status.is_redirection() || followed >= MAX_REDIRECTS || !self.inner.follow_redirects {
                 return Ok(resp);
             }
             let Some(next) = resp
@@ -343,7 +375,7 @@ impl Client {
             let h = req.headers_mut();
             h.reserve(headers.len() + 3);
             h.insert(HOST, host.clone());
-            h.insert(USER_AGENT, HeaderValue::from_static(AGENT));
+            h.insert(USER_AGENT, HeaderValue::from_static(self.inner.agent));
             h.insert(ACCEPT, HeaderValue::from_static("*/*"));
             for (name, value) in headers {
                 h.append(name, value.clone());
@@ -462,17 +494,29 @@ impl Client {
         }
     }
 
-    /// Where `origin` may be reached: an address literal as it is (never a metadata one), a
-    /// name through the SSRF guard.
+    /// Where `origin` may be reached: an address literal as it is (for upstreams never a
+    /// metadata one), a name through the SSRF guard (for peers, the system's resolver).
     async fn addresses(&self, origin: &Origin) -> Result<Vec<SocketAddr>, Failure> {
         let literal = origin.host.trim_start_matches('[').trim_end_matches(']');
+        let private_hosts = match &self.inner.reach {
+            Reach::Guarded(private_hosts) => private_hosts,
+            Reach::AsGiven => {
+                if let Ok(ip) = literal.parse::<IpAddr>() {
+                    return Ok(vec![SocketAddr::new(ip, origin.port)]);
+                }
+                let found = tokio::net::lookup_host((origin.host.as_str(), origin.port))
+                    .await
+                    .map_err(|e| Failure::Connect(format!("dns error: {e}")))?;
+                return Ok(found.collect());
+            }
+        };
         if let Ok(ip) = literal.parse::<IpAddr>() {
             if crate::ssrf::classify(ip) == AddrClass::Metadata {
                 return Err(Failure::Refused("ssrf guard: cloud metadata addresses are never reached".into()));
             }
             return Ok(vec![SocketAddr::new(ip, origin.port)]);
         }
-        let found = crate::ssrf::resolve(&self.inner.private_hosts, &origin.host).await.map_err(|e| match e {
+        let found = crate::ssrf::resolve(private_hosts, &origin.host).await.map_err(|e| match e {
             crate::ssrf::ResolveError::Refused(m) => Failure::Refused(m),
             crate::ssrf::ResolveError::Lookup(e) => Failure::Connect(format!("dns error: {e}")),
         })?;
