@@ -44,7 +44,8 @@ pub async fn read_batch(
     let who = audit.check(who)?;
     let Json(req) = audit.check(req.map_err(|e| ApiError::bad_request(format!("gatewayd: {}", e.body_text()))))?;
     if req.paths.len() > wire::MAX_PATHS {
-        let message = format!("gatewayd: a read batch holds at most {} paths, not {}", wire::MAX_PATHS, req.paths.len());
+        let message =
+            format!("gatewayd: a read batch holds at most {} paths, not {}", wire::MAX_PATHS, req.paths.len());
         return Err(audit.fail(ApiError::bad_request(message)));
     }
     let concurrency = match req.concurrency {

@@ -126,8 +126,7 @@ impl Fs {
             match tracker.accept(frame)? {
                 Event::Head(i, head) => {
                     let header = |v: Option<String>| v.and_then(|v| HeaderValue::from_str(&v).ok());
-                    let validators =
-                        Validators { etag: header(head.etag), last_modified: header(head.last_modified) };
+                    let validators = Validators { etag: header(head.etag), last_modified: header(head.last_modified) };
                     // A `304` is never the answer to a batch (it sends no validators); it would
                     // carry no body to keep.
                     bodies[i] = match Collector::with_expected(self.limits.spill_bytes, head.length) {

@@ -998,7 +998,8 @@ impl Fs {
                 done.push((path, tx));
             }
         }
-        let (fresh, mut done): (Vec<_>, Vec<_>) = done.into_iter().partition(|(p, _)| self.cache.fresh_len(p).is_some());
+        let (fresh, mut done): (Vec<_>, Vec<_>) =
+            done.into_iter().partition(|(p, _)| self.cache.fresh_len(p).is_some());
         fresh.into_iter().for_each(|w| self.prefetch_done(w));
         if self.batches() {
             done = self.prefetch_batched(done).await;
