@@ -166,3 +166,168 @@ impl Fs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use agentfs::client::GatewayClient;
+    use agentfs::wire::batch::{self as wire, encode, FrameKind, ItemHead};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::UnixListener;
+
+    use super::super::cache::{ContentCache, Lookup, SystemClock};
+    use super::super::{Fs, Limits};
+
+    /// How the fake gatewayd answers a read batch.
+    #[derive(Clone, Copy)]
+    enum Batch {
+        /// An older gatewayd: no such route.
+        Missing,
+        /// Item 0 whole; item 1 cut inside its data, the answer ending there.
+        Truncated,
+        /// Item 0 whole, then data of item 1 before its head.
+        OutOfOrder,
+    }
+
+    /// A gatewayd on a Unix socket: single reads answer `single:PATH`; read batches as `mode`
+    /// says. Counts the batch requests.
+    fn fake_gatewayd(dir: &std::path::Path, mode: Batch) -> (std::path::PathBuf, Arc<AtomicUsize>) {
+        let socket = dir.join("gw.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let batches = Arc::new(AtomicUsize::new(0));
+        let counted = batches.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else { return };
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut raw = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    let head_end = loop {
+                        let n = conn.read(&mut buf).await.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        raw.extend_from_slice(&buf[..n]);
+                        if let Some(p) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break p + 4;
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+                    let target = head.split(' ').nth(1).unwrap().to_owned();
+                    let answer = if target.starts_with("/v1/fs/read-batch") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        batch_answer(mode)
+                    } else {
+                        let path = target.split("path=").nth(1).unwrap().replace("%2F", "/");
+                        let body = format!("single:{path}");
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                            .into_bytes()
+                    };
+                    let _ = conn.write_all(&answer).await;
+                    let _ = conn.shutdown().await;
+                });
+            }
+        });
+        (socket, batches)
+    }
+
+    fn batch_answer(mode: Batch) -> Vec<u8> {
+        if let Batch::Missing = mode {
+            let body = r#"{"code":"bad_request","message":"gatewayd: no such route"}"#;
+            return format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes();
+        }
+        let head =
+            |len| serde_json::to_vec(&ItemHead { upstream_status: Some(200), length: len, ..ItemHead::default() });
+        let mut frames = Vec::new();
+        encode(FrameKind::Head, 0, &head(Some(5)).unwrap(), &mut frames);
+        encode(FrameKind::Data, 0, b"batch", &mut frames);
+        encode(FrameKind::End, 0, &[], &mut frames);
+        match mode {
+            Batch::Truncated => {
+                encode(FrameKind::Head, 1, &head(Some(6)).unwrap(), &mut frames);
+                encode(FrameKind::Data, 1, b"abc", &mut frames);
+                // The next frame's first bytes only.
+                frames.extend_from_slice(&[2, 0, 1, 0]);
+            }
+            Batch::OutOfOrder => {
+                encode(FrameKind::Data, 1, b"abc", &mut frames);
+                encode(FrameKind::Head, 1, &head(None).unwrap(), &mut frames);
+                encode(FrameKind::End, 1, &[], &mut frames);
+            }
+            Batch::Missing => {}
+        }
+        let mut out = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            wire::CONTENT_TYPE,
+            frames.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&frames);
+        out
+    }
+
+    fn fs(socket: &std::path::Path) -> Arc<Fs> {
+        let client = GatewayClient::new(socket, Duration::from_secs(5));
+        let cache = ContentCache::new(Duration::from_secs(60), 1 << 20, Box::new(SystemClock));
+        Arc::new(Fs::new(client, cache, Limits::default()))
+    }
+
+    fn cached(fs: &Fs, path: &str) -> Option<Vec<u8>> {
+        match fs.cache.lookup(path) {
+            Lookup::Fresh(served) => Some(served.body.to_vec().unwrap()),
+            _ => None,
+        }
+    }
+
+    fn nothing_pending(fs: &Fs) -> bool {
+        fs.pending.lock().unwrap().is_empty()
+    }
+
+    #[tokio::test]
+    async fn without_the_batch_route_prefetch_reads_one_by_one_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, batches) = fake_gatewayd(dir.path(), Batch::Missing);
+        let fs = fs(&socket);
+        fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
+        assert_eq!(cached(&fs, "/s/a").unwrap(), b"single:/s/a");
+        assert_eq!(cached(&fs, "/s/b").unwrap(), b"single:/s/b");
+        fs.clone().prefetch(vec!["/s/c".into()]).await;
+        assert_eq!(cached(&fs, "/s/c").unwrap(), b"single:/s/c");
+        assert_eq!(batches.load(Ordering::SeqCst), 1, "asked once, then known to be missing");
+        assert!(nothing_pending(&fs));
+    }
+
+    #[tokio::test]
+    async fn a_truncated_batch_keeps_the_complete_items_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, batches) = fake_gatewayd(dir.path(), Batch::Truncated);
+        let fs = fs(&socket);
+        fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
+        assert_eq!(cached(&fs, "/s/a").unwrap(), b"batch");
+        assert_eq!(cached(&fs, "/s/b"), None, "a cut body is never kept");
+        assert!(nothing_pending(&fs), "its open asks again");
+        assert!(fs.batches(), "a broken answer is no reason to stop batching");
+        assert_eq!(batches.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_frame_out_of_order_drops_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, _) = fake_gatewayd(dir.path(), Batch::OutOfOrder);
+        let fs = fs(&socket);
+        fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
+        assert_eq!(cached(&fs, "/s/a").unwrap(), b"batch");
+        assert_eq!(cached(&fs, "/s/b"), None);
+        assert!(nothing_pending(&fs));
+    }
+}
