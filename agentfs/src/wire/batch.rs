@@ -161,13 +161,9 @@ pub enum FrameError {
     Truncated(usize),
 }
 
-/// Appends one frame to `out`.
-///
-/// # Panics
-/// Never for the frames gatewayd builds: a payload over its kind's cap is a bug, so it is
-/// refused in debug builds; callers split data into pieces of at most [`MAX_DATA`].
+/// Appends one frame to `out`. The caller keeps the payload within its kind's cap
+/// ([`MAX_DATA`], [`MAX_META`]; a reader refuses a longer one).
 pub fn encode(kind: FrameKind, index: u16, payload: &[u8], out: &mut Vec<u8>) {
-    debug_assert!(payload.len() <= kind.cap(), "read batch: frame payload over its cap");
     out.reserve(FRAME_HEADER_LEN + payload.len());
     out.push(kind as u8);
     out.extend_from_slice(&index.to_be_bytes());

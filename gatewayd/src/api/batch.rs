@@ -180,7 +180,8 @@ fn error_frame(index: u16, e: &ApiError) -> Bytes {
     frame(FrameKind::Error, index, &json(&body))
 }
 
-/// The head as its frame carries it; a header value that is not text is left out.
+/// The head as its frame carries it; a header value that is not text is left out, and all
+/// three are when together they would not fit in a frame ([`wire::MAX_META`]).
 fn head_json(head: &ReadHead) -> Vec<u8> {
     let text = |v: &Option<HeaderValue>| v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_owned);
     let item = ItemHead {
@@ -190,7 +191,11 @@ fn head_json(head: &ReadHead) -> Vec<u8> {
         last_modified: text(&head.last_modified),
         length: head.length,
     };
-    json(&item)
+    let out = json(&item);
+    if out.len() <= wire::MAX_META {
+        return out;
+    }
+    json(&ItemHead { upstream_status: item.upstream_status, length: item.length, ..ItemHead::default() })
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
