@@ -256,3 +256,61 @@ fn a_cold_grep_through_a_mount_reads_a_collection_in_batches() {
     assert!(batched <= ITEMS, "{batched}");
     drop(m);
 }
+
+#[test]
+fn a_read_batch_of_borrowed_paths_reads_through_the_lender() {
+    const SECRET: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef";
+    let key = canary();
+    let k = key.clone();
+    let up = Upstream::keyed(&key, move |req| match req.uri.as_str() {
+        "/v1/pets" => json(200, r#"[{"id":1},{"id":2}]"#),
+        "/v1/pets/1" => json(200, &format!("{{\"id\":1,\"echo\":\"{k}\"}}")),
+        _ => json(404, "{}"),
+    });
+    let (a, b) = (nkmc_e2e::federated_gateway("gw-a", ""), nkmc_e2e::federated_gateway("gw-b", ""));
+    let spec = fixture("openapi/petstore.yaml");
+    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--ops", "read"]);
+    let url = |n: &Nkmc| format!("http://{}", n.tcp_addr());
+    a.ok(&["peers", "add", "--id", "gw-b", "--name", "B", "--url", &url(&b), "--secret", SECRET]);
+    b.ok(&["peers", "add", "--id", "gw-a", "--name", "A", "--url", &url(&a), "--secret", SECRET]);
+    nkmc_e2e::eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
+
+    a.ok(&["auth", "--agent", "fed"]);
+    let token = a.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1h"]).trim().to_owned();
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let addr = a.tcp_addr();
+    let paths = ["/pets.test/pets.d/1", "/pets.test/pets.d/9", "/pets.test/pets"];
+    let answer = http(addr, "POST", ROUTE, &auth, &batch_body(&paths));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_no_secret("the batch answer", &answer.body, &key);
+    let got = items(&answer.body, paths.len());
+    assert_eq!(got.iter().map(code).collect::<Vec<_>>(), ["ok", "not_found", "ok"], "{got:?}");
+    for (i, path) in paths.iter().enumerate() {
+        let single = http(addr, "GET", &format!("/v1/fs/read?path={}", path.replace('/', "%2F")), &auth[..1], b"");
+        match &got[i] {
+            Ok((_, body)) => assert_eq!(body, &single.body, "{path}"),
+            Err(e) => {
+                let expected: ErrorBody = serde_json::from_slice(&single.body).unwrap();
+                assert_eq!((e.code, e.upstream_status), (expected.code, expected.upstream_status), "{path}");
+            }
+        }
+    }
+    let Ok((_, body)) = &got[0] else { unreachable!() };
+    assert_eq!(String::from_utf8_lossy(body), "{\"id\":1,\"echo\":\"[masked by nkmc]\"}");
+    // Every read went through B to the upstream: twice each (the batch, then the single read).
+    assert_eq!(up.seen().iter().filter(|s| s.uri == "/v1/pets/1").count(), 2);
+    // A records each path once per read, as its own read does.
+    let out = a.ok(&["audit", "tail", "-n", "1000", "--json"]);
+    let reads = |target: &str| {
+        out.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["operation"] == "read" && r["target"] == target)
+            .count()
+    };
+    for path in paths {
+        assert_eq!(reads(path), 2, "{path}: {out}");
+    }
+}
