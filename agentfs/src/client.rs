@@ -224,7 +224,19 @@ impl GatewayClient {
         path_and_query: &str,
         extra: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
     ) -> Result<Streamed<'_>, ClientError> {
-        let head = self.send_head(Method::GET, path_and_query, None, extra);
+        self.send_streamed(Method::GET, path_and_query, None, extra).await
+    }
+
+    /// Like [`GatewayClient::get_streamed`], with any method and an optional body (its bytes
+    /// and content type): `POST /v1/fs/read-batch`, whose answer is a stream of frames.
+    pub async fn send_streamed(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Option<(Bytes, &'static str)>,
+        extra: &[(hyper::header::HeaderName, hyper::header::HeaderValue)],
+    ) -> Result<Streamed<'_>, ClientError> {
+        let head = self.send_head(method, path_and_query, body, extra);
         let (sender, resp) = match tokio::time::timeout(self.timeout, head).await {
             Ok(r) => r?,
             Err(_) => return Err(ClientError::Timeout(self.timeout)),

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod batch;
+
 /// API version prefix of every route.
 pub const API_PREFIX: &str = "/v1";
 

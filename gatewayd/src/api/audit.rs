@@ -71,6 +71,8 @@ pub struct Pending {
     sent: u64,
     time_ms: i64,
     started: Instant,
+    /// Withdrawn: no record ([`Pending::withdraw`]).
+    withdrawn: bool,
 }
 
 impl Pending {
@@ -90,6 +92,7 @@ impl Pending {
             sent: 0,
             time_ms: gw.audit.now_ms(),
             started: Instant::now(),
+            withdrawn: false,
         }
     }
 
@@ -121,6 +124,17 @@ impl Pending {
     /// Who acts: the agent a token names (the owner when there is no token).
     pub fn agent(&mut self, name: String) {
         self.agent = name;
+    }
+
+    /// Who acts, as recorded.
+    pub fn agent_name(&self) -> &str {
+        &self.agent
+    }
+
+    /// Drops the operation without a record: for a request accepted as a whole whose parts
+    /// are each recorded on their own (`POST /v1/fs/read-batch`: one record per path).
+    pub fn withdraw(mut self) {
+        self.withdrawn = true;
     }
 
     /// The federation peer the operation was done for (the agent is `peer:ID`).
@@ -220,6 +234,9 @@ impl Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        if self.withdrawn {
+            return;
+        }
         let outcome = match self.outcome {
             _ if self.outcome_text.is_some() => self.outcome_text.take().unwrap_or_default(),
             Some(Ok(())) => "ok".to_owned(),

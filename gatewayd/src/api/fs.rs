@@ -10,12 +10,13 @@ use axum::extract::{Query, State};
 use axum::http::header::{
     AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
 };
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bytes::Bytes;
 use serde::Deserialize;
 
-use super::audit::Pending;
+use super::audit::{Metered, Pending};
 use super::error::ApiError;
 use crate::audit::Operation;
 use crate::ops::Caller;
@@ -91,32 +92,122 @@ pub async fn read(
     let who = caller(&headers, &mut audit);
     let who = audit.check(who)?;
     let path = audit.path(parse(q))?;
-    let started = std::time::Instant::now();
     let validators = crate::upstream::Validators {
         if_none_match: headers.get(IF_NONE_MATCH).cloned(),
         if_modified_since: headers.get(IF_MODIFIED_SINCE).cloned(),
     };
-    let resp = match ops::read(&gw, &who, &path, validators).await {
+    let (head, body) = match read_one(&gw, &who, &path, validators, audit).await {
+        ReadOne::Failed(e) => return Err(e),
+        ReadOne::Whole { head, body } => (head, Body::from(body)),
+        ReadOne::Streamed { head, body } => (head, Body::from_stream(body)),
+    };
+    Ok(read_response(head, body))
+}
+
+/// What a read of one path says before its body: the headers of `GET /v1/fs/read`.
+#[derive(Debug, Default)]
+pub(super) struct ReadHead {
+    /// The upstream's status (`304` for a current body); none for a generated file or a
+    /// JSON-RPC result.
+    pub upstream_status: Option<u16>,
+    /// The body's media type (none on a `304`).
+    pub content_type: Option<HeaderValue>,
+    /// The upstream's `ETag`, unless it holds the credential.
+    pub etag: Option<HeaderValue>,
+    /// The upstream's `Last-Modified`, unless it holds the credential.
+    pub last_modified: Option<HeaderValue>,
+    /// The exact length of the body, when known before it is sent.
+    pub length: Option<u64>,
+}
+
+/// The outcome of reading one path: what `GET /v1/fs/read` and each item of
+/// `POST /v1/fs/read-batch` answer.
+pub(super) enum ReadOne {
+    /// The whole body is in hand (a generated file, a JSON-RPC result, a small upstream
+    /// body); its record is written.
+    Whole {
+        /// The head.
+        head: ReadHead,
+        /// The body, masked.
+        body: Bytes,
+    },
+    /// The body streams on; the stream records the operation when it ends, fails or is
+    /// dropped. A `304` (head's `upstream_status`) streams nothing.
+    Streamed {
+        /// The head.
+        head: ReadHead,
+        /// The body, masked, capped at `upstream.max_body_bytes`.
+        body: Metered,
+    },
+    /// The read failed; its record is written.
+    Failed(ApiError),
+}
+
+/// Reads `path` for `who`, recording the operation in `audit` (whose caller is checked):
+/// the one implementation behind `GET /v1/fs/read` and `POST /v1/fs/read-batch`.
+/// `validators` (the caller's `If-None-Match`/`If-Modified-Since`) go to the upstream.
+pub(super) async fn read_one(
+    gw: &Gateway,
+    who: &Caller,
+    path: &VPath,
+    validators: crate::upstream::Validators,
+    audit: Pending,
+) -> ReadOne {
+    let started = std::time::Instant::now();
+    let resp = match ops::read(gw, who, path, validators).await {
         Ok(ops::Output::Upstream(resp)) => resp,
-        Ok(whole @ ops::Output::Whole { .. }) => return Ok(respond(&gw, whole, audit).await),
+        Ok(ops::Output::Whole { body, content_type }) => {
+            audit.sent(body.len());
+            let head = ReadHead {
+                content_type: Some(HeaderValue::from_static(content_type)),
+                length: Some(body.len() as u64),
+                ..ReadHead::default()
+            };
+            return ReadOne::Whole { head, body };
+        }
         Err(e) => {
             tracing::info!(path = %path, error = %e, "read failed");
-            return Err(audit.fail(e));
+            return ReadOne::Failed(audit.fail(e));
         }
     };
     tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
-    Ok(answer(&gw, resp, audit).await)
+    answer(gw, resp, audit).await
 }
 
 /// The response to a completed operation; `audit` records it once its body is sent.
 async fn respond(gw: &Gateway, out: ops::Output, audit: Pending) -> Response {
     match out {
-        ops::Output::Upstream(resp) => answer(gw, resp, audit).await,
+        ops::Output::Upstream(resp) => match answer(gw, resp, audit).await {
+            ReadOne::Failed(e) => e.into_response(),
+            ReadOne::Whole { head, body } => read_response(head, Body::from(body)),
+            ReadOne::Streamed { head, body } => read_response(head, Body::from_stream(body)),
+        },
         ops::Output::Whole { body, content_type } => {
             audit.sent(body.len());
             ([(CONTENT_TYPE, content_type)], body).into_response()
         }
     }
+}
+
+/// The response to a read, or to a write or delete the upstream answered: `304` for an
+/// upstream's `304`, else `200`, with the head as headers.
+fn read_response(head: ReadHead, body: Body) -> Response {
+    let ours = if head.upstream_status == Some(304) { 304 } else { 200 };
+    let mut builder = Response::builder().status(ours);
+    if let Some(status) = head.upstream_status {
+        builder = builder.header(UPSTREAM_STATUS, status);
+    }
+    for (name, value) in [(ETAG, head.etag), (LAST_MODIFIED, head.last_modified), (CONTENT_TYPE, head.content_type)] {
+        if let Some(v) = value {
+            builder = builder.header(name, v);
+        }
+    }
+    if let Some(len) = head.length {
+        builder = builder.header(CONTENT_LENGTH, len);
+    }
+    builder
+        .body(body)
+        .unwrap_or_else(|e| ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")).into_response())
 }
 
 /// Upstream bodies announced (`Content-Length`) at most this long are read whole and
@@ -128,7 +219,7 @@ pub const WHOLE_BODY_MAX: u64 = 64 * 1024;
 
 /// Passes an upstream response on (see [`stream_response`]): small bodies whole
 /// ([`WHOLE_BODY_MAX`]), others streamed.
-async fn answer(gw: &Gateway, resp: crate::upstream::Answer, mut audit: Pending) -> Response {
+async fn answer(gw: &Gateway, resp: crate::upstream::Answer, mut audit: Pending) -> ReadOne {
     if let Some(peer) = resp.peer() {
         audit.peer(peer);
     }
@@ -137,15 +228,13 @@ async fn answer(gw: &Gateway, resp: crate::upstream::Answer, mut audit: Pending)
     if status == 304 || resp.announced_len().is_none_or(|n| n > WHOLE_BODY_MAX) {
         return stream_response(gw, resp, audit);
     }
-    let mut builder = Response::builder().status(200).header(UPSTREAM_STATUS, status);
-    for name in [ETAG, LAST_MODIFIED] {
-        if let Some(v) = resp.validator(&name) {
-            builder = builder.header(name, v);
-        }
-    }
-    if let Some(ct) = resp.content_type() {
-        builder = builder.header(CONTENT_TYPE, ct);
-    }
+    let mut head = ReadHead {
+        upstream_status: Some(status),
+        etag: resp.validator(&ETAG),
+        last_modified: resp.validator(&LAST_MODIFIED),
+        content_type: resp.content_type(),
+        length: None,
+    };
     audit.upstream_status(status);
     let body = match resp.bytes().await {
         Ok(body) if body.len() as u64 > limit => {
@@ -160,21 +249,19 @@ async fn answer(gw: &Gateway, resp: crate::upstream::Answer, mut audit: Pending)
         }
     };
     audit.sent(body.len());
-    builder
-        .header(CONTENT_LENGTH, body.len())
-        .body(Body::from(body))
-        .unwrap_or_else(|e| ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")).into_response())
+    head.length = Some(body.len() as u64);
+    ReadOne::Whole { head, body }
 }
 
 /// The answer to a body that failed after the upstream answered `status`: the error, and
 /// the record with its code and that status.
-fn failed(mut audit: Pending, status: u16, e: ApiError) -> Response {
+fn failed(mut audit: Pending, status: u16, e: ApiError) -> ReadOne {
     let e = match audit.check(Err::<(), _>(e)) {
         Err(e) => e,
         Ok(()) => ApiError::new(agentfs::wire::ErrorCode::Internal, "gatewayd: unreachable"),
     };
     audit.upstream_status(status);
-    e.into_response()
+    ReadOne::Failed(e)
 }
 
 /// The header that carries the upstream's status on a successful write or delete.
@@ -184,34 +271,25 @@ pub const UPSTREAM_STATUS: &str = "x-nkmc-upstream-status";
 /// it, its validators (`ETag`, `Last-Modified`), and its body streamed (cut off with an
 /// error past `upstream.max_body_bytes`). An upstream `304 Not Modified` (to a conditional
 /// read) is passed on as `304` with no body.
-fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, audit: Pending) -> Response {
+fn stream_response(gw: &Gateway, resp: crate::upstream::Answer, audit: Pending) -> ReadOne {
     let status = resp.status().as_u16();
-    let ours = if status == 304 { 304 } else { 200 };
-    let mut builder = Response::builder().status(ours).header(UPSTREAM_STATUS, status);
-    for name in [ETAG, LAST_MODIFIED] {
-        if let Some(v) = resp.validator(&name) {
-            builder = builder.header(name, v);
-        }
-    }
+    let mut head = ReadHead {
+        upstream_status: Some(status),
+        etag: resp.validator(&ETAG),
+        last_modified: resp.validator(&LAST_MODIFIED),
+        content_type: None,
+        length: None,
+    };
     if status == 304 {
         let nothing = audit.streaming(status, Some(0), futures_util::stream::empty());
-        return builder.body(Body::from_stream(nothing)).unwrap_or_else(|e| {
-            ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")).into_response()
-        });
+        return ReadOne::Streamed { head, body: nothing };
     }
-    if let Some(ct) = resp.content_type() {
-        builder = builder.header(CONTENT_TYPE, ct);
-    }
+    head.content_type = resp.content_type();
     // Known only when nothing can be masked (a masked body may change length).
-    let length = resp.exact_len();
-    if let Some(len) = length {
-        builder = builder.header(CONTENT_LENGTH, len);
-    }
+    head.length = resp.exact_len();
+    let length = head.length;
     let stream = resp.capped_stream(gw.upstream.config().max_body_bytes);
-    let stream = audit.streaming(status, length, stream);
-    builder
-        .body(Body::from_stream(stream))
-        .unwrap_or_else(|e| ApiError::new(agentfs::wire::ErrorCode::Internal, format!("gatewayd: {e}")).into_response())
+    ReadOne::Streamed { head, body: audit.streaming(status, length, stream) }
 }
 
 /// `echo '{...}' > FILE`: the body is the JSON to send; the answer is the upstream's body.

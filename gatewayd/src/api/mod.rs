@@ -3,6 +3,7 @@
 
 mod admin;
 mod audit;
+mod batch;
 pub mod error;
 mod federation;
 mod fs;
@@ -74,6 +75,7 @@ pub const AGENT_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/fs/stat"),
     ("GET", "/v1/fs/list"),
     ("GET", "/v1/fs/read"),
+    ("POST", "/v1/fs/read-batch"),
     ("POST", "/v1/fs/write"),
     ("POST", "/v1/fs/delete"),
     ("POST", "/v1/fs/grep"),
@@ -91,6 +93,7 @@ fn agent_routes() -> Router<Arc<Gateway>> {
         .route("/v1/fs/stat", get(fs::stat))
         .route("/v1/fs/list", get(fs::list))
         .route("/v1/fs/read", get(fs::read))
+        .route(agentfs::wire::batch::ROUTE, post(batch::read_batch))
         .route("/v1/fs/write", post(fs::write).layer(DefaultBodyLimit::max(WRITE_BODY_LIMIT)))
         .route("/v1/fs/delete", post(fs::delete))
         .route("/v1/fs/grep", post(fs::grep))

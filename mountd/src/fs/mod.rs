@@ -1,6 +1,7 @@
 //! The file system as plain async logic, testable without a kernel: every decision
 //! lives here; [`crate::fuse`] only translates.
 
+mod batch;
 pub mod body;
 pub mod cache;
 pub mod control;
@@ -9,7 +10,7 @@ pub mod inode;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use agentfs::client::{fs_route, GatewayClient};
@@ -218,6 +219,8 @@ pub struct Fs {
     kernel_dirs: Mutex<HashMap<u64, Weak<Listing>>>,
     /// Buffers for reads from temporary files, reused ([`Fs::read_with`]).
     read_buffers: Mutex<Vec<Vec<u8>>>,
+    /// gatewayd answered that it has no `POST /v1/fs/read-batch`: prefetch one by one.
+    no_batch: AtomicBool,
 }
 
 /// What a read of a file brought back.
@@ -280,6 +283,7 @@ impl Fs {
             pending: Mutex::default(),
             kernel_dirs: Mutex::default(),
             read_buffers: Mutex::default(),
+            no_batch: AtomicBool::new(false),
         }
     }
 
@@ -974,11 +978,13 @@ impl Fs {
             .collect()
     }
 
-    /// Fetches `paths` into the cache ahead of their opens, at most half of
-    /// `--max-inflight` at a time (each also takes a slot, so the cap holds for the mount),
-    /// with the mount's own token: gatewayd refuses what it may not read, exactly as it
-    /// would refuse the open. A failure is dropped (the open that follows asks again and
-    /// reports it); nothing goes to `.nkmc/last`.
+    /// Fetches `paths` into the cache ahead of their opens, with the mount's own token:
+    /// gatewayd refuses what it may not read, exactly as it would refuse the open. They are
+    /// asked for in batches (`POST /v1/fs/read-batch`, [`batch`]), each holding half of
+    /// `--max-inflight`; against a gatewayd without that route, one request each, at most
+    /// half of `--max-inflight` at a time (each also takes a slot, so the cap holds for the
+    /// mount). A failure is dropped (the open that follows asks again and reports it);
+    /// nothing goes to `.nkmc/last`. An open of a path in flight waits for it.
     pub async fn prefetch(self: Arc<Self>, paths: Vec<String>) {
         let mut done = Vec::new();
         {
@@ -991,6 +997,15 @@ impl Fs {
                 pending.insert(path.clone(), rx);
                 done.push((path, tx));
             }
+        }
+        let (fresh, mut done): (Vec<_>, Vec<_>) =
+            done.into_iter().partition(|(p, _)| self.cache.fresh_len(p).is_some());
+        fresh.into_iter().for_each(|w| self.prefetch_done(w));
+        if self.batches() {
+            done = self.prefetch_batched(done).await;
+        }
+        if done.is_empty() {
+            return;
         }
         let slots = Arc::new(Semaphore::new((self.limits.max_inflight / 2).max(1)));
         let mut tasks = tokio::task::JoinSet::new();
@@ -1008,8 +1023,7 @@ impl Fs {
                         Err(e) => tracing::debug!(path, error = %e, "prefetch"),
                     }
                 }
-                fs.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&path);
-                let _ = tx.send(true);
+                fs.prefetch_done((path, tx));
             });
         }
         while tasks.join_next().await.is_some() {}
