@@ -449,3 +449,41 @@ fn a_batch_whose_reader_goes_away_stops_its_reads() {
     assert_eq!(by.len(), 3, "the two cancelled and the single read; the paths never started have no record: {by:?}");
     assert_eq!(by.get("/pets.test/pets.d/1").map(Vec::as_slice), Some(&["ok".to_owned()][..]));
 }
+
+#[test]
+fn a_large_json_rpc_result_comes_in_data_frames_of_at_most_a_mib() {
+    // A result gatewayd holds whole (a JSON-RPC call's), far over one data frame.
+    let names: Vec<String> = (0..60_000).map(|i| format!("pet number {i:06} of a long list")).collect();
+    let list = serde_json::to_string(&names).unwrap();
+    let up = Upstream::start(move |req| {
+        let call: Value = serde_json::from_slice(&req.body).unwrap();
+        let result: Value = match call["method"].as_str() {
+            Some("list_pets") => serde_json::from_str(&list).unwrap(),
+            _ => Value::Null,
+        };
+        json(200, &serde_json::json!({"jsonrpc": "2.0", "id": call["id"], "result": result}).to_string())
+    });
+    let n = Nkmc::new("");
+    n.up();
+    let spec = fixture("openrpc/petstore-openrpc.json");
+    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "rpc.test", "--base-url", &up.url("/rpc")]);
+    n.ok(&["auth", "--agent", "rpc"]);
+    let token = n.ok(&["token", "attenuate", "--allow", "rpc.test:read", "--ttl", "1h"]).trim().to_owned();
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let addr = n.tcp_addr();
+    let paths = ["/rpc.test/list_pets", "/rpc.test/skill.md", "/rpc.test/list_pets"];
+    let answer = http(addr, "POST", ROUTE, &auth, &batch_body(&paths));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // `items` refuses a data frame over 1 MiB.
+    let got = items(&answer.body, paths.len());
+    let single = http(addr, "GET", "/v1/fs/read?path=%2Frpc.test%2Flist_pets", &auth[..1], b"");
+    assert_eq!(single.status, 200, "{}", single.text());
+    assert!(single.body.len() > 2 * 1024 * 1024, "{}", single.body.len());
+    for i in [0, 2] {
+        let Ok((head, body)) = &got[i] else { panic!("{:?}", got[i]) };
+        assert_eq!(body, &single.body, "item {i}: the same bytes as its own read");
+        assert_eq!(head.length, Some(single.body.len() as u64));
+    }
+    assert!(got[1].is_ok(), "skill.md");
+}
