@@ -100,8 +100,8 @@ async fn run(gw: Arc<Gateway>, who: Caller, agent: String, paths: Vec<String>, c
             async move {
                 // At most MAX_PATHS items, so the index fits.
                 let index = u16::try_from(index).unwrap_or(u16::MAX);
-                // A reader that went away: the answer's body aborts this task, but an item
-                // may start before it is dropped.
+                // The reader went away: the answer's body, once dropped, aborts this task;
+                // until then the items that notice it stop on their own.
                 if item(gw, who, agent, index, &raw, queue).await.is_err() {
                     tracing::debug!(index, "read batch: the reader went away");
                 }
