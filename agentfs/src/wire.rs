@@ -178,6 +178,11 @@ impl ErrorCode {
     ];
 }
 
+/// The message of gatewayd's answer to a route it does not have (`400`, code
+/// `bad_request`): the same in every gatewayd since the first, so a client can tell an older
+/// gatewayd from a refusal (mountd's read batches fall back to single reads on it alone).
+pub const NO_SUCH_ROUTE: &str = "gatewayd: no such route";
+
 /// The body of every error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -152,6 +152,17 @@ pub fn authorize(gw: &Gateway, caller: &Caller, path: &VPath, op: auth::Op) -> R
     }
 }
 
+/// Whether `caller` can do anything at all: an agent's token issued here, not revoked, not
+/// expired ([`auth::Authority::usable`]); the owner and a peer always can. What the token
+/// allows is [`authorize`]'s question, per path. An unusable token gets [`OpError::Auth`],
+/// as [`authorize`] would give it.
+pub fn usable(gw: &Gateway, caller: &Caller) -> Result<(), OpError> {
+    match caller {
+        Caller::Agent(token) => gw.auth.usable(token, std::time::SystemTime::now()).map_err(OpError::Auth),
+        Caller::Owner | Caller::Peer(_) => Ok(()),
+    }
+}
+
 /// The credential for a request to `domain` by `agent` (the identity [`authorize`] returned
 /// for the caller; `None` for the owner): the agent's own key (BYOK) first, then the pool
 /// key. Looked up per request, never cached per mount or per caller.

@@ -61,6 +61,12 @@ fn reads_by_target(n: &Nkmc, agent: &str) -> BTreeMap<String, Vec<String>> {
     by
 }
 
+/// Every `read` record so far, oldest first.
+fn read_records(n: &Nkmc) -> Vec<Value> {
+    let out = n.ok(&["audit", "tail", "-n", "1000", "--json"]);
+    out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|r| r["operation"] == "read").collect()
+}
+
 #[test]
 fn a_read_batch_answers_each_path_as_its_own_read() {
     let key = canary();
@@ -181,15 +187,15 @@ fn a_read_batch_answers_each_path_as_its_own_read() {
     let anonymous = http(addr, "POST", ROUTE, &auth[1..], &batch_body(&paths[..1]));
     assert_eq!(anonymous.status, 401, "{}", anonymous.text());
 
-    // A token that is not one: each path is refused as its own read refuses it.
+    // A token that is not one: the batch is refused whole, as its own read is refused
+    // (`a_batch_refused_whole_leaves_one_record_without_a_target` counts the records).
     let forged = [("Authorization", "Bearer not-a-token"), ("Content-Type", "application/json")];
     let answer = http(addr, "POST", ROUTE, &forged, &batch_body(&paths[..2]));
-    assert_eq!(answer.status, 200, "{}", answer.text());
     let single = http(addr, "GET", "/v1/fs/read?path=%2Fpets.test%2Fpets.d%2F1", &forged[..1], b"");
+    assert_eq!(answer.status, single.status, "{}", answer.text());
+    let refused: ErrorBody = serde_json::from_slice(&answer.body).unwrap();
     let expected: ErrorBody = serde_json::from_slice(&single.body).unwrap();
-    for item in items(&answer.body, 2) {
-        assert_eq!(item.unwrap_err().code, expected.code);
-    }
+    assert_eq!(refused.code, expected.code);
     assert_eq!(up.seen().len(), before, "a forged token reaches no upstream");
     let log = std::fs::read_to_string(n.data_dir.join("gatewayd.log")).unwrap();
     assert_no_secret("gatewayd.log", log.as_bytes(), &key);
@@ -302,15 +308,182 @@ fn a_read_batch_of_borrowed_paths_reads_through_the_lender() {
     assert_eq!(String::from_utf8_lossy(body), "{\"id\":1,\"echo\":\"[masked by nkmc]\"}");
     // Every read went through B to the upstream: twice each (the batch, then the single read).
     assert_eq!(up.seen().iter().filter(|s| s.uri == "/v1/pets/1").count(), 2);
-    // A records each path once per read, as its own read does.
-    let out = a.ok(&["audit", "tail", "-n", "1000", "--json"]);
-    let reads = |target: &str| {
-        out.lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter(|r| r["operation"] == "read" && r["target"] == target)
-            .count()
-    };
+    // A records each path once per read, as its own read does: the batch's record, then the
+    // single read's, alike in who, through which peer, what came back and how much.
+    let records = read_records(&a);
     for path in paths {
-        assert_eq!(reads(path), 2, "{path}: {out}");
+        let of: Vec<&Value> = records.iter().filter(|r| r["target"] == path).collect();
+        assert_eq!(of.len(), 2, "{path}: {records:?}");
+        for field in ["agent", "peer", "bytes", "upstream_status", "outcome"] {
+            assert_eq!(of[0][field], of[1][field], "{path}: {field} of the batch's record and the single read's");
+        }
     }
+    let Some(ok) = records.iter().find(|r| r["target"] == paths[0]) else { unreachable!() };
+    assert_eq!(ok["bytes"], body.len() as u64, "the bytes sent back");
+    assert_eq!(ok["upstream_status"], 200);
+    assert_eq!(ok["peer"], "gw-b", "read through the lender");
+}
+
+#[test]
+fn a_batch_refused_whole_leaves_one_record_without_a_target() {
+    let up = Upstream::start(|_| json(200, r#"{"id":1}"#));
+    let n = Nkmc::new("");
+    n.up();
+    let spec = fixture("openapi/petstore.yaml");
+    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    n.ok(&["auth", "--agent", "reader"]);
+    let token = n.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1h"]).trim().to_owned();
+    let revoked = n.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1h"]).trim().to_owned();
+    let said = n.run_stdin(&["token", "revoke", "--token", "-"], revoked.as_bytes());
+    assert!(said.status.success(), "{}", String::from_utf8_lossy(&said.stderr));
+    let expired = n.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1s"]).trim().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let addr = n.tcp_addr();
+    let paths: Vec<String> = (0..40).map(|i| format!("/pets.test/pets.d/{i}")).collect();
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let over: Vec<String> = (0..=MAX_PATHS).map(|i| format!("/pets.test/pets.d/{i}")).collect();
+    let over: Vec<&str> = over.iter().map(String::as_str).collect();
+
+    let cases: [(&str, &str, Vec<u8>); 8] = [
+        ("over 64 paths", &token, batch_body(&over)),
+        ("no path", &token, batch_body(&[])),
+        ("not JSON", &token, b"not json".to_vec()),
+        ("an unknown member", &token, br#"{"paths":["/pets.test/pets.d/1"],"extra":1}"#.to_vec()),
+        ("a concurrency of 0", &token, br#"{"paths":["/pets.test/pets.d/1"],"concurrency":0}"#.to_vec()),
+        ("a forged token", "not-a-token", batch_body(&paths)),
+        ("a revoked token", &revoked, batch_body(&paths)),
+        ("an expired token", &expired, batch_body(&paths)),
+    ];
+    for (what, token, body) in cases {
+        let bearer = format!("Bearer {token}");
+        let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+        let before = read_records(&n).len();
+        let answer = http(addr, "POST", ROUTE, &auth, &body);
+        let error: ErrorBody =
+            serde_json::from_slice(&answer.body).unwrap_or_else(|_| panic!("{what}: {}", answer.text()));
+        let records = read_records(&n);
+        assert_eq!(records.len(), before + 1, "{what}: one record, not one per path: {:?}", &records[before..]);
+        assert_eq!(records[before]["target"], "", "{what}: no target");
+        assert_eq!(records[before]["outcome"], error.code.as_str(), "{what}");
+        if what.ends_with("token") {
+            // Refused as a single read with that token is.
+            let single = http(addr, "GET", "/v1/fs/read?path=%2Fpets.test%2Fpets.d%2F1", &auth[..1], b"");
+            let expected: ErrorBody = serde_json::from_slice(&single.body).unwrap();
+            assert_eq!((answer.status, error.code), (single.status, expected.code), "{what}: {}", answer.text());
+            assert_eq!(answer.status, 403, "{what}");
+        } else {
+            assert_eq!(answer.status, 400, "{what}: {}", answer.text());
+        }
+    }
+    assert!(up.seen().is_empty(), "nothing of a refused batch reached the upstream");
+}
+
+#[test]
+fn a_batch_whose_reader_goes_away_stops_its_reads() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    // Reads of `slow*` hold until released; the upstream notes each one as it starts.
+    let started: Arc<Mutex<Vec<String>>> = Arc::default();
+    let released = Arc::new(AtomicBool::new(false));
+    let (log, gate) = (started.clone(), released.clone());
+    let up = Upstream::start_threads(8, move |req| {
+        if req.uri.starts_with("/v1/pets/slow") {
+            log.lock().unwrap().push(req.uri.clone());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            // Off the upstream's async workers, so other requests go on meanwhile.
+            tokio::task::block_in_place(|| {
+                while !gate.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            });
+        }
+        json(200, r#"{"id":1}"#)
+    });
+    let n = Nkmc::new("");
+    n.up();
+    let spec = fixture("openapi/petstore.yaml");
+    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+    n.ok(&["auth", "--agent", "leaver"]);
+    let token = n.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1h"]).trim().to_owned();
+
+    // Six paths, two at a time: two reads start, then the caller goes away.
+    let paths: Vec<String> = (0..6).map(|i| format!("/pets.test/pets.d/slow{i}")).collect();
+    let body = serde_json::to_vec(&serde_json::json!({ "paths": paths, "concurrency": 2 })).unwrap();
+    let addr = n.tcp_addr();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    let head = format!(
+        "POST {ROUTE} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).unwrap();
+    conn.write_all(&body).unwrap();
+    wait_until("two reads in flight", || started.lock().unwrap().len() == 2);
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+    let mut status = [0u8; 12];
+    conn.read_exact(&mut status).unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200", "the answer had begun");
+    drop(conn);
+
+    // The reads in flight stop there, recorded as a single read whose caller went away is.
+    let outcomes = || reads_by_target(&n, "leaver");
+    wait_until("the reads in flight recorded", || outcomes().len() >= 2);
+    let by = outcomes();
+    assert_eq!(by.get(&paths[0]).map(Vec::as_slice), Some(&["cancelled".to_owned()][..]), "{by:?}");
+    assert_eq!(by.get(&paths[1]).map(Vec::as_slice), Some(&["cancelled".to_owned()][..]), "{by:?}");
+
+    // Released now, the upstream gets no further read of the batch: none was left running.
+    released.store(true, Ordering::SeqCst);
+    let fine = http(
+        addr,
+        "GET",
+        "/v1/fs/read?path=%2Fpets.test%2Fpets.d%2F1",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    );
+    assert_eq!(fine.status, 200, "{}", fine.text());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(*started.lock().unwrap(), ["/v1/pets/slow0", "/v1/pets/slow1"], "no read started after the caller left");
+    let by = outcomes();
+    assert_eq!(by.len(), 3, "the two cancelled and the single read; the paths never started have no record: {by:?}");
+    assert_eq!(by.get("/pets.test/pets.d/1").map(Vec::as_slice), Some(&["ok".to_owned()][..]));
+}
+
+#[test]
+fn a_large_json_rpc_result_comes_in_data_frames_of_at_most_a_mib() {
+    // A result gatewayd holds whole (a JSON-RPC call's), far over one data frame.
+    let names: Vec<String> = (0..60_000).map(|i| format!("pet number {i:06} of a long list")).collect();
+    let list = serde_json::to_string(&names).unwrap();
+    let up = Upstream::start(move |req| {
+        let call: Value = serde_json::from_slice(&req.body).unwrap();
+        let result: Value = match call["method"].as_str() {
+            Some("list_pets") => serde_json::from_str(&list).unwrap(),
+            _ => Value::Null,
+        };
+        json(200, &serde_json::json!({"jsonrpc": "2.0", "id": call["id"], "result": result}).to_string())
+    });
+    let n = Nkmc::new("");
+    n.up();
+    let spec = fixture("openrpc/petstore-openrpc.json");
+    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "rpc.test", "--base-url", &up.url("/rpc")]);
+    n.ok(&["auth", "--agent", "rpc"]);
+    let token = n.ok(&["token", "attenuate", "--allow", "rpc.test:read", "--ttl", "1h"]).trim().to_owned();
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+    let addr = n.tcp_addr();
+    let paths = ["/rpc.test/list_pets", "/rpc.test/skill.md", "/rpc.test/list_pets"];
+    let answer = http(addr, "POST", ROUTE, &auth, &batch_body(&paths));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // `items` refuses a data frame over 1 MiB.
+    let got = items(&answer.body, paths.len());
+    let single = http(addr, "GET", "/v1/fs/read?path=%2Frpc.test%2Flist_pets", &auth[..1], b"");
+    assert_eq!(single.status, 200, "{}", single.text());
+    assert!(single.body.len() > 2 * 1024 * 1024, "{}", single.body.len());
+    for i in [0, 2] {
+        let Ok((head, body)) = &got[i] else { panic!("{:?}", got[i]) };
+        assert_eq!(body, &single.body, "item {i}: the same bytes as its own read");
+        assert_eq!(head.length, Some(single.body.len() as u64));
+    }
+    assert!(got[1].is_ok(), "skill.md");
 }

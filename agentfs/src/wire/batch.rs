@@ -54,8 +54,9 @@ pub struct ReadBatchRequest {
 }
 
 /// What a successful read says before its body: what `GET /v1/fs/read` says in its headers.
+/// A reader ignores members it does not know (a newer gatewayd may send more); the request,
+/// [`ReadBatchRequest`], stays strict.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ItemHead {
     /// The upstream's status (`x-nkmc-upstream-status`); none for a generated file or a
     /// JSON-RPC result.
@@ -165,10 +166,16 @@ pub enum FrameError {
 /// ([`MAX_DATA`], [`MAX_META`]; a reader refuses a longer one).
 pub fn encode(kind: FrameKind, index: u16, payload: &[u8], out: &mut Vec<u8>) {
     out.reserve(FRAME_HEADER_LEN + payload.len());
+    encode_header(kind, index, payload.len(), out);
+    out.extend_from_slice(payload);
+}
+
+/// Appends a frame's header alone, for a payload of `len` bytes the caller sends right
+/// after it (a long payload, not copied behind its header). The same caps as [`encode`].
+pub fn encode_header(kind: FrameKind, index: u16, len: usize, out: &mut Vec<u8>) {
     out.push(kind as u8);
     out.extend_from_slice(&index.to_be_bytes());
-    out.extend_from_slice(&u32::try_from(payload.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(payload);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_be_bytes());
 }
 
 /// One frame as read.
@@ -225,6 +232,16 @@ impl Decoder {
             left => Err(FrameError::Truncated(left)),
         }
     }
+}
+
+/// An error frame's payload as read: [`ErrorBody`], its members not known here ignored (a
+/// newer gatewayd may send more).
+#[derive(Deserialize)]
+struct ReadErrorBody {
+    code: super::ErrorCode,
+    message: String,
+    #[serde(default)]
+    upstream_status: Option<u16>,
 }
 
 /// What a frame means for its item, once checked.
@@ -288,9 +305,10 @@ impl ItemTracker {
                 Ok(Event::End(i))
             }
             (FrameKind::Error, ItemState::Waiting | ItemState::Body { .. }) => {
-                let body: ErrorBody = serde_json::from_slice(&payload).map_err(malformed)?;
+                let ReadErrorBody { code, message, upstream_status } =
+                    serde_json::from_slice(&payload).map_err(malformed)?;
                 *state = ItemState::Done;
-                Ok(Event::Failed(i, body))
+                Ok(Event::Failed(i, ErrorBody { code, message, upstream_status }))
             }
             _ => Err(FrameError::OutOfOrder { kind, index }),
         }
@@ -397,10 +415,25 @@ mod tests {
     }
 
     #[test]
+    fn members_a_newer_gatewayd_adds_are_ignored() {
+        let mut t = ItemTracker::new(2);
+        let head = Frame { kind: FrameKind::Head, index: 0, payload: br#"{"length":1,"x":2,"y":{"z":[]}}"#.to_vec() };
+        assert!(matches!(t.accept(head), Ok(Event::Head(0, h)) if h.length == Some(1)));
+        let error = br#"{"code":"not_found","message":"gone","upstream_status":404,"hint":"new"}"#.to_vec();
+        let error = Frame { kind: FrameKind::Error, index: 1, payload: error };
+        let expected = ErrorBody { code: ErrorCode::NotFound, message: "gone".into(), upstream_status: Some(404) };
+        assert_eq!(t.accept(error), Ok(Event::Failed(1, expected)));
+    }
+
+    #[test]
     fn malformed_frames_are_refused() {
         let mut t = ItemTracker::new(1);
-        let bad = Frame { kind: FrameKind::Head, index: 0, payload: b"{\"length\":1,\"x\":2}".to_vec() };
-        assert!(matches!(t.accept(bad), Err(FrameError::Malformed { .. })), "unknown member");
+        let bad = Frame { kind: FrameKind::Head, index: 0, payload: br#"{"length":"one"}"#.to_vec() };
+        assert!(matches!(t.accept(bad), Err(FrameError::Malformed { .. })), "a known member of the wrong type");
+        let bad = Frame { kind: FrameKind::Head, index: 0, payload: br#""head""#.to_vec() };
+        assert!(matches!(t.accept(bad), Err(FrameError::Malformed { .. })), "not an object");
+        let bad = Frame { kind: FrameKind::Error, index: 0, payload: br#"{"message":"no code"}"#.to_vec() };
+        assert!(matches!(t.accept(bad), Err(FrameError::Malformed { .. })), "an error without its code");
         let bad = Frame { kind: FrameKind::Error, index: 0, payload: b"not json".to_vec() };
         assert!(matches!(t.accept(bad), Err(FrameError::Malformed { .. })));
         let mut d = Decoder::default();
@@ -423,5 +456,16 @@ mod tests {
         let ok: ReadBatchRequest = serde_json::from_str(r#"{"paths":["/a/b"]}"#).unwrap();
         assert_eq!(ok.paths, vec!["/a/b".to_owned()]);
         assert!(serde_json::from_str::<ReadBatchRequest>(r#"{"paths":[],"extra":1}"#).is_err());
+    }
+
+    #[test]
+    fn a_long_payload_goes_after_its_header_as_it_is() {
+        let mut whole = Vec::new();
+        encode(FrameKind::Data, 7, b"payload", &mut whole);
+        let mut split = Vec::new();
+        encode_header(FrameKind::Data, 7, 7, &mut split);
+        assert_eq!(split.len(), FRAME_HEADER_LEN);
+        split.extend_from_slice(b"payload");
+        assert_eq!(split, whole);
     }
 }

@@ -107,7 +107,7 @@ fn agent_routes() -> Router<Arc<Gateway>> {
 /// answered as 500 `internal` ([`panic`]), and the state.
 fn finish(routes: Router<Arc<Gateway>>, gw: Arc<Gateway>) -> Router {
     routes
-        .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: no such route") })
+        .fallback(|| async { ApiError::new(agentfs::wire::ErrorCode::BadRequest, agentfs::wire::NO_SUCH_ROUTE) })
         .method_not_allowed_fallback(|| async {
             ApiError::new(agentfs::wire::ErrorCode::BadRequest, "gatewayd: method not allowed on this route")
         })

@@ -33,6 +33,9 @@ pub struct Verified {
     pub revocation_ids: Vec<String>,
     /// The agent its authority block names ([`super::token::inspect`]).
     pub agent: Option<String>,
+    /// The earliest expiry (Unix seconds) among the expiry checks nkmc generates
+    /// ([`super::token::inspect`]); a check of other Datalog is not read here.
+    pub expires_at: Option<u64>,
     /// The Datalog's answers for this token.
     pub decisions: Decisions,
 }
@@ -147,8 +150,12 @@ impl VerifiedTokens {
         }
         let biscuit = authorize::parse_verified(root, token)?;
         let revocation_ids = biscuit.revocation_identifiers().iter().map(hex::encode).collect();
-        let agent = super::token::inspect(token, None).ok().and_then(|i| i.agent);
-        let verified = Arc::new(Verified { biscuit, revocation_ids, agent, decisions: Decisions::default() });
+        let (agent, expires_at) = match super::token::inspect(token, None) {
+            Ok(info) => (info.agent, info.expires_at),
+            Err(_) => (None, None),
+        };
+        let verified =
+            Arc::new(Verified { biscuit, revocation_ids, agent, expires_at, decisions: Decisions::default() });
         self.insert(token, verified.clone());
         Ok(verified)
     }

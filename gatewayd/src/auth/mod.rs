@@ -239,6 +239,23 @@ impl Authority {
         authorize::authorize_cached(&self.verified, &self.root.public(), token, req, &revoked)
     }
 
+    /// Whether `token` is usable at all at `now`, whatever it is asked to do: issued here
+    /// (its signatures verify), not revoked, and not past an expiry nkmc set on it
+    /// (`token attenuate --ttl`). What it allows is not looked at (a usable token may still
+    /// be refused every path); an expiry in custom Datalog is found only by [`Self::authorize`].
+    pub fn usable(&self, token: &str, now: SystemTime) -> Result<(), AuthError> {
+        let verified = self.verified.get_or_verify(&self.root.public(), token)?;
+        let list = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        if list.any_revoked_hex(verified.revocation_ids.iter().map(String::as_str)) {
+            return Err(AuthError::Revoked);
+        }
+        // The expiry check is `time <= expires`, with the time in whole seconds.
+        if verified.expires_at.is_some_and(|expires| unix_secs(now) > expires) {
+            return Err(AuthError::Expired);
+        }
+        Ok(())
+    }
+
     /// Whether `token` may see `path` of `service` at all ([`authorize::visible`]).
     pub fn visible(&self, token: &str, service: Option<&str>, path: &str, now: SystemTime) -> bool {
         let req = Request { service: service.map(str::to_owned), path: path.to_owned(), operation: Op::Lookup, now };

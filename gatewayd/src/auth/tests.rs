@@ -199,6 +199,31 @@ fn an_expired_token_is_refused_and_time_is_required() {
 }
 
 #[test]
+fn usable_says_whether_a_token_can_do_anything_whatever_it_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = crate::db::open(&dir.path().join("t.db")).unwrap();
+    let authority = Authority::new(RootKey::generate(), RevocationList::default());
+    let full = authority.mint("a1", t0()).unwrap();
+    let at = |secs: u64| t0() + Duration::from_secs(secs);
+    // Usable however little it allows: the rights are each path's business.
+    let narrow = attenuate(&full, &allows(&["nothing.test:read"]), Some(Duration::from_secs(3600)), t0()).unwrap();
+    assert!(authority.usable(&full, at(86_400 * 365)).is_ok());
+    assert!(authority.usable(&narrow, at(0)).is_ok());
+    assert!(authority.usable(&narrow, at(3600)).is_ok());
+    // The earliest expiry of its blocks, as the Datalog decides it.
+    assert!(matches!(authority.usable(&narrow, at(3601)), Err(AuthError::Expired)));
+    let longer = attenuate(&narrow, &[], Some(Duration::from_secs(7200)), t0()).unwrap();
+    assert!(matches!(authority.usable(&longer, at(5000)), Err(AuthError::Expired)));
+    // Not issued here, not a token, revoked.
+    let foreign = mint(&RootKey::generate(), "a1", t0()).unwrap();
+    assert!(matches!(authority.usable(&foreign, at(0)), Err(AuthError::NotIssuedHere)));
+    assert!(matches!(authority.usable("not-a-token", at(0)), Err(AuthError::Malformed)));
+    authority.revoke(&conn, &narrow, RevokeScope::Token, t0()).unwrap();
+    assert!(matches!(authority.usable(&narrow, at(0)), Err(AuthError::Revoked)));
+    assert!(authority.usable(&full, at(0)).is_ok(), "its parent is not revoked");
+}
+
+#[test]
 fn a_token_from_another_root_key_is_refused() {
     let ours = RootKey::generate();
     let theirs = RootKey::generate();

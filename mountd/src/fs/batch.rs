@@ -4,15 +4,21 @@
 //! ([`agentfs::wire::batch`]), parsed strictly here: a body goes to the cache only once its
 //! end frame arrived in order and at its announced length; a frame out of order, a malformed
 //! one or an answer that breaks off drops every item not yet complete (its open asks again).
-//! Against a gatewayd without the route, the paths are fetched one by one.
+//! A batch holds one `--max-inflight` slot per read gatewayd may run for it, and gives them
+//! back as its items end.
+//!
+//! Against a gatewayd without the route (an older one: [`agentfs::wire::NO_SUCH_ROUTE`]), the
+//! paths are fetched one by one, and a batch is tried again after [`NO_ROUTE_RETRY`]; after
+//! an answer that broke the protocol (not one that merely broke off), for [`PROTOCOL_PAUSE`].
 
-use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use agentfs::wire::batch::{self as wire, Decoder, Event, ItemTracker, ReadBatchRequest};
-use agentfs::wire::ErrorCode;
+use agentfs::client::ClientError;
+use agentfs::wire::batch::{self as wire, Decoder, Event, FrameError, ItemTracker, ReadBatchRequest};
+use agentfs::wire::{ErrorCode, NO_SUCH_ROUTE};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Method, StatusCode};
-use tokio::sync::watch;
+use tokio::sync::{watch, SemaphorePermit};
 
 use super::body::Collector;
 use super::cache::Validators;
@@ -24,10 +30,48 @@ pub(super) type Waited = (String, watch::Sender<bool>);
 /// An item's body as it arrives.
 type Arriving = Option<(Collector, Validators)>;
 
+/// After gatewayd answered that it has no batch route: prefetch one by one for this long,
+/// then ask in a batch again (gatewayd may have been upgraded meanwhile).
+pub const NO_ROUTE_RETRY: Duration = Duration::from_secs(10 * 60);
+
+/// After a batch's answer broke the protocol (a frame this mountd does not understand):
+/// prefetch one by one for this long.
+pub const PROTOCOL_PAUSE: Duration = Duration::from_secs(5 * 60);
+
+/// Whether `error` is what every gatewayd answers for a route it does not have.
+fn no_such_route(error: &ClientError) -> bool {
+    matches!(error, ClientError::Api { status: 400, body }
+        if body.code == ErrorCode::BadRequest && body.message == NO_SUCH_ROUTE)
+}
+
+/// Gives back the slots held beyond one per item not yet complete.
+fn give_back(slots: &mut Option<SemaphorePermit<'_>>, unfinished: usize) {
+    if let Some(held) = slots.as_mut() {
+        let extra = held.num_permits().saturating_sub(unfinished);
+        if extra > 0 {
+            drop(held.split(extra));
+        }
+    }
+}
+
 impl Fs {
-    /// Whether prefetch asks in batches: until gatewayd answers that it has no such route.
+    /// Whether prefetch asks in batches: unless a pause is running ([`NO_ROUTE_RETRY`],
+    /// [`PROTOCOL_PAUSE`]).
     pub(super) fn batches(&self) -> bool {
-        !self.no_batch.load(Ordering::Relaxed)
+        let mut off = self.batch_off.lock().unwrap_or_else(|p| p.into_inner());
+        match *off {
+            Some(until) if self.cache.now() < until => false,
+            Some(_) => {
+                *off = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Prefetch one by one for `pause`.
+    fn pause_batches(&self, pause: Duration) {
+        *self.batch_off.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.cache.now() + pause);
     }
 
     /// Prefetch is over for `item`: the opens waiting for it go on (to the cache, or to ask).
@@ -38,7 +82,7 @@ impl Fs {
 
     /// Fetches `items` into the cache in batches of at most [`wire::MAX_PATHS`]. Returns the
     /// items to fetch one by one instead: those not asked for once gatewayd answered that it
-    /// has no batch route (an older gatewayd), or refused a batch as a whole.
+    /// has no batch route (an older gatewayd).
     pub(super) async fn prefetch_batched(&self, items: Vec<Waited>) -> Vec<Waited> {
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
@@ -51,13 +95,15 @@ impl Fs {
         Vec::new()
     }
 
-    /// One batch request, holding half of `--max-inflight` (gatewayd runs that many of its
-    /// reads at once). `Err`: gatewayd refused the batch as a whole; its items are returned.
+    /// One batch request, holding a slot of `--max-inflight` per read gatewayd runs at once
+    /// for it (half of `--max-inflight`, at most one per item), given back as items end.
+    /// `Err`: gatewayd has no batch route; its items are returned. A batch refused otherwise
+    /// is dropped, as a refused prefetch is (each open asks and reports).
     async fn read_batch(&self, items: Vec<Waited>) -> Result<(), Vec<Waited>> {
-        let concurrency = (self.limits.max_inflight / 2).clamp(1, wire::MAX_CONCURRENT);
+        let concurrency = (self.limits.max_inflight / 2).clamp(1, wire::MAX_CONCURRENT).min(items.len().max(1));
         let n_slots = u32::try_from(concurrency).unwrap_or(1);
         // The semaphore is never closed, so acquiring only waits.
-        let _slots = self.inflight.acquire_many(n_slots).await.ok();
+        let mut slots = self.inflight.acquire_many(n_slots).await.ok();
         let request =
             ReadBatchRequest { paths: items.iter().map(|(p, _)| p.clone()).collect(), concurrency: Some(n_slots) };
         let payload = match serde_json::to_vec(&request) {
@@ -77,14 +123,14 @@ impl Fs {
         if answer.status != StatusCode::OK {
             let status = answer.status;
             let error = answer.into_error().await;
-            // An older gatewayd answers an unknown route `bad_request` (or 404/405).
-            if matches!(status, StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED)
-                || error.code() == ErrorCode::BadRequest
-            {
-                self.no_batch.store(true, Ordering::Relaxed);
+            if no_such_route(&error) {
+                tracing::debug!("prefetch: gatewayd has no read batch; one by one for a while");
+                self.pause_batches(NO_ROUTE_RETRY);
+                return Err(items);
             }
-            tracing::debug!(status = status.as_u16(), error = %error, "prefetch: read batch refused; one by one");
-            return Err(items);
+            tracing::debug!(status = status.as_u16(), error = %error, "prefetch: read batch refused");
+            items.into_iter().for_each(|w| self.prefetch_done(w));
+            return Ok(());
         }
         let framed = answer.headers.get(CONTENT_TYPE).is_some_and(|v| v.as_bytes() == wire::CONTENT_TYPE.as_bytes());
         let mut waiting: Vec<Option<Waited>> = items.into_iter().map(Some).collect();
@@ -95,33 +141,44 @@ impl Fs {
             let outcome = loop {
                 let chunk = match answer.chunk().await {
                     Ok(Some(chunk)) => chunk,
-                    Ok(None) => break decoder.finish().map_err(|e| e.to_string()),
-                    Err(e) => break Err(e.to_string()),
+                    Ok(None) => break decoder.finish(),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "prefetch: the read batch broke off");
+                        break Ok(());
+                    }
                 };
                 decoder.push(&chunk);
-                if let Err(e) = self.take_frames(&mut decoder, &mut tracker, &mut bodies, &mut waiting) {
-                    break Err(e.to_string());
+                let taken = self.take_frames(&mut decoder, &mut tracker, &mut bodies, &mut waiting, &mut slots);
+                if let Err(e) = taken {
+                    break Err(e);
                 }
             };
-            if let Err(e) = outcome {
-                tracing::debug!(error = %e, "prefetch: the read batch broke off");
+            match outcome {
+                Ok(()) => {}
+                Err(e @ FrameError::Truncated(_)) => tracing::debug!(error = %e, "prefetch: the read batch broke off"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "prefetch: a read batch answer this mountd cannot read; one by one for a while");
+                    self.pause_batches(PROTOCOL_PAUSE);
+                }
             }
         } else {
-            tracing::debug!("prefetch: the read batch's answer is not framed");
+            tracing::warn!("prefetch: the read batch's answer is not framed; one by one for a while");
+            self.pause_batches(PROTOCOL_PAUSE);
         }
         // Every item not complete is dropped: its open asks again.
         waiting.into_iter().flatten().for_each(|w| self.prefetch_done(w));
         Ok(())
     }
 
-    /// Applies every whole frame that has arrived.
+    /// Applies every whole frame that has arrived; gives back a slot as each item ends.
     fn take_frames(
         &self,
         decoder: &mut Decoder,
         tracker: &mut ItemTracker,
         bodies: &mut [Arriving],
         waiting: &mut [Option<Waited>],
-    ) -> Result<(), wire::FrameError> {
+        slots: &mut Option<SemaphorePermit<'_>>,
+    ) -> Result<(), FrameError> {
         while let Some(frame) = decoder.next_frame()? {
             match tracker.accept(frame)? {
                 Event::Head(i, head) => {
@@ -153,6 +210,7 @@ impl Fs {
                     if let Some(w) = waiting[i].take() {
                         self.prefetch_done(w);
                     }
+                    give_back(slots, waiting.iter().flatten().count());
                 }
                 Event::Failed(i, error) => {
                     bodies[i] = None;
@@ -160,6 +218,7 @@ impl Fs {
                         tracing::debug!(path = %w.0, error = %error.message, "prefetch");
                         self.prefetch_done(w);
                     }
+                    give_back(slots, waiting.iter().flatten().count());
                 }
             }
         }
@@ -172,39 +231,74 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::time::Duration;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
 
     use agentfs::client::GatewayClient;
     use agentfs::wire::batch::{self as wire, encode, FrameKind, ItemHead};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::UnixListener;
+    use tokio::sync::Notify;
 
-    use super::super::cache::{ContentCache, Lookup, SystemClock};
+    use super::super::cache::{Clock, ContentCache, Lookup};
     use super::super::{Fs, Limits};
+    use super::{NO_ROUTE_RETRY, PROTOCOL_PAUSE};
 
     /// How the fake gatewayd answers a read batch.
     #[derive(Clone, Copy)]
     enum Batch {
-        /// An older gatewayd: no such route.
+        /// An older gatewayd: no such route (its exact answer).
         Missing,
+        /// Refused whole for another reason (a `400` that is not the missing route).
+        Refused,
         /// Item 0 whole; item 1 cut inside its data, the answer ending there.
         Truncated,
         /// Item 0 whole, then data of item 1 before its head.
         OutOfOrder,
+        /// Both items whole, their heads carrying a member this mountd does not know.
+        Newer,
+        /// Item 0 whole; item 1 only once the test says so.
+        Paused,
+    }
+
+    /// What the fake gatewayd saw, and the test's hold on a paused answer.
+    #[derive(Default)]
+    struct Fake {
+        batches: AtomicUsize,
+        singles: AtomicUsize,
+        /// A batch request arrived.
+        asked: Notify,
+        /// The rest of a paused answer may go.
+        resume: Notify,
+    }
+
+    /// A clock the test moves.
+    #[derive(Debug, Clone)]
+    struct TestClock(Arc<Mutex<Instant>>);
+
+    impl Clock for TestClock {
+        fn now(&self) -> Instant {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    impl TestClock {
+        fn advance(&self, by: Duration) {
+            *self.0.lock().unwrap() += by;
+        }
     }
 
     /// A gatewayd on a Unix socket: single reads answer `single:PATH`; read batches as `mode`
-    /// says. Counts the batch requests.
-    fn fake_gatewayd(dir: &std::path::Path, mode: Batch) -> (std::path::PathBuf, Arc<AtomicUsize>) {
+    /// says.
+    fn fake_gatewayd(dir: &std::path::Path, mode: Batch) -> (std::path::PathBuf, Arc<Fake>) {
         let socket = dir.join("gw.sock");
         let listener = UnixListener::bind(&socket).unwrap();
-        let batches = Arc::new(AtomicUsize::new(0));
-        let counted = batches.clone();
+        let fake = Arc::new(Fake::default());
+        let seen = fake.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((mut conn, _)) = listener.accept().await else { return };
-                let counted = counted.clone();
+                let seen = seen.clone();
                 tokio::spawn(async move {
                     let mut raw = Vec::new();
                     let mut buf = [0u8; 4096];
@@ -220,38 +314,63 @@ mod tests {
                     };
                     let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
                     let target = head.split(' ').nth(1).unwrap().to_owned();
-                    let answer = if target.starts_with("/v1/fs/read-batch") {
-                        counted.fetch_add(1, Ordering::SeqCst);
-                        batch_answer(mode)
+                    if target.starts_with("/v1/fs/read-batch") {
+                        seen.batches.fetch_add(1, Ordering::SeqCst);
+                        seen.asked.notify_one();
+                        let (first, rest) = batch_answer(mode);
+                        let _ = conn.write_all(&first).await;
+                        if !rest.is_empty() {
+                            seen.resume.notified().await;
+                            let _ = conn.write_all(&rest).await;
+                        }
                     } else {
+                        seen.singles.fetch_add(1, Ordering::SeqCst);
                         let path = target.split("path=").nth(1).unwrap().replace("%2F", "/");
                         let body = format!("single:{path}");
-                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
-                            .into_bytes()
-                    };
-                    let _ = conn.write_all(&answer).await;
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                    }
                     let _ = conn.shutdown().await;
                 });
             }
         });
-        (socket, batches)
+        (socket, fake)
     }
 
-    fn batch_answer(mode: Batch) -> Vec<u8> {
-        if let Batch::Missing = mode {
-            let body = r#"{"code":"bad_request","message":"gatewayd: no such route"}"#;
-            return format!(
-                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .into_bytes();
+    fn error_answer(message: &str) -> Vec<u8> {
+        let body = format!(r#"{{"code":"bad_request","message":"{message}"}}"#);
+        format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    /// The answer to a batch of two paths: what is written at once, and what is written
+    /// once the test resumes it (nothing, unless paused).
+    fn batch_answer(mode: Batch) -> (Vec<u8>, Vec<u8>) {
+        match mode {
+            // Exactly what every gatewayd without the route answers.
+            Batch::Missing => return (error_answer("gatewayd: no such route"), Vec::new()),
+            Batch::Refused => {
+                return (error_answer("gatewayd: a read batch holds at most 64 paths, not 65"), Vec::new())
+            }
+            _ => {}
         }
         let head =
             |len| serde_json::to_vec(&ItemHead { upstream_status: Some(200), length: len, ..ItemHead::default() });
         let mut frames = Vec::new();
-        encode(FrameKind::Head, 0, &head(Some(5)).unwrap(), &mut frames);
+        if let Batch::Newer = mode {
+            encode(FrameKind::Head, 0, br#"{"upstream_status":200,"length":5,"served_by":"gw-9"}"#, &mut frames);
+        } else {
+            encode(FrameKind::Head, 0, &head(Some(5)).unwrap(), &mut frames);
+        }
         encode(FrameKind::Data, 0, b"batch", &mut frames);
         encode(FrameKind::End, 0, &[], &mut frames);
+        let mut rest = Vec::new();
         match mode {
             Batch::Truncated => {
                 encode(FrameKind::Head, 1, &head(Some(6)).unwrap(), &mut frames);
@@ -264,22 +383,33 @@ mod tests {
                 encode(FrameKind::Head, 1, &head(None).unwrap(), &mut frames);
                 encode(FrameKind::End, 1, &[], &mut frames);
             }
-            Batch::Missing => {}
+            Batch::Newer => {
+                encode(FrameKind::Head, 1, br#"{"length":3,"tier":{"x":[1]}}"#, &mut frames);
+                encode(FrameKind::Data, 1, b"new", &mut frames);
+                encode(FrameKind::End, 1, &[], &mut frames);
+            }
+            Batch::Paused => {
+                encode(FrameKind::Head, 1, &head(Some(6)).unwrap(), &mut rest);
+                encode(FrameKind::Data, 1, b"paused", &mut rest);
+                encode(FrameKind::End, 1, &[], &mut rest);
+            }
+            Batch::Missing | Batch::Refused => {}
         }
-        let mut out = format!(
+        let mut first = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             wire::CONTENT_TYPE,
-            frames.len()
+            frames.len() + rest.len()
         )
         .into_bytes();
-        out.extend_from_slice(&frames);
-        out
+        first.extend_from_slice(&frames);
+        (first, rest)
     }
 
-    fn fs(socket: &std::path::Path) -> Arc<Fs> {
+    fn fs(socket: &std::path::Path) -> (Arc<Fs>, TestClock) {
         let client = GatewayClient::new(socket, Duration::from_secs(5));
-        let cache = ContentCache::new(Duration::from_secs(60), 1 << 20, Box::new(SystemClock));
-        Arc::new(Fs::new(client, cache, Limits::default()))
+        let clock = TestClock(Arc::new(Mutex::new(Instant::now())));
+        let cache = ContentCache::new(Duration::from_secs(3600), 1 << 20, Box::new(clock.clone()));
+        (Arc::new(Fs::new(client, cache, Limits::default())), clock)
     }
 
     fn cached(fs: &Fs, path: &str) -> Option<Vec<u8>> {
@@ -294,40 +424,106 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_the_batch_route_prefetch_reads_one_by_one_from_then_on() {
+    async fn without_the_batch_route_prefetch_reads_one_by_one_then_asks_again_later() {
         let dir = tempfile::tempdir().unwrap();
-        let (socket, batches) = fake_gatewayd(dir.path(), Batch::Missing);
-        let fs = fs(&socket);
+        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Missing);
+        let (fs, clock) = fs(&socket);
         fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
         assert_eq!(cached(&fs, "/s/a").unwrap(), b"single:/s/a");
         assert_eq!(cached(&fs, "/s/b").unwrap(), b"single:/s/b");
         fs.clone().prefetch(vec!["/s/c".into()]).await;
         assert_eq!(cached(&fs, "/s/c").unwrap(), b"single:/s/c");
-        assert_eq!(batches.load(Ordering::SeqCst), 1, "asked once, then known to be missing");
+        assert_eq!(fake.batches.load(Ordering::SeqCst), 1, "asked once, then known to be missing");
+        clock.advance(NO_ROUTE_RETRY - Duration::from_secs(1));
+        fs.clone().prefetch(vec!["/s/d".into()]).await;
+        assert_eq!(fake.batches.load(Ordering::SeqCst), 1, "still known to be missing");
+        clock.advance(Duration::from_secs(1));
+        fs.clone().prefetch(vec!["/s/e".into()]).await;
+        assert_eq!(fake.batches.load(Ordering::SeqCst), 2, "asked again: gatewayd may have been upgraded");
+        assert_eq!(cached(&fs, "/s/e").unwrap(), b"single:/s/e");
+        assert_eq!(fake.singles.load(Ordering::SeqCst), 5);
         assert!(nothing_pending(&fs));
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_otherwise_is_dropped_and_batching_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Refused);
+        let (fs, _) = fs(&socket);
+        fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
+        assert_eq!(cached(&fs, "/s/a"), None, "a refused prefetch is dropped; the open asks");
+        assert!(nothing_pending(&fs));
+        assert!(fs.batches(), "a refusal is not a missing route");
+        fs.clone().prefetch(vec!["/s/c".into()]).await;
+        assert_eq!(fake.batches.load(Ordering::SeqCst), 2);
+        assert_eq!(fake.singles.load(Ordering::SeqCst), 0, "nothing asked one by one");
     }
 
     #[tokio::test]
     async fn a_truncated_batch_keeps_the_complete_items_only() {
         let dir = tempfile::tempdir().unwrap();
-        let (socket, batches) = fake_gatewayd(dir.path(), Batch::Truncated);
-        let fs = fs(&socket);
+        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Truncated);
+        let (fs, _) = fs(&socket);
         fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
         assert_eq!(cached(&fs, "/s/a").unwrap(), b"batch");
         assert_eq!(cached(&fs, "/s/b"), None, "a cut body is never kept");
         assert!(nothing_pending(&fs), "its open asks again");
         assert!(fs.batches(), "a broken answer is no reason to stop batching");
-        assert_eq!(batches.load(Ordering::SeqCst), 1);
+        assert_eq!(fake.batches.load(Ordering::SeqCst), 1);
+        assert_eq!(fs.inflight.available_permits(), Limits::default().max_inflight, "every slot given back");
     }
 
     #[tokio::test]
-    async fn a_frame_out_of_order_drops_the_rest() {
+    async fn a_frame_out_of_order_drops_the_rest_and_pauses_batching() {
         let dir = tempfile::tempdir().unwrap();
-        let (socket, _) = fake_gatewayd(dir.path(), Batch::OutOfOrder);
-        let fs = fs(&socket);
+        let (socket, fake) = fake_gatewayd(dir.path(), Batch::OutOfOrder);
+        let (fs, clock) = fs(&socket);
         fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
         assert_eq!(cached(&fs, "/s/a").unwrap(), b"batch");
         assert_eq!(cached(&fs, "/s/b"), None);
+        assert!(nothing_pending(&fs));
+        assert!(!fs.batches(), "an answer this mountd cannot read: one by one for a while");
+        fs.clone().prefetch(vec!["/s/c".into()]).await;
+        assert_eq!(cached(&fs, "/s/c").unwrap(), b"single:/s/c");
+        assert_eq!(fake.batches.load(Ordering::SeqCst), 1);
+        clock.advance(PROTOCOL_PAUSE);
+        assert!(fs.batches(), "then batches again");
+    }
+
+    #[tokio::test]
+    async fn members_a_newer_gatewayd_adds_to_a_head_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Newer);
+        let (fs, _) = fs(&socket);
+        fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
+        assert_eq!(cached(&fs, "/s/a").unwrap(), b"batch");
+        assert_eq!(cached(&fs, "/s/b").unwrap(), b"new");
+        assert!(fs.batches());
+        assert_eq!(fake.singles.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_batch_holds_a_slot_per_item_and_gives_them_back_as_items_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Paused);
+        let (fs, _) = fs(&socket);
+        let all = Limits::default().max_inflight;
+        assert!(all / 2 > 2, "more slots than the batch has items");
+        let asked = fake.asked.notified();
+        let prefetch = tokio::spawn(fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]));
+        asked.await;
+        assert_eq!(fs.inflight.available_permits(), all - 2, "two items: two slots, not half of all");
+        let mut polls = 0;
+        while cached(&fs, "/s/a").is_none() {
+            polls += 1;
+            assert!(polls < 10_000, "item 0 never arrived");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(fs.inflight.available_permits(), all - 1, "item 0 ended: its slot is back");
+        fake.resume.notify_one();
+        prefetch.await.unwrap();
+        assert_eq!(cached(&fs, "/s/b").unwrap(), b"paused");
+        assert_eq!(fs.inflight.available_permits(), all);
         assert!(nothing_pending(&fs));
     }
 }

@@ -103,6 +103,11 @@ impl ContentCache {
         ContentCache { ttl, max_bytes, clock, inner: Mutex::new(Inner::default()), listings: Mutex::default() }
     }
 
+    /// Now, by the cache's clock (the mount's one time source for pauses and retries).
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }

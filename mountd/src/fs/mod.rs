@@ -10,7 +10,7 @@ pub mod inode;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use agentfs::client::{fs_route, GatewayClient};
@@ -219,8 +219,10 @@ pub struct Fs {
     kernel_dirs: Mutex<HashMap<u64, Weak<Listing>>>,
     /// Buffers for reads from temporary files, reused ([`Fs::read_with`]).
     read_buffers: Mutex<Vec<Vec<u8>>>,
-    /// gatewayd answered that it has no `POST /v1/fs/read-batch`: prefetch one by one.
-    no_batch: AtomicBool,
+    /// Until when prefetch asks one by one instead of in read batches: gatewayd answered that
+    /// it has no `POST /v1/fs/read-batch`, or a batch's answer broke the protocol
+    /// ([`batch`]); by the cache's clock.
+    batch_off: Mutex<Option<std::time::Instant>>,
 }
 
 /// What a read of a file brought back.
@@ -283,7 +285,7 @@ impl Fs {
             pending: Mutex::default(),
             kernel_dirs: Mutex::default(),
             read_buffers: Mutex::default(),
-            no_batch: AtomicBool::new(false),
+            batch_off: Mutex::new(None),
         }
     }
 
@@ -980,11 +982,13 @@ impl Fs {
 
     /// Fetches `paths` into the cache ahead of their opens, with the mount's own token:
     /// gatewayd refuses what it may not read, exactly as it would refuse the open. They are
-    /// asked for in batches (`POST /v1/fs/read-batch`, [`batch`]), each holding half of
-    /// `--max-inflight`; against a gatewayd without that route, one request each, at most
-    /// half of `--max-inflight` at a time (each also takes a slot, so the cap holds for the
-    /// mount). A failure is dropped (the open that follows asks again and reports it);
-    /// nothing goes to `.nkmc/last`. An open of a path in flight waits for it.
+    /// asked for in batches (`POST /v1/fs/read-batch`, [`batch`]), each holding a slot of
+    /// `--max-inflight` per read gatewayd runs for it (half of `--max-inflight`, at most one
+    /// per path, given back as paths end); against a gatewayd without that route (or for a
+    /// while after an answer mountd cannot read), one request each, at most half of
+    /// `--max-inflight` at a time (each also takes a slot, so the cap holds for the mount). A
+    /// failure is dropped (the open that follows asks again and reports it); nothing goes to
+    /// `.nkmc/last`. An open of a path in flight waits for it.
     pub async fn prefetch(self: Arc<Self>, paths: Vec<String>) {
         let mut done = Vec::new();
         {
