@@ -217,7 +217,7 @@ fn a_pays_b_per_request_within_its_budget_and_both_ledgers_agree() {
     assert_eq!((fac.calls("/verify").len(), fac.calls("/settle").len()), (2, 2));
     assert!(a.ok(&["ledger"]).contains("spent\tsettled\tgw-b\tread\t/pets.test/pets 0.01"));
     // A's audit names the lender of each paid read.
-    assert!(a.ok(&["audit", "tail", "-n", "50"]).contains("peer:gw-b"));
+    assert!(a.ok(&["audit", "tail", "-n", "50"]).contains("peer gw-b"));
 
     // A payment already taken is refused when presented again, before any upstream call;
     // one not bound to the signed request (its digest in the body) is refused too.

@@ -221,7 +221,8 @@ pub const WHOLE_BODY_MAX: u64 = 64 * 1024;
 /// ([`WHOLE_BODY_MAX`]), others streamed.
 async fn answer(gw: &Gateway, resp: crate::upstream::Answer, mut audit: Pending) -> ReadOne {
     if let Some(peer) = resp.peer() {
-        audit.peer(peer);
+        // The record names who asked here and the lender that served it.
+        audit.peer_used(peer);
     }
     let status = resp.status().as_u16();
     let limit = gw.upstream.config().max_body_bytes;
