@@ -232,7 +232,9 @@ impl Upstream {
                         .collect(),
                     body: body.to_vec(),
                 };
-                let (status, hdrs, body) = handler(&s);
+                // A handler that blocks (to hold a request in flight) must not hold up the
+                // tasks queued on its worker: they move to another.
+                let (status, hdrs, body) = tokio::task::block_in_place(|| handler(&s));
                 log.lock().expect("log").push(s);
                 let mut resp = (StatusCode::from_u16(status).expect("status"), body).into_response();
                 for (k, v) in hdrs {

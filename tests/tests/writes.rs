@@ -4,6 +4,9 @@
 
 use std::io::Write;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 use nkmc_e2e::{fixture, fuse_available, json, Nkmc, Upstream};
 
@@ -122,4 +125,51 @@ fn rm_sends_delete() {
     assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "404 → ENOENT");
     let out = n.run(&["rm", "/api.openai.com/models"]);
     assert!(!out.status.success(), "`models` has no DELETE");
+}
+
+#[test]
+fn a_read_in_flight_during_a_write_does_not_bring_the_old_body_back() {
+    if !fuse_available() {
+        return;
+    }
+    // The upstream holds the first GET (its body already taken: the old name) until the
+    // test lets it go; the POST changes the name.
+    let name = Arc::new(Mutex::new("old"));
+    let (arrived_tx, arrived_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (arrived_tx, release_rx) = (Mutex::new(arrived_tx), Mutex::new(release_rx));
+    let gets = AtomicUsize::new(0);
+    let state = name.clone();
+    let up = Upstream::start_threads(4, move |req| match (req.method.as_str(), req.uri.as_str()) {
+        ("GET", "/v1/assistants/asst_1") => {
+            let body = format!(r#"{{"id":"asst_1","name":"{}"}}"#, state.lock().unwrap());
+            if gets.fetch_add(1, Ordering::SeqCst) == 0 {
+                arrived_tx.lock().unwrap().send(()).unwrap();
+                let _ = release_rx.lock().unwrap().recv_timeout(Duration::from_secs(30));
+            }
+            json(200, &body)
+        }
+        ("POST", "/v1/assistants/asst_1") => {
+            *state.lock().unwrap() = "new";
+            json(200, r#"{"id":"asst_1","name":"new"}"#)
+        }
+        _ => json(404, "{}"),
+    });
+    let n = setup(&up);
+    let file = n.mount.join("api.openai.com/assistants.d/asst_1");
+
+    let reader = {
+        let file = file.clone();
+        std::thread::spawn(move || std::fs::read(file).unwrap())
+    };
+    arrived_rx.recv_timeout(Duration::from_secs(30)).expect("the read reached the upstream");
+    let out = sh(&format!("env echo '{{\"name\":\"new\"}}' > '{}'", file.display()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    release_tx.send(()).unwrap();
+    // The read that raced the write may give its reader the body from before it...
+    assert_eq!(reader.join().unwrap(), br#"{"id":"asst_1","name":"old"}"#);
+    // ...but the next read asks again and sees the write.
+    assert_eq!(std::fs::read(&file).unwrap(), br#"{"id":"asst_1","name":"new"}"#);
+    let gets: Vec<_> = up.seen().into_iter().filter(|s| s.method == "GET").collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
 }

@@ -21,7 +21,7 @@ use hyper::{Method, StatusCode};
 use tokio::sync::{watch, SemaphorePermit};
 
 use super::body::Collector;
-use super::cache::Validators;
+use super::cache::{Ticket, Validators};
 use super::Fs;
 
 /// A path being prefetched, and the sender that tells the opens waiting for it.
@@ -110,6 +110,7 @@ impl Fs {
             Ok(p) => p,
             Err(_) => return Err(items),
         };
+        let ticket = self.cache.ticket();
         let answer =
             self.client.send_streamed(Method::POST, wire::ROUTE, Some((payload.into(), "application/json")), &[]).await;
         let mut answer = match answer {
@@ -148,7 +149,7 @@ impl Fs {
                     }
                 };
                 decoder.push(&chunk);
-                let taken = self.take_frames(&mut decoder, &mut tracker, &mut bodies, &mut waiting, &mut slots);
+                let taken = self.take_frames(&mut decoder, &mut tracker, &mut bodies, &mut waiting, &mut slots, ticket);
                 if let Err(e) = taken {
                     break Err(e);
                 }
@@ -178,6 +179,7 @@ impl Fs {
         bodies: &mut [Arriving],
         waiting: &mut [Option<Waited>],
         slots: &mut Option<SemaphorePermit<'_>>,
+        ticket: Ticket,
     ) -> Result<(), FrameError> {
         while let Some(frame) = decoder.next_frame()? {
             match tracker.accept(frame)? {
@@ -205,7 +207,7 @@ impl Fs {
                 }
                 Event::End(i) => {
                     if let (Some((collector, validators)), Some((path, _))) = (bodies[i].take(), waiting[i].as_ref()) {
-                        self.cache.put_prefetched(path, collector.finish(), validators);
+                        self.cache.put_prefetched(path, collector.finish(), validators, ticket);
                     }
                     if let Some(w) = waiting[i].take() {
                         self.prefetch_done(w);

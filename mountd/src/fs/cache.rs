@@ -3,8 +3,14 @@
 //! (`ETag`, `Last-Modified`) is revalidated with a conditional request and kept on `304`.
 //! The kernel may keep its page cache across opens only while the body is the one it last
 //! saw (same generation). Directory listings are kept for the same TTL.
+//!
+//! A fetch takes a [`Ticket`] before it asks; what it brings back is kept only if nothing
+//! was written or removed through this mount since. A read that raced a write may hand its
+//! reader the body from before the write, but it cannot bring that body back into the cache
+//! after the write's invalidation (it would be served for a whole TTL).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,6 +86,12 @@ pub struct Served {
     pub keep_kernel_cache: bool,
 }
 
+/// Taken before a fetch, handed back with what it fetched: the cache keeps a body or a
+/// listing only if no write or removal went through the mount after the ticket was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a fetch's ticket goes back to the cache with what it fetched"]
+pub struct Ticket(u64);
+
 /// Bodies by canonical path.
 #[derive(Debug)]
 pub struct ContentCache {
@@ -88,6 +100,9 @@ pub struct ContentCache {
     clock: Box<dyn Clock>,
     inner: Mutex<Inner>,
     listings: Mutex<HashMap<String, (Instant, Arc<Listing>)>>,
+    /// How many changes (writes, removals) went through the mount: bumped under the lock of
+    /// the map it empties, read under the lock of the map a fetch stores into.
+    changes: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -100,7 +115,29 @@ struct Inner {
 impl ContentCache {
     /// A cache keeping bodies for `ttl` (zero disables it), up to `max_bytes` in all.
     pub fn new(ttl: Duration, max_bytes: usize, clock: Box<dyn Clock>) -> Self {
-        ContentCache { ttl, max_bytes, clock, inner: Mutex::new(Inner::default()), listings: Mutex::default() }
+        ContentCache {
+            ttl,
+            max_bytes,
+            clock,
+            inner: Mutex::new(Inner::default()),
+            listings: Mutex::default(),
+            changes: AtomicU64::new(0),
+        }
+    }
+
+    /// A ticket for a fetch about to start.
+    pub fn ticket(&self) -> Ticket {
+        Ticket(self.changes.load(Ordering::SeqCst))
+    }
+
+    /// Whether a change went through the mount since `ticket` was taken.
+    fn changed_since(&self, ticket: Ticket) -> bool {
+        self.changes.load(Ordering::SeqCst) != ticket.0
+    }
+
+    /// Records a change; called with the lock of the map being emptied held.
+    fn note_change(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Now, by the cache's clock (the mount's one time source for pauses and retries).
@@ -170,31 +207,35 @@ impl ContentCache {
         (now.duration_since(entry.fetched) < self.ttl).then(|| entry.body.len())
     }
 
-    /// Stores a body just fetched; the kernel must drop older pages of this path.
-    pub fn put(&self, path: &str, body: Content, validators: Validators) -> Served {
-        self.store(path, body, validators, true)
+    /// Stores a body just fetched under `ticket`; the kernel must drop older pages of this
+    /// path. Not kept if a change went through the mount since the ticket.
+    pub fn put(&self, path: &str, body: Content, validators: Validators, ticket: Ticket) -> Served {
+        self.store(path, body, validators, ticket, true)
     }
 
     /// Stores a body fetched ahead of any open (prefetch): no page the kernel holds is of
     /// it, so the open that serves it first tells the kernel to drop what it has.
-    pub fn put_prefetched(&self, path: &str, body: Content, validators: Validators) {
-        self.store(path, body, validators, false);
+    pub fn put_prefetched(&self, path: &str, body: Content, validators: Validators, ticket: Ticket) {
+        self.store(path, body, validators, ticket, false);
     }
 
-    fn store(&self, path: &str, body: Content, validators: Validators, served_now: bool) -> Served {
+    fn store(&self, path: &str, body: Content, validators: Validators, ticket: Ticket, served_now: bool) -> Served {
         let served = Served { body: body.clone(), keep_kernel_cache: false };
         let size = usize::try_from(body.len()).unwrap_or(usize::MAX);
+        let mut inner = self.inner();
+        if self.changed_since(ticket) {
+            // Fetched before a write or removal: possibly the old body. What the cache
+            // holds now (if anything) was fetched after it.
+            return served;
+        }
         if self.ttl.is_zero() || size > self.max_bytes {
-            self.invalidate(path);
+            Self::remove(&mut inner, path);
             return served;
         }
         let now = self.clock.now();
-        let mut inner = self.inner();
         inner.next_generation += 1;
         let generation = inner.next_generation;
-        if let Some(old) = inner.entries.remove(path) {
-            inner.bytes -= old.body.len() as usize;
-        }
+        Self::remove(&mut inner, path);
         // Make room: drop the oldest entries first.
         while inner.bytes + size > self.max_bytes {
             let Some(oldest) = inner.entries.iter().min_by_key(|(_, e)| e.fetched).map(|(k, _)| k.clone()) else {
@@ -211,9 +252,15 @@ impl ContentCache {
         served
     }
 
-    /// Forgets `path` (after a write or removal).
+    /// Forgets `path` after a write or removal through the mount; fetches in flight will
+    /// not store what they bring.
     pub fn invalidate(&self, path: &str) {
         let mut inner = self.inner();
+        Self::remove(&mut inner, path);
+        self.note_change();
+    }
+
+    fn remove(inner: &mut Inner, path: &str) {
         if let Some(old) = inner.entries.remove(path) {
             inner.bytes -= old.body.len() as usize;
         }
@@ -234,13 +281,16 @@ impl ContentCache {
         (now.duration_since(*fetched) < self.ttl).then(|| listing.clone())
     }
 
-    /// Keeps a listing just fetched.
-    pub fn put_listing(&self, path: &str, listing: Arc<Listing>) {
+    /// Keeps a listing fetched under `ticket`, unless a change went through the mount since.
+    pub fn put_listing(&self, path: &str, listing: Arc<Listing>, ticket: Ticket) {
         if self.ttl.is_zero() {
             return;
         }
         let now = self.clock.now();
         let mut listings = self.listings();
+        if self.changed_since(ticket) {
+            return;
+        }
         // Expired listings go whenever one is added, so the map stays as small as the
         // directories listed within one TTL.
         listings.retain(|_, (fetched, _)| now.duration_since(*fetched) < self.ttl);
@@ -250,7 +300,9 @@ impl ContentCache {
     /// Forgets every listing (after a write or removal: a collection's items may have
     /// changed, and the names they show are not known here).
     pub fn forget_listings(&self) {
-        self.listings().clear();
+        let mut listings = self.listings();
+        listings.clear();
+        self.note_change();
     }
 }
 
@@ -280,14 +332,14 @@ mod tests {
     fn fresh_entries_serve_and_expire() {
         let (c, t) = cache(1000, 1 << 20);
         assert!(c.get("/a").is_none());
-        let s = c.put("/a", mem(b"one"), Validators::default());
+        let s = c.put("/a", mem(b"one"), Validators::default(), c.ticket());
         assert!(!s.keep_kernel_cache, "a new body: the kernel drops its pages");
         let s = c.get("/a").unwrap();
         assert_eq!(s.body.to_vec().unwrap(), b"one");
         assert!(s.keep_kernel_cache, "the same body the kernel saw");
         *t.lock().unwrap() += Duration::from_millis(1000);
         assert!(c.get("/a").is_none(), "expired at the TTL");
-        c.put("/a", mem(b"two"), Validators::default());
+        c.put("/a", mem(b"two"), Validators::default(), c.ticket());
         c.invalidate("/a");
         assert!(c.get("/a").is_none());
     }
@@ -295,9 +347,9 @@ mod tests {
     #[test]
     fn prefetched_bodies_make_the_kernel_drop_its_pages_once() {
         let (c, _) = cache(1000, 1 << 20);
-        c.put("/a", mem(b"old"), Validators::default());
+        c.put("/a", mem(b"old"), Validators::default(), c.ticket());
         assert!(c.get("/a").unwrap().keep_kernel_cache);
-        c.put_prefetched("/a", mem(b"new!"), Validators::default());
+        c.put_prefetched("/a", mem(b"new!"), Validators::default(), c.ticket());
         assert_eq!(c.fresh_len("/a"), Some(4));
         let s = c.get("/a").unwrap();
         assert!(!s.keep_kernel_cache, "the kernel holds pages of the old body");
@@ -309,15 +361,15 @@ mod tests {
     #[test]
     fn zero_ttl_disables_and_size_is_capped() {
         let (off, _) = cache(0, 1 << 20);
-        off.put("/a", mem(b"x"), Validators::default());
+        off.put("/a", mem(b"x"), Validators::default(), off.ticket());
         assert!(off.get("/a").is_none());
         let (c, t) = cache(10_000, 10);
-        c.put("/old", mem(b"123456"), Validators::default());
+        c.put("/old", mem(b"123456"), Validators::default(), c.ticket());
         *t.lock().unwrap() += Duration::from_millis(1);
-        c.put("/new", mem(b"abcdef"), Validators::default());
+        c.put("/new", mem(b"abcdef"), Validators::default(), c.ticket());
         assert!(c.get("/old").is_none(), "the oldest entry made room");
         assert!(c.get("/new").is_some());
-        c.put("/huge", Content::Memory(vec![0u8; 11].into()), Validators::default());
+        c.put("/huge", Content::Memory(vec![0u8; 11].into()), Validators::default(), c.ticket());
         assert!(c.get("/huge").is_none(), "larger than the whole cache");
     }
 
@@ -325,8 +377,8 @@ mod tests {
     fn stale_bodies_with_validators_are_revalidated() {
         let (c, t) = cache(1000, 1 << 20);
         let v = Validators { etag: Some(HeaderValue::from_static("\"v1\"")), last_modified: None };
-        c.put("/e", mem(b"tagged"), v.clone());
-        c.put("/p", mem(b"plain"), Validators::default());
+        c.put("/e", mem(b"tagged"), v.clone(), c.ticket());
+        c.put("/p", mem(b"plain"), Validators::default(), c.ticket());
         *t.lock().unwrap() += Duration::from_millis(1500);
         assert!(matches!(c.lookup("/e"), Lookup::Stale(got) if got == v));
         assert!(matches!(c.lookup("/p"), Lookup::Missing), "no validator: fetch again");
@@ -340,15 +392,47 @@ mod tests {
     fn listings_live_for_the_ttl_and_go_on_a_change() {
         let (c, t) = cache(1000, 1 << 20);
         let l = Arc::new(Listing { entries: Vec::new() });
-        c.put_listing("/d", l);
+        c.put_listing("/d", l, c.ticket());
         assert!(c.listing("/d").is_some());
         c.forget_listings();
         assert!(c.listing("/d").is_none());
-        c.put_listing("/d", Arc::new(Listing { entries: Vec::new() }));
+        c.put_listing("/d", Arc::new(Listing { entries: Vec::new() }), c.ticket());
         *t.lock().unwrap() += Duration::from_millis(1000);
         assert!(c.listing("/d").is_none(), "expired");
         let (off, _) = cache(0, 1 << 20);
-        off.put_listing("/d", Arc::new(Listing { entries: Vec::new() }));
+        off.put_listing("/d", Arc::new(Listing { entries: Vec::new() }), off.ticket());
         assert!(off.listing("/d").is_none(), "--no-cache keeps no listing");
+    }
+
+    #[test]
+    fn a_fetch_that_raced_a_change_is_not_kept() {
+        let (c, _) = cache(1000, 1 << 20);
+        c.put("/a", mem(b"old"), Validators::default(), c.ticket());
+        // A read starts, a write to the same path ends while it is in flight, the read
+        // comes back with the body from before the write.
+        let ticket = c.ticket();
+        c.invalidate("/a");
+        let s = c.put("/a", mem(b"old"), Validators::default(), ticket);
+        assert_eq!(s.body.to_vec().unwrap(), b"old", "its reader still gets what it fetched");
+        assert!(c.get("/a").is_none(), "but the cache does not keep it");
+        c.put_prefetched("/a", mem(b"old"), Validators::default(), ticket);
+        assert!(c.get("/a").is_none(), "nor a prefetch's");
+        // A fetch that started after the write is kept; a late one does not displace it.
+        c.put("/a", mem(b"new"), Validators::default(), c.ticket());
+        c.put("/a", mem(b"old"), Validators::default(), ticket);
+        assert_eq!(c.get("/a").unwrap().body.to_vec().unwrap(), b"new");
+        // Listings: the same.
+        let ticket = c.ticket();
+        c.forget_listings();
+        c.put_listing("/d", Arc::new(Listing { entries: Vec::new() }), ticket);
+        assert!(c.listing("/d").is_none());
+        c.put_listing("/d", Arc::new(Listing { entries: Vec::new() }), c.ticket());
+        assert!(c.listing("/d").is_some());
+        // Too large for the cache is no change: fetches in flight are still kept.
+        let (small, _) = cache(1000, 4);
+        let ticket = small.ticket();
+        small.put("/huge", mem(b"12345"), Validators::default(), small.ticket());
+        small.put("/b", mem(b"1234"), Validators::default(), ticket);
+        assert!(small.get("/b").is_some());
     }
 }

@@ -495,18 +495,24 @@ impl Fs {
             Lookup::Stale(v) => Some(v),
             Lookup::Missing => None,
         };
+        let ticket = self.cache.ticket();
         match self.fetch(path, stale.as_ref(), true, arriving).await? {
             Fetched::NotModified => match self.cache.revalidated(path) {
                 Some(served) => Ok((served.body, served.keep_kernel_cache)),
-                // Evicted meanwhile: ask again without validators.
-                None => match self.fetch(path, None, true, None).await? {
-                    Fetched::Body { content, validators } => {
-                        Ok((self.cache.put(path, content, validators).body, false))
+                // Evicted (or changed) meanwhile: ask again without validators.
+                None => {
+                    let ticket = self.cache.ticket();
+                    match self.fetch(path, None, true, None).await? {
+                        Fetched::Body { content, validators } => {
+                            Ok((self.cache.put(path, content, validators, ticket).body, false))
+                        }
+                        Fetched::NotModified => Err(FsError::NoData),
                     }
-                    Fetched::NotModified => Err(FsError::NoData),
-                },
+                }
             },
-            Fetched::Body { content, validators } => Ok((self.cache.put(path, content, validators).body, false)),
+            Fetched::Body { content, validators } => {
+                Ok((self.cache.put(path, content, validators, ticket).body, false))
+            }
         }
     }
 
@@ -848,13 +854,14 @@ impl Fs {
         if let Some(l) = self.cache.listing(path).filter(|_| cacheable) {
             return Ok(l);
         }
+        let ticket = self.cache.ticket();
         let listing = {
             let _slot = self.permit().await;
             self.client.get_json::<Listing>(&fs_route("list", path)).await
         };
         let listing = Arc::new(self.noted("LIST", path, listing.map_err(FsError::from))?);
         if cacheable {
-            self.cache.put_listing(path, listing.clone());
+            self.cache.put_listing(path, listing.clone(), ticket);
         }
         Ok(listing)
     }
@@ -1019,9 +1026,10 @@ impl Fs {
             tasks.spawn(async move {
                 let _slot = slots.acquire_owned().await;
                 if fs.cache.fresh_len(&path).is_none() {
+                    let ticket = fs.cache.ticket();
                     match fs.fetch(&path, None, false, None).await {
                         Ok(Fetched::Body { content, validators }) => {
-                            fs.cache.put_prefetched(&path, content, validators)
+                            fs.cache.put_prefetched(&path, content, validators, ticket)
                         }
                         Ok(Fetched::NotModified) => {}
                         Err(e) => tracing::debug!(path, error = %e, "prefetch"),
