@@ -71,10 +71,16 @@ impl PaymentsConfig {
             Address::parse(p).map_err(|e| PaymentError::Invalid(format!("[payments] pay_to: {e}")))?;
         }
         if let Some(u) = &self.facilitator_url {
+            // The URL is not repeated in these errors: it might hold a password.
             let url = url::Url::parse(u)
-                .map_err(|e| PaymentError::Invalid(format!("[payments] facilitator_url `{u}`: {e}")))?;
+                .map_err(|e| PaymentError::Invalid(format!("[payments] facilitator_url is not a URL: {e}")))?;
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(PaymentError::Invalid("[payments] facilitator_url must be http(s)".into()));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(PaymentError::Invalid(
+                    "[payments] facilitator_url must carry no user or password: they would not be sent".into(),
+                ));
             }
         }
         if self.decimals > 18 {
@@ -106,5 +112,27 @@ impl PaymentsConfig {
                 .ok_or_else(|| PaymentError::Invalid(format!("unknown network `{}`", self.network)))?,
             contract: Address::parse(&self.asset)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_facilitator(url: &str) -> Result<(), PaymentError> {
+        PaymentsConfig { facilitator_url: Some(url.into()), ..PaymentsConfig::default() }.validate()
+    }
+
+    #[test]
+    fn the_facilitator_url_is_http_without_credentials_and_never_repeated() {
+        assert!(with_facilitator("https://x402.org/facilitator").is_ok());
+        assert!(with_facilitator("http://127.0.0.1:8402").is_ok());
+        for bad in ["ftp://x402.org/f", "not a url CANARY_pw", "https://user:CANARY_pw@fac.example/"] {
+            let e = with_facilitator(bad).unwrap_err().to_string();
+            assert!(e.contains("[payments] facilitator_url"), "{e}");
+            assert!(!e.contains("CANARY_pw"), "{e}");
+        }
+        let e = with_facilitator("https://only-user@fac.example/").unwrap_err().to_string();
+        assert!(e.contains("no user or password"), "{e}");
     }
 }

@@ -13,7 +13,9 @@
 //! holds back the longest end of what it has seen that is the beginning of some pattern (at
 //! most the longest pattern's length minus one byte) until the next chunk, or
 //! [`Masker::finish`], says how it goes on. Text that cannot start a secret is passed on at
-//! once, so a tool's prompts are not delayed.
+//! once, so a tool's prompts are not delayed. An occurrence that later ones may overlap is
+//! passed on as its marker at once, and what overlaps it afterwards is dropped: a stream of
+//! ever-overlapping occurrences is one marker, and never held whole.
 //!
 //! What it cannot do: a secret split between stdout and stderr (each stream has its own
 //! masker), a secret printed only in part, or a secret transformed in another way
@@ -198,7 +200,13 @@ impl Patterns {
     fn slow_occurrences(&self, hay: &[u8]) -> Vec<(usize, usize)> {
         let mut found = Vec::new();
         for p in &self.patterns {
-            found.extend(memchr::memmem::find_iter(hay, p).map(|s| (s, s + p.len())));
+            // Overlapping occurrences of one pattern too (`find_iter` skips those).
+            let finder = memchr::memmem::Finder::new(p);
+            let mut at = 0;
+            while let Some(i) = finder.find(&hay[at..]) {
+                found.push((at + i, at + i + p.len()));
+                at += i + 1;
+            }
         }
         merge(found)
     }
@@ -234,15 +242,20 @@ fn merge(mut found: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
 pub struct Masker {
     patterns: std::sync::Arc<Patterns>,
     held: Vec<u8>,
+    /// How many of the held bytes' first bytes lie in an occurrence whose marker was
+    /// already passed on: an occurrence overlapping them continues that marker (one marker
+    /// for overlapping occurrences, as in one-shot masking), and they are never passed on.
+    covered: usize,
 }
 
 impl Masker {
     /// A masker for one stream.
     pub fn new(patterns: impl Into<std::sync::Arc<Patterns>>) -> Self {
-        Masker { patterns: patterns.into(), held: Vec::new() }
+        Masker { patterns: patterns.into(), held: Vec::new(), covered: 0 }
     }
 
-    /// Bytes held back, waiting for the next chunk.
+    /// Bytes held back, waiting for the next chunk (always fewer than the longest
+    /// pattern's length).
     pub fn held(&self) -> usize {
         self.held.len()
     }
@@ -253,11 +266,47 @@ impl Masker {
         if self.patterns.is_empty() {
             return std::mem::take(&mut self.held);
         }
-        let found = self.patterns.occurrences(&self.held);
-        let cut = self.cut(&self.held, &found);
-        let out = replace(&self.held[..cut], found.iter().filter(|&&(_, e)| e <= cut));
-        self.held.drain(..cut);
+        let found = self.found();
+        let len = self.held.len();
+        let cut = len - self.patterns.open_tail(&self.held);
+        let Some(&(s, e)) = found.iter().find(|&&(s, e)| s < cut && e > cut) else {
+            // Nothing runs past the cut: pass on everything before it.
+            let out = replace(&self.held[..cut], found.iter().filter(|&&(_, e)| e <= cut), self.covered > 0);
+            self.held.drain(..cut);
+            self.covered = 0;
+            return out;
+        };
+        // An occurrence runs past the cut: another overlapping it may still be completed by
+        // the next chunk. Any such occurrence starts within the last `longest - 1` bytes, so
+        // the rest can go now, the running one as its marker, and those bytes stay held as
+        // covered. (A stream of ever-overlapping occurrences is then never held whole.)
+        let keep_from = (len + 1).saturating_sub(self.patterns.longest());
+        if keep_from <= s {
+            // It starts within those bytes: hold it whole.
+            let out = replace(&self.held[..s], found.iter().filter(|&&(_, end)| end <= s), self.covered > 0);
+            self.held.drain(..s);
+            if s > 0 {
+                self.covered = 0;
+            }
+            return out;
+        }
+        let running = (s, keep_from);
+        let before = found.iter().filter(|&&(start, _)| start < s).chain(std::iter::once(&running));
+        let out = replace(&self.held[..keep_from], before, self.covered > 0);
+        self.held.drain(..keep_from);
+        self.covered = e - keep_from;
         out
+    }
+
+    /// Occurrences in the held bytes, the covered ones first (merged with any overlapping
+    /// them).
+    fn found(&self) -> Vec<(usize, usize)> {
+        let mut found = self.patterns.occurrences(&self.held);
+        if self.covered > 0 {
+            found.push((0, self.covered));
+            found = merge(found);
+        }
+        found
     }
 
     /// [`Masker::push`] of a shared buffer: when nothing is held from the chunk before and
@@ -267,45 +316,34 @@ impl Masker {
         if self.patterns.is_empty() && self.held.is_empty() {
             return chunk;
         }
-        if !self.held.is_empty() {
+        if !self.held.is_empty() || self.patterns.occurs_in(&chunk) {
             return self.push(&chunk).into();
         }
-        let found = self.patterns.occurrences(&chunk);
-        let cut = self.cut(&chunk, &found);
+        let cut = chunk.len() - self.patterns.open_tail(&chunk);
         self.held.extend_from_slice(&chunk[cut..]);
-        if found.iter().any(|&(_, e)| e <= cut) {
-            replace(&chunk[..cut], found.iter().filter(|&&(_, e)| e <= cut)).into()
-        } else {
-            chunk.slice(..cut)
-        }
-    }
-
-    /// How much of `hay` (held bytes and the new chunk) can be passed on: all but its end
-    /// that may begin a pattern, and never part of an occurrence.
-    fn cut(&self, hay: &[u8], found: &[(usize, usize)]) -> usize {
-        let cut = hay.len() - self.patterns.open_tail(hay);
-        // An occurrence running past the cut stays held whole: another occurrence
-        // overlapping it may still be completed by the next chunk.
-        match found.iter().find(|&&(s, e)| s < cut && e > cut) {
-            Some(&(s, _)) => s,
-            None => cut,
-        }
+        chunk.slice(..cut)
     }
 
     /// The end of the stream: what was held back, masked.
     pub fn finish(&mut self) -> Vec<u8> {
-        let held = std::mem::take(&mut self.held);
-        let found = self.patterns.occurrences(&held);
-        replace(&held, found.iter())
+        let found = self.found();
+        let out = replace(&self.held, found.iter(), self.covered > 0);
+        self.held.clear();
+        self.covered = 0;
+        out
     }
 }
 
-fn replace<'a>(hay: &[u8], ranges: impl Iterator<Item = &'a (usize, usize)>) -> Vec<u8> {
+/// `hay` with each of `ranges` (sorted, disjoint) replaced by [`MARKER`]; when `continued`,
+/// a range at 0 continues a marker already passed on and is only dropped.
+fn replace<'a>(hay: &[u8], ranges: impl Iterator<Item = &'a (usize, usize)>, continued: bool) -> Vec<u8> {
     let mut out = Vec::with_capacity(hay.len());
     let mut at = 0;
     for &(s, e) in ranges {
         out.extend_from_slice(&hay[at..s]);
-        out.extend_from_slice(MARKER);
+        if !(continued && s == 0) {
+            out.extend_from_slice(MARKER);
+        }
         at = e;
     }
     out.extend_from_slice(&hay[at..]);
@@ -319,7 +357,7 @@ pub fn mask_all(patterns: &Patterns, bytes: &[u8]) -> Vec<u8> {
         return bytes.to_vec();
     }
     let found = patterns.occurrences(bytes);
-    replace(bytes, found.iter())
+    replace(bytes, found.iter(), false)
 }
 
 /// [`mask_all`] of a shared buffer: `bytes` itself when nothing in it is masked.
@@ -328,7 +366,7 @@ pub fn mask_bytes(patterns: &Patterns, bytes: bytes::Bytes) -> bytes::Bytes {
     if found.is_empty() {
         bytes
     } else {
-        replace(&bytes, found.iter()).into()
+        replace(&bytes, found.iter(), false).into()
     }
 }
 
@@ -434,6 +472,46 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_occurrences_without_end_are_one_marker_and_never_held_whole() {
+        // A secret whose end is its beginning: an upstream that knows it can send an
+        // endless chain of occurrences, each overlapping the next.
+        let secret = "a1b2c3_chain_a1";
+        let p = std::sync::Arc::new(pats(secret));
+        let mut input = b"x".to_vec();
+        for _ in 0..1000 {
+            input.extend_from_slice(b"a1b2c3_chain_");
+        }
+        input.extend_from_slice(b"a1y");
+        let whole = mask_all(&p, &input);
+        assert_eq!(whole, b"x[masked by nkmc]y");
+        for size in [1, 5, 13, 64, 4096] {
+            let mut m = Masker::new(p.clone());
+            let mut out = Vec::new();
+            for piece in input.chunks(size) {
+                out.extend(m.push(piece));
+                assert!(m.held() < p.longest(), "held {} of {size}-byte chunks", m.held());
+            }
+            out.extend(m.finish());
+            assert_eq!(out, whole, "{size}-byte chunks");
+            let mut m = Masker::new(p.clone());
+            let mut out = Vec::new();
+            for piece in input.chunks(size) {
+                out.extend_from_slice(&m.push_bytes(bytes::Bytes::copy_from_slice(piece)));
+                assert!(m.held() < p.longest());
+            }
+            out.extend(m.finish());
+            assert_eq!(out, whole, "{size}-byte shared chunks");
+        }
+        // The chain ends in a held byte that then proves not to continue it.
+        let mut m = Masker::new(p.clone());
+        let mut out = m.push(b"a1b2c3_chain_a1b2c3_chain_a1b2");
+        out.extend(m.push(b"Q"));
+        out.extend(m.finish());
+        assert_eq!(out, mask_all(&p, b"a1b2c3_chain_a1b2c3_chain_a1b2Q"));
+        assert_eq!(out, b"[masked by nkmc]b2Q");
+    }
+
+    #[test]
     fn no_secrets_means_no_change() {
         let mut m = Masker::new(Patterns::new(std::iter::empty()));
         assert_eq!(m.push(b"anything"), b"anything");
@@ -448,6 +526,44 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A secret whose end is its beginning, repeated so that each copy overlaps the
+        /// next: one marker for the chain, whatever the chunking, and little held.
+        #[test]
+        fn overlapping_chains_are_one_marker(
+            border in "[a-z]{1,3}",
+            middle in "[A-Z0-9_]{4,20}",
+            copies in 1usize..30,
+            before in "[ .,]{0,5}",
+            cuts in proptest::collection::vec(1usize..40, 1..20),
+        ) {
+            let secret = format!("{border}{middle}{border}");
+            let p = std::sync::Arc::new(pats(&secret));
+            let mut input = before.clone().into_bytes();
+            for _ in 0..copies {
+                input.extend_from_slice(border.as_bytes());
+                input.extend_from_slice(middle.as_bytes());
+            }
+            input.extend_from_slice(border.as_bytes());
+            input.extend_from_slice(b"!");
+            let whole = mask_all(&p, &input);
+            prop_assert_eq!(&whole, &[before.as_bytes(), MARKER, b"!"].concat());
+            let mut m = Masker::new(p.clone());
+            let (mut out, mut at, mut i) = (Vec::new(), 0, 0);
+            while at < input.len() {
+                let n = cuts[i % cuts.len()].min(input.len() - at);
+                if i % 2 == 0 {
+                    out.extend(m.push(&input[at..at + n]));
+                } else {
+                    out.extend_from_slice(&m.push_bytes(bytes::Bytes::copy_from_slice(&input[at..at + n])));
+                }
+                prop_assert!(m.held() < p.longest());
+                at += n;
+                i += 1;
+            }
+            out.extend(m.finish());
+            prop_assert_eq!(out, whole);
+        }
 
         /// Whatever the chunking, the output is the one-shot masking, and it holds none of
         /// the secret's patterns.
@@ -479,7 +595,7 @@ mod tests {
             while at < input.len() {
                 let n = cuts[i % cuts.len()].min(input.len() - at);
                 chunked.extend(m.push(&input[at..at + n]));
-                prop_assert!(m.held() < p.longest().max(1) * 2);
+                prop_assert!(m.held() < p.longest().max(1));
                 at += n;
                 i += 1;
             }

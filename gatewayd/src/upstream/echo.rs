@@ -172,21 +172,21 @@ impl Answer {
     }
 
     /// [`Answer::bytes_stream`] as I/O results, failing with `FileTooLarge` once more than
-    /// `limit` bytes (`upstream.max_body_bytes`) arrived: the body a response streams on.
+    /// `limit` bytes (`upstream.max_body_bytes`) arrived from the upstream (counted before
+    /// masking): the body a response streams on.
     pub fn capped_stream(self, limit: u64) -> futures_util::stream::BoxStream<'static, std::io::Result<Bytes>> {
         let mut seen: u64 = 0;
-        self.bytes_stream()
-            .map(move |chunk| {
-                let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
-                seen += chunk.len() as u64;
-                if seen > limit {
-                    tracing::warn!(limit, "the upstream body went over upstream.max_body_bytes; cut off");
-                    let message = format!("upstream body over the limit of {limit} bytes");
-                    return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, message));
-                }
-                Ok(chunk)
-            })
-            .boxed()
+        let chunks = self.resp.bytes_stream().map(move |chunk| {
+            let chunk = chunk.map_err(|e| std::io::Error::other(format!("upstream body: {}", e.without_url())))?;
+            seen += chunk.len() as u64;
+            if seen > limit {
+                tracing::warn!(limit, "the upstream body went over upstream.max_body_bytes; cut off");
+                let message = format!("upstream body over the limit of {limit} bytes");
+                return Err(std::io::Error::new(std::io::ErrorKind::FileTooLarge, message));
+            }
+            Ok(chunk)
+        });
+        masked(chunks, self.patterns)
     }
 
     /// The content type to pass on ([`Answer::content_type`]) as text, or
@@ -198,33 +198,39 @@ impl Answer {
     }
 
     /// The body as it arrives, masked chunk by chunk (a credential split between chunks is
-    /// still masked; the masker holds back at most one pattern's length).
+    /// still masked; the masker holds back less than one pattern's length).
     pub fn bytes_stream(self) -> futures_util::stream::BoxStream<'static, Result<Bytes, reqwest::Error>> {
-        let masker = self.patterns.map(Masker::new);
-        let chunks = self.resp.bytes_stream();
-        futures_util::stream::unfold(Some((chunks, masker)), |state| async move {
-            let (mut chunks, mut masker) = state?;
-            loop {
-                match chunks.next().await {
-                    Some(Ok(chunk)) => match masker.as_mut() {
-                        None => return Some((Ok(chunk), Some((chunks, masker)))),
-                        Some(m) => {
-                            let out = m.push_bytes(chunk);
-                            if !out.is_empty() {
-                                return Some((Ok(out), Some((chunks, masker))));
-                            }
-                        }
-                    },
-                    Some(Err(e)) => return Some((Err(e), None)),
-                    None => {
-                        let rest = masker.as_mut().map(Masker::finish).unwrap_or_default();
-                        return (!rest.is_empty()).then(|| (Ok(rest.into()), None));
+        masked(self.resp.bytes_stream(), self.patterns)
+    }
+}
+
+/// `chunks` masked with `patterns` (none: as they are); the stream ends at its first error,
+/// dropping what the masker held.
+fn masked<E: Send + 'static>(
+    chunks: impl futures_util::Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    patterns: Option<Arc<Patterns>>,
+) -> futures_util::stream::BoxStream<'static, Result<Bytes, E>> {
+    let Some(patterns) = patterns else { return chunks.boxed() };
+    let masker = Masker::new(patterns);
+    futures_util::stream::unfold(Some((chunks, masker)), |state| async move {
+        let (mut chunks, mut masker) = state?;
+        loop {
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let out = masker.push_bytes(chunk);
+                    if !out.is_empty() {
+                        return Some((Ok(out), Some((chunks, masker))));
                     }
                 }
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => {
+                    let rest = masker.finish();
+                    return (!rest.is_empty()).then(|| (Ok(rest.into()), None));
+                }
             }
-        })
-        .boxed()
-    }
+        }
+    })
+    .boxed()
 }
 
 #[cfg(test)]
