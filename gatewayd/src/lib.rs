@@ -32,6 +32,8 @@ pub mod payments;
 pub mod registry;
 pub mod run;
 pub mod ssrf;
+#[cfg(test)]
+mod testing;
 pub mod timefmt;
 pub mod upstream;
 pub mod vault;

@@ -414,62 +414,17 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-
     use super::*;
 
     const SECRET: &[u8] = b"0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef";
 
-    /// A loopback peer answering each request (its head) with `answer`'s bytes, closing the
-    /// connection after it when told; counts connections and requests.
+    /// A loopback peer, by a name, answering each request with `answer`'s bytes, closing
+    /// the connection after it when told; counts connections and requests.
     async fn peer(
         answer: impl Fn(&str) -> (Vec<u8>, bool) + Send + Sync + 'static,
     ) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (accepted, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (a, r, answer) = (accepted.clone(), requests.clone(), Arc::new(answer));
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                a.fetch_add(1, Ordering::SeqCst);
-                let (r, answer) = (r.clone(), answer.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 4096];
-                    loop {
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            match s.read(&mut chunk).await {
-                                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                                _ => return,
-                            }
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                            })
-                            .and_then(|v| v.parse().ok())
-                            .unwrap_or(0);
-                        while buf.len() < end + 4 + len {
-                            match s.read(&mut chunk).await {
-                                Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
-                                _ => return,
-                            }
-                        }
-                        buf.drain(..end + 4 + len);
-                        r.fetch_add(1, Ordering::SeqCst);
-                        let (bytes, close) = answer(&head);
-                        if s.write_all(&bytes).await.is_err() || close {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (format!("http://localhost:{port}"), accepted, requests)
+        let served = crate::testing::raw_server(move |_, request| answer(request)).await;
+        (format!("http://localhost:{}", served.addr.port()), served.accepted, served.requests)
     }
 
     fn me() -> Identity {

@@ -652,59 +652,18 @@ mod tests {
 
     use super::*;
 
-    /// A loopback server that answers each request on a connection with `answer(n, head)`
-    /// (n counts requests over all connections), closing the connection after it when
-    /// `close` says so; counts the connections it accepted.
+    /// A loopback server answering each request with `answer(n, request)` (n counts
+    /// requests over all connections), closing the connection after it when told; counts
+    /// the connections it accepted.
     async fn server(
         answer: impl Fn(usize, &str) -> (String, bool) + Send + Sync + 'static,
     ) -> (String, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let requests = Arc::new(AtomicUsize::new(0));
-        let answer = Arc::new(answer);
-        let counted = accepted.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                counted.fetch_add(1, Ordering::SeqCst);
-                let (answer, requests) = (answer.clone(), requests.clone());
-                tokio::spawn(async move {
-                    let mut buf = Vec::new();
-                    loop {
-                        let mut chunk = [0u8; 4096];
-                        let Ok(n) = s.read(&mut chunk).await else { return };
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                        let len = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
-                            })
-                            .and_then(|v| v.parse::<usize>().ok())
-                            .unwrap_or(0);
-                        while buf.len() < end + 4 + len {
-                            let Ok(n) = s.read(&mut chunk).await else { return };
-                            if n == 0 {
-                                return;
-                            }
-                            buf.extend_from_slice(&chunk[..n]);
-                        }
-                        let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-                        buf.drain(..end + 4 + len);
-                        let n = requests.fetch_add(1, Ordering::SeqCst);
-                        let (resp, close) = answer(n, &format!("{head}\r\n\r\n{body}"));
-                        if s.write_all(resp.as_bytes()).await.is_err() || close {
-                            return;
-                        }
-                    }
-                });
-            }
-        });
-        (url, accepted)
+        let served = crate::testing::raw_server(move |n, request| {
+            let (text, close) = answer(n, request);
+            (text.into_bytes(), close)
+        })
+        .await;
+        (format!("http://{}", served.addr), served.accepted)
     }
 
     fn ok(body: &str) -> String {
