@@ -96,14 +96,25 @@ impl Fs {
     }
 
     /// One batch request, holding a slot of `--max-inflight` per read gatewayd runs at once
-    /// for it (half of `--max-inflight`, at most one per item), given back as items end.
-    /// `Err`: gatewayd has no batch route; its items are returned. A batch refused otherwise
-    /// is dropped, as a refused prefetch is (each open asks and reports).
+    /// for it (up to half of `--max-inflight`, at most one per item), given back as items
+    /// end. `Err`: gatewayd has no batch route; its items are returned. A batch refused
+    /// otherwise is dropped, as a refused prefetch is (each open asks and reports).
     async fn read_batch(&self, items: Vec<Waited>) -> Result<(), Vec<Waited>> {
-        let concurrency = (self.limits.max_inflight / 2).clamp(1, wire::MAX_CONCURRENT).min(items.len().max(1));
-        let n_slots = u32::try_from(concurrency).unwrap_or(1);
-        // The semaphore is never closed, so acquiring only waits.
-        let mut slots = self.inflight.acquire_many(n_slots).await.ok();
+        let wanted = self.prefetch_width().min(wire::MAX_CONCURRENT).min(items.len().max(1));
+        // One slot waited for in turn with the mount's other requests (the semaphore serves
+        // waiters in order: waiting for many at once would hold up every open queued after
+        // it), then as many more as are free now. The semaphore is never closed, so
+        // acquiring only waits.
+        let mut slots = self.inflight.acquire().await.ok();
+        if let Some(held) = slots.as_mut() {
+            while held.num_permits() < wanted {
+                match self.inflight.try_acquire() {
+                    Ok(more) => held.merge(more),
+                    Err(_) => break,
+                }
+            }
+        }
+        let n_slots = slots.as_ref().map_or(1, |s| u32::try_from(s.num_permits()).unwrap_or(1));
         let request =
             ReadBatchRequest { paths: items.iter().map(|(p, _)| p.clone()).collect(), concurrency: Some(n_slots) };
         let payload = match serde_json::to_vec(&request) {
@@ -527,5 +538,25 @@ mod tests {
         assert_eq!(cached(&fs, "/s/b").unwrap(), b"paused");
         assert_eq!(fs.inflight.available_permits(), all);
         assert!(nothing_pending(&fs));
+    }
+
+    #[tokio::test]
+    async fn a_batch_takes_the_slots_that_are_free_and_never_waits_for_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Paused);
+        let (fs, _) = fs(&socket);
+        let all = Limits::default().max_inflight;
+        // Opens hold all slots but one: the batch goes with that one (waiting for two would
+        // also hold up every open queued after it).
+        let busy = fs.inflight.acquire_many(u32::try_from(all - 1).unwrap()).await.unwrap();
+        let asked = fake.asked.notified();
+        let prefetch = tokio::spawn(fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]));
+        tokio::time::timeout(Duration::from_secs(10), asked).await.expect("the batch went with the one free slot");
+        assert_eq!(fs.inflight.available_permits(), 0);
+        drop(busy);
+        fake.resume.notify_one();
+        prefetch.await.unwrap();
+        assert_eq!(cached(&fs, "/s/b").unwrap(), b"paused");
+        assert_eq!(fs.inflight.available_permits(), all);
     }
 }

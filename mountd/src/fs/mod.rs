@@ -987,6 +987,12 @@ impl Fs {
             .collect()
     }
 
+    /// How many reads a prefetch runs at once: half of `--max-inflight`, so opens and
+    /// listings always find slots.
+    pub(super) fn prefetch_width(&self) -> usize {
+        (self.limits.max_inflight / 2).max(1)
+    }
+
     /// Fetches `paths` into the cache ahead of their opens, with the mount's own token:
     /// gatewayd refuses what it may not read, exactly as it would refuse the open. They are
     /// asked for in batches (`POST /v1/fs/read-batch`, [`batch`]), each holding a slot of
@@ -1018,7 +1024,7 @@ impl Fs {
         if done.is_empty() {
             return;
         }
-        let slots = Arc::new(Semaphore::new((self.limits.max_inflight / 2).max(1)));
+        let slots = Arc::new(Semaphore::new(self.prefetch_width()));
         let mut tasks = tokio::task::JoinSet::new();
         for (path, tx) in done {
             let fs = self.clone();
