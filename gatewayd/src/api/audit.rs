@@ -14,7 +14,7 @@ use axum::Json;
 use bytes::Bytes;
 use futures_util::Stream;
 
-use super::error::ApiError;
+use super::error::{code_of_body_error, ApiError};
 use crate::audit::{Event, Operation, OWNER};
 use crate::Gateway;
 
@@ -289,11 +289,7 @@ impl Stream for Metered {
             }
             Some(Err(e)) => {
                 if let Some(mut p) = this.pending.take() {
-                    let code = match e.kind() {
-                        std::io::ErrorKind::FileTooLarge => ErrorCode::TooLarge,
-                        _ => ErrorCode::UpstreamFailed,
-                    };
-                    p.outcome = Some(Err(code));
+                    p.outcome = Some(Err(code_of_body_error(e)));
                 }
             }
             None => {

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use agentfs::path::VPath;
 use agentfs::wire::batch::{self as wire, FrameKind, ItemHead, ReadBatchRequest};
-use agentfs::wire::{ErrorBody, ErrorCode};
+use agentfs::wire::ErrorBody;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::audit::Pending;
-use super::error::ApiError;
+use super::error::{code_of_body_error, ApiError};
 use super::fs::{caller, read_one, ReadHead, ReadOne};
 use crate::audit::Operation;
 use crate::ops::{self, Caller};
@@ -142,10 +142,7 @@ async fn item(gw: &Arc<Gateway>, who: &Caller, agent: &str, index: u16, raw: &st
         match body.next().await {
             Some(Ok(chunk)) => queue.data(index, chunk).await?,
             Some(Err(e)) => {
-                let code = match e.kind() {
-                    std::io::ErrorKind::FileTooLarge => ErrorCode::TooLarge,
-                    _ => ErrorCode::UpstreamFailed,
-                };
+                let code = code_of_body_error(&e);
                 let message = format!("gatewayd: the upstream body failed part way: {e}");
                 let body = ErrorBody { code, message, upstream_status: status };
                 return queue.meta(FrameKind::Error, index, &error_body_json(body)).await;
@@ -332,6 +329,7 @@ fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use agentfs::wire::ErrorCode;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use agentfs::wire::batch::{Decoder, Event, ItemTracker};

@@ -72,6 +72,16 @@ fn status_of(code: ErrorCode) -> StatusCode {
 }
 
 /// The class of an upstream HTTP status.
+/// The class of an upstream body that failed part way (the stream's I/O error): over the
+/// size cap, or the upstream's fault. A streamed answer's error frame and its audit record
+/// both take it from here.
+pub(crate) fn code_of_body_error(e: &std::io::Error) -> ErrorCode {
+    match e.kind() {
+        std::io::ErrorKind::FileTooLarge => ErrorCode::TooLarge,
+        _ => ErrorCode::UpstreamFailed,
+    }
+}
+
 fn code_of_upstream_status(status: u16) -> ErrorCode {
     match status {
         400 | 422 => ErrorCode::InvalidInput,

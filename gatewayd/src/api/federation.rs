@@ -17,7 +17,7 @@ use axum::Json;
 use serde::Deserialize;
 
 use super::audit::Pending;
-use super::error::ApiError;
+use super::error::{code_of_body_error, ApiError};
 use crate::audit::Operation;
 use crate::federation::client::answer_headers;
 use crate::federation::lend::{self, Refusal};
@@ -451,11 +451,7 @@ fn framed(
                 return Some((Ok::<_, std::io::Error>(encoder.data(&chunk)), Some((metered, encoder, tokens))));
             }
             Some(Err(e)) => {
-                let code = if e.kind() == std::io::ErrorKind::FileTooLarge {
-                    ErrorCode::TooLarge
-                } else {
-                    ErrorCode::UpstreamFailed
-                };
+                let code = code_of_body_error(&e);
                 let refusal =
                     ExecRefusal { code, message: e.to_string(), upstream_status: Some(status), payment_response: None };
                 encoder.error(&serde_json::to_vec(&refusal).unwrap_or_default())

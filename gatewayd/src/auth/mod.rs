@@ -232,11 +232,14 @@ impl Authority {
     /// The token's signatures are verified once and kept ([`cache`]); revocation and the
     /// Datalog, expiry included, are checked on every call.
     pub fn authorize(&self, token: &str, req: &Request) -> Result<AgentId, AuthError> {
-        let revoked = |ids: &[String]| {
-            let list = self.revoked.read().unwrap_or_else(|p| p.into_inner());
-            list.any_revoked_hex(ids.iter().map(String::as_str))
-        };
+        let revoked = |ids: &[String]| self.is_revoked(ids);
         authorize::authorize_cached(&self.verified, &self.root.public(), token, req, &revoked)
+    }
+
+    /// Whether any of a token's revocation ids (hex) is revoked.
+    fn is_revoked(&self, ids: &[String]) -> bool {
+        let list = self.revoked.read().unwrap_or_else(|p| p.into_inner());
+        list.any_revoked_hex(ids.iter().map(String::as_str))
     }
 
     /// Whether `token` is usable at all at `now`, whatever it is asked to do: issued here
@@ -245,8 +248,7 @@ impl Authority {
     /// be refused every path); an expiry in custom Datalog is found only by [`Self::authorize`].
     pub fn usable(&self, token: &str, now: SystemTime) -> Result<(), AuthError> {
         let verified = self.verified.get_or_verify(&self.root.public(), token)?;
-        let list = self.revoked.read().unwrap_or_else(|p| p.into_inner());
-        if list.any_revoked_hex(verified.revocation_ids.iter().map(String::as_str)) {
+        if self.is_revoked(&verified.revocation_ids) {
             return Err(AuthError::Revoked);
         }
         // The expiry check is `time <= expires`, with the time in whole seconds.

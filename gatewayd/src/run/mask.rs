@@ -122,6 +122,8 @@ pub fn patterns_of(secret: &[u8]) -> Vec<Vec<u8>> {
 #[derive(Clone)]
 pub struct Patterns {
     patterns: Vec<Vec<u8>>,
+    /// A searcher per pattern, for the exact occurrences, built once.
+    finders: Vec<memchr::memmem::Finder<'static>>,
     /// One automaton for every pattern, built once: text without any occurrence (nearly
     /// all of it) is searched in one pass, not once per pattern. `None` when there is no
     /// pattern.
@@ -166,7 +168,8 @@ impl Patterns {
         for b in patterns.iter().filter_map(|p| p.first()) {
             first[usize::from(*b)] = true;
         }
-        Patterns { patterns, searcher, first, longest }
+        let finders = patterns.iter().map(|p| memchr::memmem::Finder::new(p).into_owned()).collect();
+        Patterns { patterns, finders, searcher, first, longest }
     }
 
     /// The longest pattern's length.
@@ -199,12 +202,12 @@ impl Patterns {
     /// Every occurrence of every pattern, one pattern at a time (overlapping ones too).
     fn slow_occurrences(&self, hay: &[u8]) -> Vec<(usize, usize)> {
         let mut found = Vec::new();
-        for p in &self.patterns {
+        for finder in &self.finders {
             // Overlapping occurrences of one pattern too (`find_iter` skips those).
-            let finder = memchr::memmem::Finder::new(p);
+            let len = finder.needle().len();
             let mut at = 0;
             while let Some(i) = finder.find(&hay[at..]) {
-                found.push((at + i, at + i + p.len()));
+                found.push((at + i, at + i + len));
                 at += i + 1;
             }
         }
@@ -238,7 +241,6 @@ fn merge(mut found: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
 }
 
 /// One output stream's masker: feed it chunks, pass on what it returns.
-#[derive(Debug)]
 pub struct Masker {
     patterns: std::sync::Arc<Patterns>,
     held: Vec<u8>,
@@ -246,6 +248,13 @@ pub struct Masker {
     /// already passed on: an occurrence overlapping them continues that marker (one marker
     /// for overlapping occurrences, as in one-shot masking), and they are never passed on.
     covered: usize,
+}
+
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The held bytes may be most of a secret: their count only.
+        write!(f, "Masker {{ held: {} bytes, covered: {} }}", self.held.len(), self.covered)
+    }
 }
 
 impl Masker {
@@ -262,18 +271,30 @@ impl Masker {
 
     /// Takes a chunk; returns what can be passed on now, masked.
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        if chunk.is_empty() {
+            return Vec::new();
+        }
         self.held.extend_from_slice(chunk);
         if self.patterns.is_empty() {
             return std::mem::take(&mut self.held);
         }
         let found = self.found();
+        self.pass_on(found)
+    }
+
+    /// What of the held bytes can go now, given `found`, their occurrences (the covered
+    /// ones merged in).
+    fn pass_on(&mut self, found: Vec<(usize, usize)>) -> Vec<u8> {
         let len = self.held.len();
         let cut = len - self.patterns.open_tail(&self.held);
         let Some(&(s, e)) = found.iter().find(|&&(s, e)| s < cut && e > cut) else {
             // Nothing runs past the cut: pass on everything before it.
             let out = replace(&self.held[..cut], found.iter().filter(|&&(_, e)| e <= cut), self.covered > 0);
             self.held.drain(..cut);
-            self.covered = 0;
+            if cut > 0 {
+                // The covered run, if any, ended before the cut and went with it.
+                self.covered = 0;
+            }
             return out;
         };
         // An occurrence runs past the cut: another overlapping it may still be completed by
@@ -313,15 +334,21 @@ impl Masker {
     /// nothing in this one is masked (the common case), what is passed on is a slice of
     /// `chunk` itself, not a copy.
     pub fn push_bytes(&mut self, chunk: bytes::Bytes) -> bytes::Bytes {
-        if self.patterns.is_empty() && self.held.is_empty() {
+        if self.patterns.is_empty() || chunk.is_empty() {
             return chunk;
         }
-        if !self.held.is_empty() || self.patterns.occurs_in(&chunk) {
+        if !self.held.is_empty() {
             return self.push(&chunk).into();
         }
-        let cut = chunk.len() - self.patterns.open_tail(&chunk);
-        self.held.extend_from_slice(&chunk[cut..]);
-        chunk.slice(..cut)
+        // Nothing held, so nothing covered: the chunk's occurrences are the held bytes'.
+        let found = self.patterns.occurrences(&chunk);
+        if found.is_empty() {
+            let cut = chunk.len() - self.patterns.open_tail(&chunk);
+            self.held.extend_from_slice(&chunk[cut..]);
+            return chunk.slice(..cut);
+        }
+        self.held.extend_from_slice(&chunk);
+        self.pass_on(found).into()
     }
 
     /// The end of the stream: what was held back, masked.
@@ -512,6 +539,29 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_chunk_changes_nothing_in_a_chain() {
+        // A chain of a self-overlapping secret in each of its longer forms, cut anywhere,
+        // an empty chunk between the two pieces: what one-shot masking gives.
+        let secret = b"ab_CDEF_ab";
+        let p = std::sync::Arc::new(Patterns::new([&secret[..]]));
+        let plain = b"ab_CDEF_ab_CDEF_ab_CDEF_ab";
+        for encoded in [percent_every_byte(plain, false), hex(plain, true), plain.to_vec()] {
+            let input = [&encoded[..], b"Q"].concat();
+            let whole = mask_all(&p, &input);
+            assert!(!contains(&whole, &encoded[encoded.len() - 4..]), "the chain's end is masked");
+            for cut in 1..input.len() {
+                let mut m = Masker::new(p.clone());
+                let mut out = m.push(&input[..cut]);
+                out.extend(m.push(b""));
+                out.extend_from_slice(&m.push_bytes(bytes::Bytes::new()));
+                out.extend(m.push(&input[cut..]));
+                out.extend(m.finish());
+                assert_eq!(out, whole, "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
     fn no_secrets_means_no_change() {
         let mut m = Masker::new(Patterns::new(std::iter::empty()));
         assert_eq!(m.push(b"anything"), b"anything");
@@ -522,6 +572,9 @@ mod tests {
     fn debug_never_shows_patterns() {
         let p = pats("CANARY_debug_value");
         assert!(!format!("{p:?} {:?}", Masker::new(p.clone())).contains("CANARY"));
+        let mut m = Masker::new(p);
+        assert!(m.push(b"CANARY_debug_valu").is_empty());
+        assert_eq!(format!("{m:?}"), "Masker { held: 17 bytes, covered: 0 }");
     }
 
     proptest! {
@@ -554,8 +607,11 @@ mod tests {
                 let n = cuts[i % cuts.len()].min(input.len() - at);
                 if i % 2 == 0 {
                     out.extend(m.push(&input[at..at + n]));
+                    // An empty chunk changes nothing (a stream may deliver one).
+                    out.extend_from_slice(&m.push_bytes(bytes::Bytes::new()));
                 } else {
                     out.extend_from_slice(&m.push_bytes(bytes::Bytes::copy_from_slice(&input[at..at + n])));
+                    out.extend(m.push(b""));
                 }
                 prop_assert!(m.held() < p.longest());
                 at += n;

@@ -223,12 +223,10 @@ impl ContentCache {
         let served = Served { body: body.clone(), keep_kernel_cache: false };
         let size = usize::try_from(body.len()).unwrap_or(usize::MAX);
         let mut inner = self.inner();
-        if self.changed_since(ticket) {
-            // Fetched before a write or removal: possibly the old body. What the cache
-            // holds now (if anything) was fetched after it.
-            return served;
-        }
-        if self.ttl.is_zero() || size > self.max_bytes {
+        // Fetched before a write or removal (possibly the old body: the change counter is
+        // for the whole mount, not this path), or not to be kept: the cache keeps nothing
+        // of this path, so the next open asks.
+        if self.changed_since(ticket) || self.ttl.is_zero() || size > self.max_bytes {
             Self::remove(&mut inner, path);
             return served;
         }
@@ -417,10 +415,12 @@ mod tests {
         assert!(c.get("/a").is_none(), "but the cache does not keep it");
         c.put_prefetched("/a", mem(b"old"), Validators::default(), ticket);
         assert!(c.get("/a").is_none(), "nor a prefetch's");
-        // A fetch that started after the write is kept; a late one does not displace it.
+        // A fetch that started after the write is kept; a late one leaves nothing of the
+        // path (it may be older or newer: the next open asks).
         c.put("/a", mem(b"new"), Validators::default(), c.ticket());
-        c.put("/a", mem(b"old"), Validators::default(), ticket);
         assert_eq!(c.get("/a").unwrap().body.to_vec().unwrap(), b"new");
+        c.put("/a", mem(b"old"), Validators::default(), ticket);
+        assert!(c.get("/a").is_none());
         // Listings: the same.
         let ticket = c.ticket();
         c.forget_listings();
