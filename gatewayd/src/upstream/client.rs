@@ -763,6 +763,8 @@ mod tests {
     #[tokio::test]
     async fn redirects_are_followed_within_the_origin_only() {
         let (other, _) = server(|_, _| (ok("elsewhere"), false)).await;
+        let loops = Arc::new(AtomicUsize::new(0));
+        let looped = loops.clone();
         let (url, _) = server(move |_, head| {
             let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
             let method = head.split_whitespace().next().unwrap_or("").to_owned();
@@ -773,7 +775,10 @@ mod tests {
                 "/same" => redirect("302 Found", "/target"),
                 "/keep" => redirect("307 Temporary Redirect", "/target"),
                 "/away" => redirect("302 Found", &format!("{other}/x")),
-                "/loop" => redirect("302 Found", "/loop"),
+                "/loop" => {
+                    looped.fetch_add(1, Ordering::SeqCst);
+                    redirect("302 Found", "/loop")
+                }
                 _ => {
                     let body = head.split("\r\n\r\n").nth(1).unwrap_or("");
                     (ok(&format!("{method} {path} {body}")), false)
@@ -794,6 +799,7 @@ mod tests {
             "another origin: not followed"
         );
         assert_eq!(get(&c, &format!("{url}/loop"), Method::GET, None).await.unwrap().0, 302, "stops after the limit");
+        assert_eq!(loops.load(Ordering::SeqCst), 1 + MAX_REDIRECTS, "the request, then at most 4 redirects");
     }
 
     #[tokio::test]
