@@ -129,6 +129,16 @@ impl Nkmc {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Registers the Petstore fixture as `pets.test`, served by `up` under `/v1`, and stores
+    /// `key` for it (the lender's side of the federation tests).
+    pub fn hold_pets(&self, up: &Upstream, key: &str) {
+        let spec = fixture("openapi/petstore.yaml");
+        let spec = spec.to_str().expect("a UTF-8 path");
+        self.ok(&["register", "--spec", spec, "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+        let out = self.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes());
+        assert!(out.status.success(), "keys set: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
     /// `nkmc up`, checked.
     pub fn up(&self) -> String {
         self.ok(&["up"])

@@ -274,9 +274,7 @@ fn a_read_batch_of_borrowed_paths_reads_through_the_lender() {
         _ => json(404, "{}"),
     });
     let (a, b) = (nkmc_e2e::federated_gateway("gw-a", ""), nkmc_e2e::federated_gateway("gw-b", ""));
-    let spec = fixture("openapi/petstore.yaml");
-    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
-    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    b.hold_pets(&up, &key);
     b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--ops", "read"]);
     let url = |n: &Nkmc| format!("http://{}", n.tcp_addr());
     a.ok(&["peers", "add", "--id", "gw-b", "--name", "B", "--url", &url(&b), "--secret", SECRET]);

@@ -10,7 +10,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nkmc_e2e::{canary, contains, eventually, fixture, json, Nkmc, Upstream};
+use nkmc_e2e::{canary, contains, eventually, json, Nkmc, Upstream};
 
 const SECRET_AB: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef";
 const PETS: &str = r#"[{"id":1,"name":"rex"},{"id":2,"name":"tom"}]"#;
@@ -187,14 +187,15 @@ fn stderr(out: &std::process::Output) -> String {
 #[test]
 fn peer_calls_keep_a_connection_refuse_redirects_report_a_broken_answer_and_carry_no_secret() {
     let key = canary();
+    let k = key.clone();
     let up = Upstream::keyed(&key, move |req| match (req.method.as_str(), req.uri.as_str()) {
         ("GET", "/v1/pets") => json(200, PETS),
+        // An upstream that echoes the key: B masks it before it crosses to A.
+        ("GET", "/v1/pets/1") => json(200, &format!("{{\"id\":1,\"echo\":\"{k}\"}}")),
         _ => json(404, "{}"),
     });
     let (a, b) = (nkmc_e2e::federated_gateway("gw-a", ""), nkmc_e2e::federated_gateway("gw-b", ""));
-    let spec = fixture("openapi/petstore.yaml");
-    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
-    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    b.hold_pets(&up, &key);
     b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--ops", "read"]);
 
     // A reaches B through the relay; B reaches A directly.
@@ -255,11 +256,13 @@ fn peer_calls_keep_a_connection_refuse_redirects_report_a_broken_answer_and_carr
     // Back to normal: a new connection, and the read works again.
     relay.set(Mode::Pass);
     assert_eq!(a.ok(&["cat", "/pets.test/pets"]), PETS);
+    assert_eq!(a.ok(&["cat", "/pets.test/pets.d/1"]), r#"{"id":1,"echo":"[masked by nkmc]"}"#);
 
     // Everything A and B said to each other through the relay: signed, never secret.
     let traffic = relay.traffic();
     assert!(contains(&traffic, b"x-nkmc-signature") && contains(&traffic, PETS.as_bytes()));
     assert!(contains(&traffic, b"POST /federation/exec"), "the reads went through the relay");
+    assert!(contains(&traffic, b"[masked by nkmc]"), "the echoed key crossed masked");
     nkmc_e2e::assert_no_secret("the peer traffic (B's key)", &traffic, &key);
     nkmc_e2e::assert_no_secret("the peer traffic (the pair's secret)", &traffic, SECRET_AB);
 }

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine;
 use gatewayd::payments::evm::{self, Address, TokenDomain, Transfer};
 use gatewayd::payments::x402::{FacilitatorRequest, PaymentRequired};
-use nkmc_e2e::{canary, contains, fixture, json, unix_now, Nkmc, PeerRequest, Seen, Upstream};
+use nkmc_e2e::{canary, contains, json, unix_now, Nkmc, PeerRequest, Seen, Upstream};
 
 const SECRET_AB: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00123456789abcdef0123456789abcdef";
 const PETS: &str = r#"[{"id":1,"name":"rex"},{"id":2,"name":"tom"}]"#;
@@ -107,9 +107,7 @@ fn paid_pair(up: &Upstream, key: &str, fac: &Facilitator, b_extra: &str, rule: &
         fac.server.url("").trim_end_matches('/')
     );
     let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
-    let spec = fixture("openapi/petstore.yaml");
-    b.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &up.url("/v1")]);
-    assert!(b.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes()).status.success());
+    b.hold_pets(up, key);
     let mut args = vec!["rules", "set", "pets.test", "--allow", "--peers", "gw-a"];
     args.extend_from_slice(rule);
     b.ok(&args);
