@@ -96,12 +96,10 @@ pub async fn read(
         if_none_match: headers.get(IF_NONE_MATCH).cloned(),
         if_modified_since: headers.get(IF_MODIFIED_SINCE).cloned(),
     };
-    let (head, body) = match read_one(&gw, &who, &path, validators, audit).await {
-        ReadOne::Failed(e) => return Err(e),
-        ReadOne::Whole { head, body } => (head, Body::from(body)),
-        ReadOne::Streamed { head, body } => (head, Body::from_stream(body)),
-    };
-    Ok(read_response(head, body))
+    match read_one(&gw, &who, &path, validators, audit).await {
+        ReadOne::Failed(e) => Err(e),
+        done => Ok(done.into_response()),
+    }
 }
 
 /// What a read of one path says before its body: the headers of `GET /v1/fs/read`.
@@ -154,37 +152,43 @@ pub(super) async fn read_one(
     audit: Pending,
 ) -> ReadOne {
     let started = std::time::Instant::now();
-    let resp = match ops::read(gw, who, path, validators).await {
-        Ok(ops::Output::Upstream(resp)) => resp,
-        Ok(ops::Output::Whole { body, content_type }) => {
+    match ops::read(gw, who, path, validators).await {
+        Ok(out) => {
+            if let ops::Output::Upstream(resp) = &out {
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::debug!(path = %path, status = resp.status().as_u16(), ms, "read");
+            }
+            outcome(gw, out, audit).await
+        }
+        Err(e) => {
+            tracing::info!(path = %path, error = %e, "read failed");
+            ReadOne::Failed(audit.fail(e))
+        }
+    }
+}
+
+/// What a completed operation answers; `audit` records it once its body is sent.
+async fn outcome(gw: &Gateway, out: ops::Output, audit: Pending) -> ReadOne {
+    match out {
+        ops::Output::Upstream(resp) => answer(gw, resp, audit).await,
+        ops::Output::Whole { body, content_type } => {
             audit.sent(body.len());
             let head = ReadHead {
                 content_type: Some(HeaderValue::from_static(content_type)),
                 length: Some(body.len() as u64),
                 ..ReadHead::default()
             };
-            return ReadOne::Whole { head, body };
+            ReadOne::Whole { head, body }
         }
-        Err(e) => {
-            tracing::info!(path = %path, error = %e, "read failed");
-            return ReadOne::Failed(audit.fail(e));
-        }
-    };
-    tracing::debug!(path = %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "read");
-    answer(gw, resp, audit).await
+    }
 }
 
-/// The response to a completed operation; `audit` records it once its body is sent.
-async fn respond(gw: &Gateway, out: ops::Output, audit: Pending) -> Response {
-    match out {
-        ops::Output::Upstream(resp) => match answer(gw, resp, audit).await {
+impl IntoResponse for ReadOne {
+    fn into_response(self) -> Response {
+        match self {
             ReadOne::Failed(e) => e.into_response(),
             ReadOne::Whole { head, body } => read_response(head, Body::from(body)),
             ReadOne::Streamed { head, body } => read_response(head, Body::from_stream(body)),
-        },
-        ops::Output::Whole { body, content_type } => {
-            audit.sent(body.len());
-            ([(CONTENT_TYPE, content_type)], body).into_response()
         }
     }
 }
@@ -316,7 +320,7 @@ pub async fn write(
             .await
             .inspect_err(|e| tracing::info!(path = %path, error = %e, "write failed")),
     )?;
-    Ok(respond(&gw, resp, audit).await)
+    Ok(outcome(&gw, resp, audit).await.into_response())
 }
 
 /// `rm FILE`.
@@ -332,7 +336,7 @@ pub async fn delete(
     let resp = audit.check(
         ops::delete(&gw, &who, &path).await.inspect_err(|e| tracing::info!(path = %path, error = %e, "delete failed")),
     )?;
-    Ok(respond(&gw, resp, audit).await)
+    Ok(outcome(&gw, resp, audit).await.into_response())
 }
 
 /// `POST /v1/fs/grep`: `grep -r` under a path, with the caller's rights.
