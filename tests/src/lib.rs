@@ -563,3 +563,43 @@ pub fn assert_no_secret(what: &str, hay: &[u8], secret: &str) {
         assert!(!contains(hay, needle.as_bytes()), "{what} contains the key ({form})");
     }
 }
+
+/// A hand-written upstream that answers every request with a chunked body, one chunk per
+/// write, a pause between them so they arrive as separate reads: for `/v1/pets` the key sent,
+/// split in the middle across two chunks; for anything else 3000 bytes in 30 chunks.
+pub fn chunked_upstream() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("chunked upstream");
+    let addr = listener.local_addr().expect("chunked upstream");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("chunked upstream"));
+            let (mut target, mut key) = (String::new(), String::new());
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if target.is_empty() {
+                    target = line.split_whitespace().nth(1).unwrap_or_default().to_owned();
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization: bearer ") {
+                    key = line[line.len() - v.len()..].trim().to_owned();
+                }
+                line.clear();
+            }
+            let chunks: Vec<String> = if target == "/v1/pets" {
+                let (a, b) = key.split_at(key.len() / 2);
+                vec!["[{\"id\":\"".into(), a.into(), b.into(), "\"}]".into()]
+            } else {
+                (0..30).map(|_| "x".repeat(100)).collect()
+            };
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
+            for c in chunks {
+                let _ = stream.write_all(format!("{:x}\r\n{c}\r\n", c.len()).as_bytes());
+                let _ = stream.flush();
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = stream.write_all(b"0\r\n\r\n");
+        }
+    });
+    addr
+}

@@ -486,3 +486,54 @@ fn a_large_json_rpc_result_comes_in_data_frames_of_at_most_a_mib() {
     }
     assert!(got[1].is_ok(), "skill.md");
 }
+
+#[test]
+fn a_body_cut_part_way_fails_its_item_after_its_head_and_the_others_complete() {
+    let key = canary();
+    let addr = nkmc_e2e::chunked_upstream();
+    let n = Nkmc::new("[upstream]\nmax_body_bytes = 1000\n");
+    n.ok(&["gateway", "start", "--daemon"]);
+    let spec = fixture("openapi/petstore.yaml");
+    let base = format!("http://{addr}/v1");
+    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &base]);
+    n.ok(&["keys", "set", "pets.test", "--token", &key]);
+    n.ok(&["auth", "--agent", "reader"]);
+    let token = n.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1h"]).trim().to_owned();
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
+
+    // Item 0 streams 3000 bytes without a length past the cap of 1000; item 1 is the key,
+    // split across two chunks.
+    let paths = ["/pets.test/pets.d/1", "/pets.test/pets"];
+    let answer = http(n.tcp_addr(), "POST", ROUTE, &auth, &batch_body(&paths));
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_no_secret("the batch answer", &answer.body, &key);
+    let mut decoder = Decoder::default();
+    decoder.push(&answer.body);
+    let mut tracker = ItemTracker::new(paths.len());
+    let mut first = Vec::new();
+    while let Some(frame) = decoder.next_frame().unwrap() {
+        match tracker.accept(frame).unwrap() {
+            Event::Head(0, head) => first.push(format!("head {:?}", head.upstream_status)),
+            Event::Data(0, bytes) => first.push(format!("data {}", bytes.len())),
+            Event::End(0) => first.push("end".to_owned()),
+            Event::Failed(0, e) => first.push(format!("failed {} {}", e.code.as_str(), e.message)),
+            _ => {}
+        }
+    }
+    assert_eq!(first.first().map(String::as_str), Some("head Some(200)"), "{first:?}");
+    let last = first.last().unwrap();
+    assert!(last.starts_with("failed too_large") && last.contains("part way"), "{first:?}");
+    let sent: usize = first.iter().filter_map(|e| e.strip_prefix("data ")).map(|n| n.parse::<usize>().unwrap()).sum();
+    assert!(sent <= 1000, "at most the cap was passed on: {sent}");
+    let got = items(&answer.body, paths.len());
+    assert_eq!(code(&got[0]), "too_large");
+    let Ok((_, body)) = &got[1] else { panic!("{got:?}") };
+    assert_eq!(String::from_utf8_lossy(body), "[{\"id\":\"[masked by nkmc]\"}]");
+
+    // Its record says so, as its own read's would.
+    wait_until("the cut read is recorded", || {
+        reads_by_target(&n, "reader").get("/pets.test/pets.d/1").is_some_and(|o| o == &["too_large".to_owned()])
+    });
+    assert_eq!(reads_by_target(&n, "reader").get("/pets.test/pets").map(Vec::as_slice), Some(&["ok".to_owned()][..]));
+}
