@@ -23,7 +23,7 @@ pub struct Inode {
     /// The kernel may believe a size mountd did not tell (a write through the mount set
     /// it, or a reader's handle answered `getattr` with its older body's size); with no
     /// `size` and not this, the kernel was told 0.
-    written: bool,
+    size_untold: bool,
 }
 
 /// Inode numbers ↔ paths.
@@ -37,7 +37,7 @@ pub struct Inodes {
 impl Default for Inodes {
     fn default() -> Self {
         let root =
-            Inode { path: "/".into(), kind: EntryKind::Dir, mode: 0o755, size: None, lookups: 1, written: false };
+            Inode { path: "/".into(), kind: EntryKind::Dir, mode: 0o755, size: None, lookups: 1, size_untold: false };
         Inodes {
             by_ino: HashMap::from([(ROOT, root)]),
             by_path: HashMap::from([("/".into(), ROOT)]),
@@ -49,7 +49,7 @@ impl Default for Inodes {
 impl Inode {
     /// A node that is not in the table (the control files).
     pub fn fixed(path: String, kind: EntryKind, mode: u32, size: Option<u64>) -> Self {
-        Inode { path, kind, mode, size, lookups: 1, written: false }
+        Inode { path, kind, mode, size, lookups: 1, size_untold: false }
     }
 }
 
@@ -72,14 +72,14 @@ impl Inodes {
                 node.mode = mode;
                 if size.is_some() {
                     node.size = size;
-                    node.written = false;
+                    node.size_untold = false;
                 }
                 return (ino, node.clone());
             }
         }
         let ino = self.next;
         self.next += 1;
-        let node = Inode { path: path.clone(), kind, mode, size, lookups: 1, written: false };
+        let node = Inode { path: path.clone(), kind, mode, size, lookups: 1, size_untold: false };
         self.by_path.insert(path, ino);
         self.by_ino.insert(ino, node.clone());
         (ino, node)
@@ -107,7 +107,7 @@ impl Inodes {
     /// Records the size learnt from a read; returns the size known before.
     pub fn set_size(&mut self, ino: u64, size: u64) -> Option<u64> {
         self.by_ino.get_mut(&ino).and_then(|node| {
-            node.written = false;
+            node.size_untold = false;
             node.size.replace(size)
         })
     }
@@ -116,7 +116,7 @@ impl Inodes {
     /// `None` when it may believe one mountd did not tell (after a write), or `ino` is unknown.
     pub fn told(&self, ino: u64) -> Option<u64> {
         let node = self.by_ino.get(&ino)?;
-        if node.written {
+        if node.size_untold {
             return None;
         }
         Some(node.size.unwrap_or(0))
@@ -127,7 +127,7 @@ impl Inodes {
     /// [`Inodes::told`] does not vouch for it.
     pub fn doubt_size(&mut self, ino: u64) {
         if let Some(node) = self.by_ino.get_mut(&ino) {
-            node.written = true;
+            node.size_untold = true;
         }
     }
 
@@ -136,8 +136,8 @@ impl Inodes {
     pub fn unset_size(&mut self, ino: u64) {
         if let Some(node) = self.by_ino.get_mut(&ino) {
             node.size = None;
-            node.written = true;
         }
+        self.doubt_size(ino);
     }
 }
 
