@@ -129,12 +129,12 @@ impl Nkmc {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Registers the Petstore fixture as `pets.test`, served by `up` under `/v1`, and stores
-    /// `key` for it (the lender's side of the federation tests).
-    pub fn hold_pets(&self, up: &Upstream, key: &str) {
+    /// Registers the Petstore fixture as `pets.test` at `base` (e.g. an upstream's `/v1`) and
+    /// stores `key` for it (the lender's side of the federation tests, among others).
+    pub fn hold_pets(&self, base: &str, key: &str) {
         let spec = fixture("openapi/petstore.yaml");
         let spec = spec.to_str().expect("a UTF-8 path");
-        self.ok(&["register", "--spec", spec, "--domain", "pets.test", "--base-url", &up.url("/v1")]);
+        self.ok(&["register", "--spec", spec, "--domain", "pets.test", "--base-url", base]);
         let out = self.run_stdin(&["keys", "set", "pets.test", "--token", "-"], key.as_bytes());
         assert!(out.status.success(), "keys set: {}", String::from_utf8_lossy(&out.stderr));
     }

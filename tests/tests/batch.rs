@@ -274,7 +274,7 @@ fn a_read_batch_of_borrowed_paths_reads_through_the_lender() {
         _ => json(404, "{}"),
     });
     let (a, b) = (nkmc_e2e::federated_gateway("gw-a", ""), nkmc_e2e::federated_gateway("gw-b", ""));
-    b.hold_pets(&up, &key);
+    b.hold_pets(&up.url("/v1"), &key);
     b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--ops", "read"]);
     let url = |n: &Nkmc| format!("http://{}", n.tcp_addr());
     a.ok(&["peers", "add", "--id", "gw-b", "--name", "B", "--url", &url(&b), "--secret", SECRET]);
@@ -493,10 +493,7 @@ fn a_body_cut_part_way_fails_its_item_after_its_head_and_the_others_complete() {
     let addr = nkmc_e2e::chunked_upstream();
     let n = Nkmc::new("[upstream]\nmax_body_bytes = 1000\n");
     n.ok(&["gateway", "start", "--daemon"]);
-    let spec = fixture("openapi/petstore.yaml");
-    let base = format!("http://{addr}/v1");
-    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &base]);
-    n.ok(&["keys", "set", "pets.test", "--token", &key]);
+    n.hold_pets(&format!("http://{addr}/v1"), &key);
     n.ok(&["auth", "--agent", "reader"]);
     let token = n.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1h"]).trim().to_owned();
     let bearer = format!("Bearer {token}");

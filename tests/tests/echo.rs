@@ -148,10 +148,7 @@ fn a_key_split_across_chunks_is_masked_and_a_stream_past_the_cap_is_cut() {
     let addr = nkmc_e2e::chunked_upstream();
     let n = Nkmc::new("[upstream]\nmax_body_bytes = 1000\n");
     n.ok(&["gateway", "start", "--daemon"]);
-    let spec = fixture("openapi/petstore.yaml");
-    let base = format!("http://{addr}/v1");
-    n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "pets.test", "--base-url", &base]);
-    n.ok(&["keys", "set", "pets.test", "--token", &key]);
+    n.hold_pets(&format!("http://{addr}/v1"), &key);
 
     let out = n.ok(&["cat", "/pets.test/pets"]);
     assert_eq!(out, format!(r#"[{{"id":"{MARKER}"}}]"#));

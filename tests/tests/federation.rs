@@ -28,7 +28,7 @@ fn a_borrows_from_b_c_is_refused_and_the_lender_cannot_be_fooled() {
     let (a, b, c) = (gateway("gw-a"), gateway("gw-b"), gateway("gw-c"));
 
     // B holds the service and the key, and lends read access to A only.
-    b.hold_pets(&up, &key);
+    b.hold_pets(&up.url("/v1"), &key);
     b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--ops", "read"]);
     let weak = b.run(&["peers", "add", "--id", "gw-a", "--name", "A", "--url", &url(&a), "--secret", "short"]);
     assert!(!weak.status.success() && String::from_utf8_lossy(&weak.stderr).contains("at least 32 bytes"));
@@ -325,7 +325,7 @@ fn a_large_lent_body_streams_through_both_gateways_in_bounded_memory() {
         n
     };
     let (a, b) = (start("gw-a"), start("gw-b"));
-    b.hold_pets(&up, &key);
+    b.hold_pets(&up.url("/v1"), &key);
     b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a"]);
     a.ok(&["peers", "add", "--id", "gw-b", "--name", "B", "--url", &url(&b), "--secret", SECRET_AB]);
     b.ok(&["peers", "add", "--id", "gw-a", "--name", "A", "--url", &url(&a), "--secret", SECRET_AB]);
@@ -358,7 +358,7 @@ fn when_a_lender_is_down_a_fails_over_to_the_next_then_fails_with_a_clear_error(
     });
     let (a, b, c) = (gateway("gw-a"), gateway("gw-b"), gateway("gw-c"));
     for (lender, key, secret) in [(&b, &key_b, SECRET_AB), (&c, &key_c, SECRET_BC)] {
-        lender.hold_pets(&up, key);
+        lender.hold_pets(&up.url("/v1"), key);
         lender.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a"]);
         let id = if std::ptr::eq(lender, &b) { "gw-b" } else { "gw-c" };
         a.ok(&["peers", "add", "--id", id, "--name", id, "--url", &url(lender), "--secret", secret]);

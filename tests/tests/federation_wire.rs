@@ -195,7 +195,7 @@ fn peer_calls_keep_a_connection_refuse_redirects_report_a_broken_answer_and_carr
         _ => json(404, "{}"),
     });
     let (a, b) = (nkmc_e2e::federated_gateway("gw-a", ""), nkmc_e2e::federated_gateway("gw-b", ""));
-    b.hold_pets(&up, &key);
+    b.hold_pets(&up.url("/v1"), &key);
     b.ok(&["rules", "set", "pets.test", "--allow", "--peers", "gw-a", "--ops", "read"]);
 
     // A reaches B through the relay; B reaches A directly.

@@ -107,7 +107,7 @@ fn paid_pair(up: &Upstream, key: &str, fac: &Facilitator, b_extra: &str, rule: &
         fac.server.url("").trim_end_matches('/')
     );
     let (a, b) = (gateway("gw-a", ""), gateway("gw-b", &b_config));
-    b.hold_pets(up, key);
+    b.hold_pets(&up.url("/v1"), key);
     let mut args = vec!["rules", "set", "pets.test", "--allow", "--peers", "gw-a"];
     args.extend_from_slice(rule);
     b.ok(&args);
