@@ -418,6 +418,15 @@ mod tests {
         (first, rest)
     }
 
+    /// A mount's `Fs` against a fake gatewayd answering batches as `mode` says (its socket
+    /// in the returned directory).
+    fn against(mode: Batch) -> (tempfile::TempDir, Arc<Fake>, Arc<Fs>, TestClock) {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, fake) = fake_gatewayd(dir.path(), mode);
+        let (fs, clock) = fs(&socket);
+        (dir, fake, fs, clock)
+    }
+
     fn fs(socket: &std::path::Path) -> (Arc<Fs>, TestClock) {
         let client = GatewayClient::new(socket, Duration::from_secs(5));
         let clock = TestClock(Arc::new(Mutex::new(Instant::now())));
@@ -438,9 +447,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_the_batch_route_prefetch_reads_one_by_one_then_asks_again_later() {
-        let dir = tempfile::tempdir().unwrap();
-        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Missing);
-        let (fs, clock) = fs(&socket);
+        let (_dir, fake, fs, clock) = against(Batch::Missing);
         fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
         assert_eq!(cached(&fs, "/s/a").unwrap(), b"single:/s/a");
         assert_eq!(cached(&fs, "/s/b").unwrap(), b"single:/s/b");
@@ -460,9 +467,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_refused_otherwise_is_dropped_and_batching_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Refused);
-        let (fs, _) = fs(&socket);
+        let (_dir, fake, fs, _) = against(Batch::Refused);
         fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
         assert_eq!(cached(&fs, "/s/a"), None, "a refused prefetch is dropped; the open asks");
         assert!(nothing_pending(&fs));
@@ -474,9 +479,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_truncated_batch_keeps_the_complete_items_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Truncated);
-        let (fs, _) = fs(&socket);
+        let (_dir, fake, fs, _) = against(Batch::Truncated);
         fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
         assert_eq!(cached(&fs, "/s/a").unwrap(), b"batch");
         assert_eq!(cached(&fs, "/s/b"), None, "a cut body is never kept");
@@ -488,9 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_out_of_order_drops_the_rest_and_pauses_batching() {
-        let dir = tempfile::tempdir().unwrap();
-        let (socket, fake) = fake_gatewayd(dir.path(), Batch::OutOfOrder);
-        let (fs, clock) = fs(&socket);
+        let (_dir, fake, fs, clock) = against(Batch::OutOfOrder);
         fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
         assert_eq!(cached(&fs, "/s/a").unwrap(), b"batch");
         assert_eq!(cached(&fs, "/s/b"), None);
@@ -505,9 +506,7 @@ mod tests {
 
     #[tokio::test]
     async fn members_a_newer_gatewayd_adds_to_a_head_are_ignored() {
-        let dir = tempfile::tempdir().unwrap();
-        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Newer);
-        let (fs, _) = fs(&socket);
+        let (_dir, fake, fs, _) = against(Batch::Newer);
         fs.clone().prefetch(vec!["/s/a".into(), "/s/b".into()]).await;
         assert_eq!(cached(&fs, "/s/a").unwrap(), b"batch");
         assert_eq!(cached(&fs, "/s/b").unwrap(), b"new");
@@ -517,9 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_holds_a_slot_per_item_and_gives_them_back_as_items_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Paused);
-        let (fs, _) = fs(&socket);
+        let (_dir, fake, fs, _) = against(Batch::Paused);
         let all = Limits::default().max_inflight;
         assert!(all / 2 > 2, "more slots than the batch has items");
         let asked = fake.asked.notified();
@@ -542,9 +539,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_takes_the_slots_that_are_free_and_never_waits_for_more() {
-        let dir = tempfile::tempdir().unwrap();
-        let (socket, fake) = fake_gatewayd(dir.path(), Batch::Paused);
-        let (fs, _) = fs(&socket);
+        let (_dir, fake, fs, _) = against(Batch::Paused);
         let all = Limits::default().max_inflight;
         // Opens hold all slots but one: the batch goes with that one (waiting for two would
         // also hold up every open queued after it).
