@@ -43,6 +43,12 @@ fn code(item: &Item) -> String {
     }
 }
 
+/// `Bearer TOKEN` for a token of the current agent attenuated to `allow`, valid an hour.
+fn bearer(n: &Nkmc, allow: &str) -> String {
+    let token = n.ok(&["token", "attenuate", "--allow", allow, "--ttl", "1h"]);
+    format!("Bearer {}", token.trim())
+}
+
 fn batch_body(paths: &[&str]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "paths": paths })).unwrap()
 }
@@ -94,8 +100,7 @@ fn a_read_batch_answers_each_path_as_its_own_read() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     n.ok(&["auth", "--agent", "reader"]);
-    let token = n.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1h"]).trim().to_owned();
-    let bearer = format!("Bearer {token}");
+    let bearer = bearer(&n, "pets.test:read");
     let addr = n.tcp_addr();
     let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
 
@@ -282,8 +287,7 @@ fn a_read_batch_of_borrowed_paths_reads_through_the_lender() {
     nkmc_e2e::eventually("A sees pets.test", || a.run(&["ls", "/"]).stdout.windows(10).any(|w| w == b"pets.test/"));
 
     a.ok(&["auth", "--agent", "fed"]);
-    let token = a.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1h"]).trim().to_owned();
-    let bearer = format!("Bearer {token}");
+    let bearer = bearer(&a, "pets.test:read");
     let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
     let addr = a.tcp_addr();
     let paths = ["/pets.test/pets.d/1", "/pets.test/pets.d/9", "/pets.test/pets"];
@@ -467,8 +471,7 @@ fn a_large_json_rpc_result_comes_in_data_frames_of_at_most_a_mib() {
     let spec = fixture("openrpc/petstore-openrpc.json");
     n.ok(&["register", "--spec", spec.to_str().unwrap(), "--domain", "rpc.test", "--base-url", &up.url("/rpc")]);
     n.ok(&["auth", "--agent", "rpc"]);
-    let token = n.ok(&["token", "attenuate", "--allow", "rpc.test:read", "--ttl", "1h"]).trim().to_owned();
-    let bearer = format!("Bearer {token}");
+    let bearer = bearer(&n, "rpc.test:read");
     let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
     let addr = n.tcp_addr();
     let paths = ["/rpc.test/list_pets", "/rpc.test/skill.md", "/rpc.test/list_pets"];
@@ -495,8 +498,7 @@ fn a_body_cut_part_way_fails_its_item_after_its_head_and_the_others_complete() {
     n.ok(&["gateway", "start", "--daemon"]);
     n.hold_pets(&format!("http://{addr}/v1"), &key);
     n.ok(&["auth", "--agent", "reader"]);
-    let token = n.ok(&["token", "attenuate", "--allow", "pets.test:read", "--ttl", "1h"]).trim().to_owned();
-    let bearer = format!("Bearer {token}");
+    let bearer = bearer(&n, "pets.test:read");
     let auth = [("Authorization", bearer.as_str()), ("Content-Type", "application/json")];
 
     // Item 0 streams 3000 bytes without a length past the cap of 1000; item 1 is the key,
